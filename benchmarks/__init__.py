@@ -1,0 +1,1 @@
+"""The `bench` command line, presets and result tables."""

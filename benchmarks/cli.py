@@ -1,0 +1,151 @@
+"""`bench`: the command line. Each sub-command parses options and calls one library function."""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pretrain.errors import UserError
+
+DEFAULT_TOY = {"n_images": 200, "size": 96, "seed": 0}
+
+
+def cache_dir():
+    return Path(os.environ.get("BENCH_CACHE_DIR", Path.home() / ".cache" / "context-encoder-bench"))
+
+
+def default_data_root():
+    """The built-in toy VOC set, generated into the cache folder the first time."""
+    from transfer.toy_voc import ensure_toy_voc
+    root = ensure_toy_voc(cache_dir(), **DEFAULT_TOY)
+    print(f"no --data-root given: using the built-in toy VOC set at {root}", file=sys.stderr)
+    return root
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def add_pretrain_parser(commands):
+    from pretrain.masks import MASK_KINDS
+    from pretrain.methods import METHODS
+    from pretrain.methods.context_encoder import ARCHES, LOSSES
+    from pretrain.train import PretrainConfig
+    defaults = PretrainConfig()
+    p = commands.add_parser(
+        "pretrain", help="learn an encoder without labels",
+        description="Train a pretext method and write a run folder: config.json, metrics.jsonl, "
+                    "checkpoint.pt, encoder.pt + encoder.json (for `bench transfer`) and preview PNGs. "
+                    "With no options: the context encoder on the built-in toy data (quick preset).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--method", default=defaults.method, choices=sorted(METHODS), help="pretext method")
+    p.add_argument("--arch", default=defaults.arch, choices=ARCHES,
+                   help="alexnet: the feature-learning network (any size >= 63 px); "
+                        "inpaint: the 128 px inpainting network with a 4000-d bottleneck")
+    p.add_argument("--mask", default=defaults.mask, choices=MASK_KINDS, help="hole strategy")
+    p.add_argument("--loss", default=defaults.loss, choices=LOSSES,
+                   help="l2: masked L2; l2+adv: 0.999 L2 + 0.001 adversarial (DCGAN discriminator)")
+    p.add_argument("--data-root", default=None,
+                   help="a VOC root (VOCdevkit parent, VOCdevkit or VOC<year>) or any folder of "
+                        "images; default: the built-in toy VOC set")
+    p.add_argument("--split", default=defaults.split, help="image set of a VOC root")
+    p.add_argument("--year", default=None, help="VOC year folder (default: the newest present)")
+    p.add_argument("--mask-dir", default=None,
+                   help="folder of VOC segmentation PNGs for random-region shapes "
+                        "(default: the data root's SegmentationClass)")
+    p.add_argument("--image-size", type=positive_int, default=defaults.image_size,
+                   help="square crop side fed to the network (paper: 227 alexnet, 128 inpaint)")
+    p.add_argument("--load-size", type=positive_int, default=None,
+                   help="images are rescaled to this shorter side before the random crop "
+                        "(default: 1.15 x image size; the paper's inpainting used 350)")
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate of the network (the discriminator gets lr/10); default: "
+                        "1e-3 central / 1e-4 other masks for alexnet, 2e-3 for inpaint")
+    p.add_argument("--steps", type=positive_int, default=defaults.steps, help="training iterations")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=defaults.workers, help="DataLoader worker processes")
+    p.add_argument("--overlap", type=int, default=defaults.overlap,
+                   help="width in px of the band around the hole that is predicted too")
+    p.add_argument("--overlap-weight", type=float, default=defaults.overlap_weight,
+                   help="L2 weight of the overlap band relative to the hole")
+    p.add_argument("--adv-weight", type=float, default=defaults.adv_weight,
+                   help="weight of the adversarial term with --loss l2+adv")
+    p.add_argument("--preview-every", type=positive_int, default=defaults.preview_every,
+                   help="write a preview grid every N steps")
+    p.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every,
+                   help="write checkpoint.pt every N steps")
+    p.add_argument("--out", default=None,
+                   help="run folder (default: runs/<method>-<arch>-<mask>-<size>px-seed<seed>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (its saved config is used; "
+                        "--steps may extend it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.set_defaults(run=run_pretrain)
+
+
+def run_pretrain(args):
+    from pretrain.train import PretrainConfig, pretrain
+    out = args.out or f"runs/{args.method}-{args.arch}-{args.mask}-{args.image_size}px-seed{args.seed}"
+    config = PretrainConfig(
+        method=args.method, arch=args.arch, mask=args.mask, loss=args.loss,
+        data_root=str(args.data_root or (default_data_root() if not args.resume else "")),
+        split=args.split, year=args.year, mask_dir=args.mask_dir, image_size=args.image_size,
+        load_size=args.load_size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
+        seed=args.seed, device=args.device, workers=args.workers, overlap=args.overlap,
+        overlap_weight=args.overlap_weight, adv_weight=args.adv_weight,
+        preview_every=args.preview_every, checkpoint_every=args.checkpoint_every)
+    run_dir = pretrain(config, out, resume=args.resume, overwrite=args.overwrite)
+    print(f"run folder: {run_dir}  (encoder: {run_dir / 'encoder.pt'}, preview: {run_dir / 'preview.png'})")
+
+
+def add_data_parser(commands):
+    p = commands.add_parser("data", help="make data sets")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    toy = kinds.add_parser("toy", help="write the synthetic toy VOCdevkit (VOC2007 + VOC2012)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    toy.add_argument("--out", required=True, help="folder to write VOCdevkit/ into (must be new or empty)")
+    toy.add_argument("--images", type=positive_int, default=DEFAULT_TOY["n_images"], help="images per year")
+    toy.add_argument("--size", type=positive_int, default=DEFAULT_TOY["size"], help="nominal image side in px")
+    toy.add_argument("--seed", type=int, default=DEFAULT_TOY["seed"])
+    toy.set_defaults(run=run_data_toy)
+
+
+def run_data_toy(args):
+    from transfer.toy_voc import write_toy_voc
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty; choose a new folder")
+    root = write_toy_voc(out, args.images, args.size, args.seed)
+    print(f"toy VOC written to {root} ({args.images} images per year, see toy_voc.json)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="bench", description="Context-encoder pretraining and PASCAL VOC transfer benchmarks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_pretrain_parser(commands)
+    add_data_parser(commands)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    import torch
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # all the cores we may use, no more
+    try:
+        args.run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

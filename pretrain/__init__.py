@@ -1,0 +1,1 @@
+"""Pretext side of the suite: backbones, masks, pretext methods and the pretraining loop."""

@@ -1,0 +1,90 @@
+"""Pretraining images: decode, rescale, random crop, flip, normalise, and draw a hole mask.
+
+Every random choice for an item comes from a generator seeded by (seed, epoch, index), so an
+item is the same whichever worker loads it and a resumed run sees exactly the same batches.
+"""
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from .errors import UserError
+
+
+def load_rgb(path, shorter_side=None):
+    """Decode an image as RGB, optionally rescaling it so its shorter side is `shorter_side`."""
+    try:
+        with Image.open(path) as image:
+            if shorter_side is not None:
+                image.draft("RGB", (shorter_side, shorter_side))  # cheap JPEG downscale on decode
+            image = image.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+    if shorter_side is not None:
+        scale = shorter_side / min(image.size)
+        size = (max(shorter_side, round(image.width * scale)), max(shorter_side, round(image.height * scale)))
+        image = image.resize(size, Image.BILINEAR)
+    return image
+
+
+def channel_stats(paths, max_images=256, side=64):
+    """Per-channel mean and std of pixels in [0, 1] over an evenly spaced sample of images."""
+    step = max(1, len(paths) // max_images)
+    pixels = np.concatenate([
+        np.asarray(load_rgb(path, side), dtype=np.float64).reshape(-1, 3) / 255.0
+        for path in paths[::step][:max_images]])
+    return pixels.mean(0).tolist(), pixels.std(0).tolist()
+
+
+class PretrainImages(Dataset):
+    """Items are looked up by (epoch, index) keys from `EpochOrder`; each is
+    {"image": (3, S, S) normalised} plus {"hole": (1, S, S) float} when a mask sampler is given."""
+
+    def __init__(self, paths, image_size, load_size, mean, std, mask_sampler=None, seed=0):
+        if load_size < image_size:
+            raise UserError(f"--load-size {load_size} is smaller than --image-size {image_size}")
+        self.paths, self.image_size, self.load_size = list(paths), image_size, load_size
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.mask_sampler, self.seed = mask_sampler, seed
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        rng = np.random.default_rng([self.seed, epoch, index])
+        image = np.asarray(load_rgb(self.paths[index], self.load_size))
+        side = self.image_size
+        top = int(rng.integers(0, image.shape[0] - side + 1))
+        left = int(rng.integers(0, image.shape[1] - side + 1))
+        crop = image[top:top + side, left:left + side]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        tensor = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div_(255)
+        item = {"image": (tensor - self.mean) / self.std}
+        if self.mask_sampler is not None:
+            item["hole"] = torch.from_numpy(self.mask_sampler(rng)).float().unsqueeze(0)
+        return item
+
+    def denormalize(self, images):
+        return (images * self.std + self.mean).clamp(0, 1)
+
+
+class EpochOrder(Sampler):
+    """Endless (epoch, index) keys: a fresh seeded permutation per epoch, whole batches only,
+    starting at `start_step` so that a resumed run continues the same sequence."""
+
+    def __init__(self, size, batch_size, seed, start_step=0):
+        if size < batch_size:
+            raise UserError(f"only {size} images for a batch of {batch_size}; lower --batch-size")
+        self.size, self.batch_size, self.seed, self.start_step = size, batch_size, seed, start_step
+        self.batches_per_epoch = size // batch_size
+
+    def __iter__(self):
+        epoch, batch = divmod(self.start_step, self.batches_per_epoch)
+        while True:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
+            for index in order[batch * self.batch_size:self.batches_per_epoch * self.batch_size]:
+                yield epoch, int(index)
+            epoch, batch = epoch + 1, 0

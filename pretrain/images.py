@@ -1,0 +1,77 @@
+"""Where pretraining images come from: a VOC root's split, or any folder of images.
+
+`transfer` reuses `find_voc_dir`, so a data root means the same thing everywhere.
+"""
+from pathlib import Path
+
+from .errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
+
+
+def find_voc_dir(root, year=None):
+    """Return the VOC<year> folder under `root`.
+
+    `root` may be the folder holding VOCdevkit/, VOCdevkit/ itself, or a VOC<year>/ folder.
+    With `year=None` the newest year present is taken.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"data root {root} does not exist")
+    if root.name.startswith("VOC") and root.name[3:].isdigit():
+        if year is not None and root.name != f"VOC{year}":
+            raise UserError(f"data root {root} is not VOC{year}")
+        return root
+    devkit = root if root.name == "VOCdevkit" else root / "VOCdevkit"
+    if not devkit.is_dir():
+        raise UserError(f"no VOCdevkit folder under data root {root}")
+    if year is not None:
+        voc = devkit / f"VOC{year}"
+        if not voc.is_dir():
+            raise UserError(f"missing folder {voc}")
+        return voc
+    years = sorted(p for p in devkit.glob("VOC*") if p.is_dir() and p.name[3:].isdigit())
+    if not years:
+        raise UserError(f"no VOC<year> folder in {devkit}")
+    return years[-1]
+
+
+def read_split(voc_dir, split, image_sets="Main"):
+    """Image ids listed in ImageSets/<image_sets>/<split>.txt."""
+    path = Path(voc_dir) / "ImageSets" / image_sets / f"{split}.txt"
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
+        hint = f" (splits there: {', '.join(available)})" if available else ""
+        raise UserError(f"missing split file {path}{hint}")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def is_voc_root(root):
+    root = Path(root)
+    return (root / "VOCdevkit").is_dir() or root.name == "VOCdevkit" or (
+        root.name.startswith("VOC") and (root / "JPEGImages").is_dir())
+
+
+def list_images(root, split="train", year=None):
+    """Image paths for pretraining.
+
+    A VOC root gives the JPEGImages of `split`; any other folder gives every image file
+    below it (the split is then ignored), so ImageNet- or StreetView-style folders work too.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"data root {root} does not exist")
+    if is_voc_root(root):
+        voc = find_voc_dir(root, year)
+        images = voc / "JPEGImages"
+        if not images.is_dir():
+            raise UserError(f"missing folder {images}")
+        paths = [images / f"{image_id}.jpg" for image_id in read_split(voc, split)]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise UserError(f"{len(missing)} images of split {split!r} are missing, e.g. {missing[0]}")
+    else:
+        paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise UserError(f"no images found under {root}")
+    return paths

@@ -1,0 +1,122 @@
+"""Context encoder (Pathak et al., CVPR 2016): predict dropped pixels from their surroundings."""
+import torch
+from torch import nn
+
+from .. import losses
+from ..errors import UserError
+from ..masks import MaskSampler, load_region_shapes
+from ..networks import Discriminator, FeatureContextEncoder, InpaintingGenerator
+from . import PretextMethod, register
+
+ARCHES = ("alexnet", "inpaint")
+LOSSES = ("l2", "l2+adv")
+
+
+@register
+class ContextEncoder(PretextMethod):
+    name = "context-encoder"
+    description = "inpaint dropped regions from their context (Pathak et al. 2016)"
+
+    def __init__(self, config, dataset_mean, dataset_std):
+        super().__init__()
+        if config.arch not in ARCHES:
+            raise UserError(f"unknown --arch {config.arch!r}; choose from {', '.join(ARCHES)}")
+        if config.loss not in LOSSES:
+            raise UserError(f"unknown --loss {config.loss!r}; choose from {', '.join(LOSSES)}")
+        self.config = config
+        side = config.image_size
+        shapes = load_region_shapes(config.mask_dir) if config.mask == "random-region" else None
+        self.mask_sampler = MaskSampler(config.mask, side, config.overlap, shapes)
+
+        # The inpainting network outputs only the centre quarter for central holes (§3b).
+        self.patch = None
+        if config.arch == "inpaint":
+            if config.mask == "central":
+                start = (side - side // 2) // 2
+                self.patch = slice(start, start + side // 2)
+            self.generator = InpaintingGenerator(side, side // 2 if self.patch else side)
+            self.encoder_arch = "inpaint"
+            # tanh outputs: pixels in [-1, 1] as in the released code.
+            self.input_mean, self.input_std = [0.5] * 3, [0.5] * 3
+        else:
+            self.generator = FeatureContextEncoder(side)
+            self.encoder_arch = "alexnet"
+            self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
+        # Dropped pixels hold the dataset mean (in the network's input space).
+        fill = (torch.tensor(dataset_mean) - torch.tensor(self.input_mean)) / torch.tensor(self.input_std)
+        self.register_buffer("fill", fill.view(1, 3, 1, 1))
+        self.adversarial = config.loss == "l2+adv"
+        if self.adversarial:
+            self.discriminator = Discriminator(side // 2 if self.patch else side)
+
+    @property
+    def encoder(self):
+        return self.generator.encoder
+
+    def default_lr(self):
+        # Reported for the released code: 1e-3 for central holes, 1e-4 for random regions;
+        # the inpainting GAN uses 2e-3 for the generator (10x the discriminator's 2e-4).
+        if self.config.arch == "inpaint":
+            return 2e-3
+        return 1e-3 if self.config.mask == "central" else 1e-4
+
+    def configure_optimizers(self):
+        lr = self.config.lr or self.default_lr()
+        betas = (0.5, 0.999) if (self.adversarial or self.config.arch == "inpaint") else (0.9, 0.999)
+        optimizers = {"generator": torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas)}
+        if self.adversarial:
+            optimizers["discriminator"] = torch.optim.Adam(
+                self.discriminator.parameters(), lr=lr / 10, betas=betas)
+        return optimizers
+
+    def _fill_holes(self, image, hole):
+        return image * (1 - hole) + self.fill * hole
+
+    def _predict(self, masked):
+        """Prediction in the image frame; outside the predicted patch it is the masked input."""
+        out = self.generator(masked)
+        if self.patch is None:
+            return out
+        frame = masked.clone()
+        frame[..., self.patch, self.patch] = out
+        return frame
+
+    def _discriminator_view(self, images):
+        # It sees only the predicted patch for central holes, the whole image otherwise.
+        return images if self.patch is None else images[..., self.patch, self.patch]
+
+    def train_step(self, batch, optimizers):
+        image, hole = batch["image"], batch["hole"]
+        masked = self._fill_holes(image, hole)
+        prediction = self._predict(masked)
+        weights = losses.reconstruction_weights(hole, self.config.overlap, self.config.overlap_weight)
+        l2 = losses.masked_l2(prediction, image, weights)
+        metrics = {}
+        if not self.adversarial:
+            loss = l2
+        else:
+            # The released code shows the discriminator the raw predicted patch for central holes,
+            # and the completed image (context + prediction in the holes) otherwise.
+            fake = prediction if self.patch is not None else image * (1 - hole) + prediction * hole
+            d_opt = optimizers["discriminator"]
+            d_opt.zero_grad(set_to_none=True)
+            d_loss = losses.discriminator_loss(
+                self.discriminator(self._discriminator_view(image)),
+                self.discriminator(self._discriminator_view(fake.detach())))
+            d_loss.backward()
+            d_opt.step()
+            adv = losses.adversarial_generator_loss(self.discriminator(self._discriminator_view(fake)))
+            loss = losses.joint_loss(l2, adv, self.config.adv_weight)
+            metrics = {"adv": adv.item(), "d_loss": d_loss.item()}
+        g_opt = optimizers["generator"]
+        g_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        g_opt.step()
+        return {"loss": loss.item(), "l2": l2.item(), **metrics}
+
+    @torch.no_grad()
+    def preview(self, batch):
+        image, hole = batch["image"], batch["hole"]
+        masked = self._fill_holes(image, hole)
+        completed = image * (1 - hole) + self._predict(masked) * hole
+        return [masked, completed, image]

@@ -1,0 +1,152 @@
+"""The paper's networks (DESIGN §3): the AlexNet feature-learning context encoder, the
+inpainting generator (4000-d bottleneck) and the DCGAN discriminator."""
+import math
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from .errors import UserError
+
+ALEXNET_POOL5_CHANNELS = 256
+
+
+def alexnet_encoder():
+    """torchvision's AlexNet conv1..pool5, randomly initialised.
+
+    Using torchvision's module itself keeps the saved encoder loadable into
+    `torchvision.models.alexnet().features` (channel widths 64-192-384-256-256, not Caffe's 96-256-...).
+    """
+    return torchvision.models.alexnet(weights=None).features
+
+
+def alexnet_pool5_side(image_size):
+    """Side of pool5 for a square input, from the AlexNet arithmetic (6 at 227 px, 3 at 128 px)."""
+    side = (image_size + 2 * 2 - 11) // 4 + 1  # conv1: 11x11, stride 4, padding 2
+    for _ in range(3):                          # three 3x3 stride-2 max-pools
+        side = (side - 3) // 2 + 1
+    return side
+
+
+class ChannelwiseFC(nn.Module):
+    """For each channel, a full (n*n -> n*n) linear map inside that channel; nothing across channels.
+
+    m * n^4 weights instead of the (m*n^2)^2 of a full FC layer (paper §3.1).
+    """
+
+    def __init__(self, channels, side):
+        super().__init__()
+        area = side * side
+        bound = 1.0 / math.sqrt(area)
+        self.side = side
+        self.weight = nn.Parameter(torch.empty(channels, area, area).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(channels, area).uniform_(-bound, bound))
+
+    def forward(self, x):
+        batch, channels, height, width = x.shape
+        flat = x.reshape(batch, channels, height * width).transpose(0, 1)  # (m, B, n^2)
+        out = torch.bmm(flat, self.weight).transpose(0, 1) + self.bias     # (B, m, n^2)
+        return out.reshape(batch, channels, height, width)
+
+
+def _upconv(in_ch, out_ch):
+    # kernel 5, stride 2, padding 2: out = 2 * in - 1 (6 -> 11 -> 21 -> 41 -> 81 -> 161 at 227 px).
+    return nn.ConvTranspose2d(in_ch, out_ch, kernel_size=5, stride=2, padding=2)
+
+
+class FeatureContextEncoder(nn.Module):
+    """AlexNet encoder -> channel-wise FC (+dropout) -> 1x1 channel mixing -> five up-convolutions,
+    resized to the input size. Predicts every pixel; the loss picks the hole."""
+
+    def __init__(self, image_size, dropout=0.5):
+        super().__init__()
+        side = alexnet_pool5_side(image_size)
+        if side < 1:
+            raise UserError(f"--image-size {image_size} is too small for AlexNet (at least 63 px)")
+        self.image_size = image_size
+        self.encoder = alexnet_encoder()
+        self.bottleneck = nn.Sequential(
+            ChannelwiseFC(ALEXNET_POOL5_CHANNELS, side), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Conv2d(ALEXNET_POOL5_CHANNELS, ALEXNET_POOL5_CHANNELS, kernel_size=1), nn.ReLU(inplace=True))
+        widths = [ALEXNET_POOL5_CHANNELS, 128, 64, 64, 32, 3]
+        layers = []
+        for in_ch, out_ch in zip(widths[:-1], widths[1:]):
+            layers += [_upconv(in_ch, out_ch), nn.ReLU(inplace=True)]
+        self.decoder = nn.Sequential(*layers[:-1])  # no ReLU after the last up-convolution
+
+    def forward(self, x):
+        out = self.decoder(self.bottleneck(self.encoder(x)))
+        return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _doublings(start, stop, what):
+    count = math.log2(stop / start)
+    if count < 1 or count != int(count):
+        raise UserError(f"{what} must be a power of two times {start}, got {stop}")
+    return int(count)
+
+
+class InpaintingGenerator(nn.Module):
+    """Paper §3b: 128 px in; five 4x4 stride-2 convs to 512@4x4, a 4000-d bottleneck, and
+    up-convolutions back to `output_size` (64 = the centre patch, 128 = the whole image)."""
+
+    def __init__(self, image_size=128, output_size=64, bottleneck=4000):
+        super().__init__()
+        if image_size != 128:
+            raise UserError(f"the inpainting network takes 128 px inputs, got --image-size {image_size}")
+        widths = [3, 64, 64, 128, 256, 512]
+        layers = []
+        for index, (in_ch, out_ch) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=False))
+            if index > 0:
+                layers.append(nn.BatchNorm2d(out_ch))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+        layers += [nn.Conv2d(512, bottleneck, 4, bias=False), nn.BatchNorm2d(bottleneck),
+                   nn.LeakyReLU(0.2, inplace=True)]
+        self.encoder = nn.Sequential(*layers)
+
+        ups = _doublings(4, output_size, "the inpainting output size")
+        widths = [512, 256, 128, 64] + [64] * max(0, ups - 4)
+        widths = widths[:ups] + [3]
+        layers = [nn.ConvTranspose2d(bottleneck, 512, 4, bias=False), nn.BatchNorm2d(512), nn.ReLU(True)]
+        for in_ch, out_ch in zip(widths[:-1], widths[1:]):
+            layers.append(nn.ConvTranspose2d(in_ch, out_ch, 4, 2, 1, bias=False))
+            layers += [nn.BatchNorm2d(out_ch), nn.ReLU(True)] if out_ch != 3 else [nn.Tanh()]
+        self.decoder = nn.Sequential(*layers)
+        dcgan_init(self)
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+class Discriminator(nn.Module):
+    """DCGAN discriminator: 4x4 stride-2 convs (64, 128, 256, 512, BN on all but the first) down to
+    at most 4x4, then one valid conv to a single logit. Any input size (64 px for the centre patch)."""
+
+    def __init__(self, input_size=64):
+        super().__init__()
+        layers, in_ch, out_ch, side = [], 3, 64, input_size
+        while side > 4:
+            layers.append(nn.Conv2d(in_ch, out_ch, 4, 2, 1, bias=False))
+            if in_ch != 3:
+                layers.append(nn.BatchNorm2d(out_ch))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            in_ch, out_ch, side = out_ch, min(out_ch * 2, 512), side // 2
+        layers.append(nn.Conv2d(in_ch, 1, side, bias=False))
+        self.net = nn.Sequential(*layers)
+        dcgan_init(self)
+
+    def forward(self, x):
+        """Logits (sigmoid is folded into the loss for numerical stability)."""
+        return self.net(x).flatten(1).mean(1)
+
+
+def dcgan_init(module):
+    """Weights N(0, 0.02); BatchNorm gamma N(1, 0.02), beta 0 (the released code's init)."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(layer.weight, 0.0, 0.02)
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.normal_(layer.weight, 1.0, 0.02)
+            nn.init.zeros_(layer.bias)

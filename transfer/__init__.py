@@ -1,0 +1,1 @@
+"""Downstream side of the suite: VOC data, transfer tasks and their metrics."""

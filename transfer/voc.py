@@ -1,0 +1,193 @@
+"""PASCAL VOC data: annotations, per-class labels, and Datasets for classification, detection and
+segmentation.
+
+torchvision's VOC datasets accept only the fixed split names (train/val/trainval/test) and the
+fixed year layout; we need any split name and any VOC-layout root, so we read the layout ourselves.
+"""
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from pretrain.data import load_rgb
+from pretrain.errors import UserError
+from pretrain.images import find_voc_dir, read_split
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)
+
+
+def parse_annotation(xml_path):
+    """Read one Annotations/*.xml file.
+
+    Returns {filename, width, height, objects}; each object is {name, box, difficult, truncated}.
+    VOC stores boxes as 1-based inclusive pixel corners; `box` is converted to torchvision's
+    0-based continuous (x1, y1, x2, y2) = (xmin - 1, ymin - 1, xmax, ymax), so a box covering
+    pixels 1..10 of the file becomes (0.0, ..., 10.0, ...) and its width is x2 - x1.
+    A missing `difficult` or `truncated` tag counts as 0.
+    """
+    xml_path = Path(xml_path)
+    try:
+        root = ET.parse(xml_path).getroot()
+        size = root.find("size")
+        objects = []
+        for obj in root.iter("object"):
+            bndbox = obj.find("bndbox")
+            x1, y1, x2, y2 = (float(bndbox.find(tag).text) for tag in ("xmin", "ymin", "xmax", "ymax"))
+            objects.append({
+                "name": obj.find("name").text.strip(),
+                "box": (x1 - 1, y1 - 1, x2, y2),
+                "difficult": obj.findtext("difficult", "0").strip() == "1",
+                "truncated": obj.findtext("truncated", "0").strip() == "1",
+            })
+        return {"filename": root.findtext("filename", "").strip(),
+                "width": int(size.find("width").text), "height": int(size.find("height").text),
+                "objects": objects}
+    except FileNotFoundError:
+        raise UserError(f"missing annotation file {xml_path}") from None
+    except (OSError, ET.ParseError, AttributeError, TypeError, ValueError) as e:
+        raise UserError(f"malformed annotation file {xml_path}: {e}") from None
+
+
+def read_class_labels(voc_dir, split):
+    """Image ids of ImageSets/Main/<split>.txt and their (N, 20) int8 labels from the per-class
+    files <class>_<split>.txt: 1 present, -1 absent, 0 present only as difficult objects."""
+    ids = read_split(voc_dir, split)
+    row = {image_id: i for i, image_id in enumerate(ids)}
+    labels = np.zeros((len(ids), len(VOC_CLASSES)), np.int8)
+    seen = np.zeros_like(labels, dtype=bool)
+    for c, name in enumerate(VOC_CLASSES):
+        path = Path(voc_dir) / "ImageSets" / "Main" / f"{name}_{split}.txt"
+        if not path.is_file():
+            raise UserError(f"missing class label file {path}")
+        for line in path.read_text().splitlines():
+            fields = line.split()
+            if fields and fields[0] in row:
+                if len(fields) != 2 or fields[1] not in ("1", "-1", "0"):
+                    raise UserError(f"malformed line {line!r} in {path}")
+                labels[row[fields[0]], c] = int(fields[1])
+                seen[row[fields[0]], c] = True
+    if not seen.all():
+        i, c = np.argwhere(~seen)[0]
+        raise UserError(f"image {ids[i]} of split {split!r} has no label in "
+                        f"{Path(voc_dir) / 'ImageSets' / 'Main' / f'{VOC_CLASSES[c]}_{split}.txt'}")
+    return ids, labels
+
+
+def _check_files(voc, ids, split, folders):
+    """Raise one UserError naming the first missing folder or file; folders is {name: suffix}."""
+    for folder in folders:
+        if not (voc / folder).is_dir():
+            raise UserError(f"missing folder {voc / folder}")
+    for folder, suffix in folders.items():
+        paths = (voc / folder / f"{image_id}{suffix}" for image_id in ids)
+        missing = [path for path in paths if not path.is_file()]
+        if missing:
+            raise UserError(f"{len(missing)} files of split {split!r} are missing, e.g. {missing[0]}")
+
+
+class VOCClassification(Dataset):
+    """Item: (image, {labels: float (20,) 1 positive / 0 otherwise, difficult: bool (20,)}).
+
+    `difficult` marks classes present only as difficult objects (label 0 in the VOC files); the
+    standard evaluation ignores those entries. `transform` is applied to the PIL image only.
+    """
+
+    def __init__(self, root, split, year=None, transform=None):
+        self.voc_dir = find_voc_dir(root, year)
+        self.ids, labels = read_class_labels(self.voc_dir, split)
+        _check_files(self.voc_dir, self.ids, split, {"JPEGImages": ".jpg"})
+        self.labels = torch.from_numpy(labels == 1).float()
+        self.difficult = torch.from_numpy(labels == 0)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        image = load_rgb(self.voc_dir / "JPEGImages" / f"{self.ids[index]}.jpg")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, {"labels": self.labels[index], "difficult": self.difficult[index]}
+
+
+class VOCDetection(Dataset):
+    """Item: (image, target) with target {boxes: float32 (K, 4) 0-based (x1, y1, x2, y2),
+    labels: int64 (K,) 1..20 (0 is background, as torchvision detectors expect), difficult: bool (K,),
+    image_id: str}.
+
+    All annotations are parsed up front (`self.annotations`, in `parse_annotation`'s form), so a
+    broken file fails at construction and evaluation can read the ground truth without images.
+    `transform(image, target)` is applied jointly, since resizing or flipping must move the boxes.
+    """
+
+    def __init__(self, root, split, year=None, transform=None):
+        self.voc_dir = find_voc_dir(root, year)
+        self.ids = read_split(self.voc_dir, split)
+        _check_files(self.voc_dir, self.ids, split, {"JPEGImages": ".jpg", "Annotations": ".xml"})
+        self.annotations = []
+        for image_id in self.ids:
+            path = self.voc_dir / "Annotations" / f"{image_id}.xml"
+            self.annotations.append(parse_annotation(path))
+            unknown = {o["name"] for o in self.annotations[-1]["objects"]} - set(VOC_CLASSES)
+            if unknown:
+                raise UserError(f"unknown class {sorted(unknown)[0]!r} in {path}")
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.ids)
+
+    def target(self, index):
+        """The target of item `index`, without loading its image."""
+        objects = self.annotations[index]["objects"]
+        labels = [VOC_CLASSES.index(o["name"]) + 1 for o in objects]
+        return {
+            "boxes": torch.tensor([o["box"] for o in objects], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+            "difficult": torch.tensor([o["difficult"] for o in objects], dtype=torch.bool),
+            "image_id": self.ids[index],
+        }
+
+    def __getitem__(self, index):
+        image = load_rgb(self.voc_dir / "JPEGImages" / f"{self.ids[index]}.jpg")
+        target = self.target(index)
+        if self.transform is not None:
+            return self.transform(image, target)
+        return image, target
+
+
+class VOCSegmentation(Dataset):
+    """Item: (image, class_mask, object_mask), the masks as PIL palette ('P') or 'L' images whose
+    values are 0 background, 1..20 class (object mask: instance 1..K), 255 void.
+
+    Ids come from ImageSets/Segmentation/<split>.txt. `transform(image, class_mask, object_mask)`
+    is applied jointly (crops and flips must agree) and its result is returned as the item.
+    """
+
+    def __init__(self, root, split, year=None, transform=None):
+        self.voc_dir = find_voc_dir(root, year)
+        self.ids = read_split(self.voc_dir, split, image_sets="Segmentation")
+        _check_files(self.voc_dir, self.ids, split,
+                     {"JPEGImages": ".jpg", "SegmentationClass": ".png", "SegmentationObject": ".png"})
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        image_id = self.ids[index]
+        image = load_rgb(self.voc_dir / "JPEGImages" / f"{image_id}.jpg")
+        masks = []
+        for folder in ("SegmentationClass", "SegmentationObject"):
+            with Image.open(self.voc_dir / folder / f"{image_id}.png") as mask:
+                mask.load()
+                masks.append(mask)
+        if self.transform is not None:
+            return self.transform(image, *masks)
+        return (image, *masks)
