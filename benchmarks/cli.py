@@ -28,6 +28,13 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def add_pretrain_parser(commands):
     from pretrain.masks import MASK_KINDS
     from pretrain.methods import METHODS
@@ -64,11 +71,12 @@ def add_pretrain_parser(commands):
     p.add_argument("--lr", type=float, default=None,
                    help="Adam learning rate of the network (the discriminator gets lr/10); default: "
                         "1e-3 central / 1e-4 other masks for alexnet, 2e-3 for inpaint")
-    p.add_argument("--steps", type=positive_int, default=defaults.steps, help="training iterations")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help=f"training iterations (default: {defaults.steps}; with --resume: the run's own)")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, default=defaults.workers, help="DataLoader worker processes")
-    p.add_argument("--overlap", type=int, default=defaults.overlap,
+    p.add_argument("--workers", type=non_negative_int, default=defaults.workers, help="DataLoader worker processes")
+    p.add_argument("--overlap", type=non_negative_int, default=defaults.overlap,
                    help="width in px of the band around the hole that is predicted too")
     p.add_argument("--overlap-weight", type=float, default=defaults.overlap_weight,
                    help="L2 weight of the overlap band relative to the hole")
@@ -88,17 +96,22 @@ def add_pretrain_parser(commands):
 
 
 def run_pretrain(args):
-    from pretrain.train import PretrainConfig, pretrain
+    from pretrain.train import PretrainConfig, pretrain, resume_pretraining
     out = args.out or f"runs/{args.method}-{args.arch}-{args.mask}-{args.image_size}px-seed{args.seed}"
-    config = PretrainConfig(
-        method=args.method, arch=args.arch, mask=args.mask, loss=args.loss,
-        data_root=str(args.data_root or (default_data_root() if not args.resume else "")),
-        split=args.split, year=args.year, mask_dir=args.mask_dir, image_size=args.image_size,
-        load_size=args.load_size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
-        seed=args.seed, device=args.device, workers=args.workers, overlap=args.overlap,
-        overlap_weight=args.overlap_weight, adv_weight=args.adv_weight,
-        preview_every=args.preview_every, checkpoint_every=args.checkpoint_every)
-    run_dir = pretrain(config, out, resume=args.resume, overwrite=args.overwrite)
+    if args.resume:
+        if args.overwrite:
+            raise UserError("--resume and --overwrite exclude each other")
+        run_dir = resume_pretraining(out, args.steps)
+    else:
+        config = PretrainConfig(
+            method=args.method, arch=args.arch, mask=args.mask, loss=args.loss,
+            data_root=str(args.data_root or default_data_root()), split=args.split, year=args.year,
+            mask_dir=args.mask_dir, image_size=args.image_size, load_size=args.load_size,
+            batch_size=args.batch_size, lr=args.lr, steps=args.steps or PretrainConfig.steps,
+            seed=args.seed, device=args.device, workers=args.workers, overlap=args.overlap,
+            overlap_weight=args.overlap_weight, adv_weight=args.adv_weight,
+            preview_every=args.preview_every, checkpoint_every=args.checkpoint_every)
+        run_dir = pretrain(config, out, overwrite=args.overwrite)
     print(f"run folder: {run_dir}  (encoder: {run_dir / 'encoder.pt'}, preview: {run_dir / 'preview.png'})")
 
 
@@ -139,7 +152,10 @@ def main(argv=None):
     try:
         args.run(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # An error raised in a DataLoader worker arrives wrapped in the worker's traceback;
+        # its last line is the message.
+        message = str(exc).strip().splitlines()[-1].removeprefix(f"{UserError.__module__}.UserError: ")
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

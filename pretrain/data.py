@@ -61,7 +61,7 @@ class PretrainImages(Dataset):
         crop = image[top:top + side, left:left + side]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
-        tensor = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float().div_(255)
+        tensor = torch.from_numpy(crop.copy()).permute(2, 0, 1).float().div_(255)
         item = {"image": (tensor - self.mean) / self.std}
         if self.mask_sampler is not None:
             item["hole"] = torch.from_numpy(self.mask_sampler(rng)).float().unsqueeze(0)

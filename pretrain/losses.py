@@ -19,6 +19,7 @@ def reconstruction_weights(hole, overlap=4, overlap_weight=10.0):
 
 def masked_l2(prediction, target, weights):
     """Weighted squared error, averaged over the predicted region (hole + band) and channels."""
+    weights = weights.expand(prediction.shape[0], 1, *prediction.shape[2:])
     region = (weights > 0).to(prediction.dtype)
     channels = prediction.shape[1]
     total = (weights * (prediction - target).pow(2)).sum()

@@ -90,8 +90,12 @@ def noise_mask(rng, side, coverage=(0.2, 0.3), blob_px=16.7):
     cells = int(np.ceil(side / blob_px)) + 1
     noise = cv2.resize(rng.random((cells, cells), dtype=np.float32), (side, side),
                        interpolation=cv2.INTER_LINEAR)
-    target = rng.uniform(*coverage)
-    return noise < np.quantile(noise, target)
+    count = int(np.clip(round(rng.uniform(*coverage) * side * side),
+                        np.ceil(coverage[0] * side * side), np.floor(coverage[1] * side * side)))
+    # Exactly `count` pixels: the upsampled noise has ties, so a value threshold could miss the band.
+    mask = np.zeros(side * side, dtype=bool)
+    mask[np.argsort(noise, axis=None, kind="stable")[:count]] = True
+    return mask.reshape(side, side)
 
 
 def load_region_shapes(folder, max_shapes=2000, max_side=128, min_pixels=64):

@@ -38,10 +38,10 @@ class ChannelwiseFC(nn.Module):
     def __init__(self, channels, side):
         super().__init__()
         area = side * side
-        bound = 1.0 / math.sqrt(area)
         self.side = side
-        self.weight = nn.Parameter(torch.empty(channels, area, area).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(channels, area).uniform_(-bound, bound))
+        # He-normal over the n^2 inputs of each output (a ReLU follows).
+        self.weight = nn.Parameter(torch.randn(channels, area, area) * math.sqrt(2.0 / area))
+        self.bias = nn.Parameter(torch.zeros(channels, area))
 
     def forward(self, x):
         batch, channels, height, width = x.shape
@@ -74,6 +74,7 @@ class FeatureContextEncoder(nn.Module):
         for in_ch, out_ch in zip(widths[:-1], widths[1:]):
             layers += [_upconv(in_ch, out_ch), nn.ReLU(inplace=True)]
         self.decoder = nn.Sequential(*layers[:-1])  # no ReLU after the last up-convolution
+        he_init(self)
 
     def forward(self, x):
         out = self.decoder(self.bottleneck(self.encoder(x)))
@@ -140,6 +141,25 @@ class Discriminator(nn.Module):
     def forward(self, x):
         """Logits (sigmoid is folded into the loss for numerical stability)."""
         return self.net(x).flatten(1).mean(1)
+
+
+def he_init(module):
+    """He-normal weights, zero biases, for every (transposed) convolution of `module`.
+
+    The paper says only "random Gaussian" for AlexNet. PyTorch's default init shrinks the signal
+    through the 13 layers of the feature network so much that its output barely depends on its
+    input (std across images ~1e-5 at start), and it then learns very slowly; He init keeps the
+    activations' scale. A stride-s transposed conv feeds each output from in*k*k/s^2 weights;
+    the last layer (no ReLU after it) gets gain 1.
+    """
+    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    for layer in layers:
+        fan_in = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+        if isinstance(layer, nn.ConvTranspose2d):
+            fan_in /= layer.stride[0] * layer.stride[1]
+        gain = 1.0 if layer is layers[-1] else 2.0
+        nn.init.normal_(layer.weight, 0.0, math.sqrt(gain / fan_in))
+        nn.init.zeros_(layer.bias)
 
 
 def dcgan_init(module):

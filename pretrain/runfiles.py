@@ -11,21 +11,32 @@ import torch
 from .errors import UserError
 
 
-def prepare_run_dir(out, resume=False, overwrite=False):
-    """Create `out` for a new run, or check it holds a run to resume; never clobber silently."""
+def check_new_run_dir(out, overwrite=False):
+    """Refuse a non-empty `out` unless overwriting; changes nothing on disk."""
     out = Path(out)
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite exclude each other")
-    if resume:
-        if not (out / "checkpoint.pt").is_file():
-            raise UserError(f"nothing to resume: {out / 'checkpoint.pt'} does not exist")
-        return out
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"run folder {out} already exists; pass --resume to continue it "
-                            f"or --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"run folder {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"run folder {out} already exists; pass --resume to continue it "
+                        f"or --overwrite to replace it")
+    return out
+
+
+def create_run_dir(out, overwrite=False):
+    """Make `out` empty and ready. Call it only once the run's inputs are validated, so a
+    mistyped option never costs the results that --overwrite would replace."""
+    out = check_new_run_dir(out, overwrite)
+    if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
+    return out
+
+
+def check_resumable(out):
+    out = Path(out)
+    for name in ("config.json", "checkpoint.pt"):
+        if not (out / name).is_file():
+            raise UserError(f"nothing to resume: {out / name} does not exist")
     return out
 
 

@@ -24,7 +24,8 @@ from . import images
 from .data import EpochOrder, PretrainImages, channel_stats
 from .errors import UserError
 from .methods import get_method
-from .runfiles import environment_info, prepare_run_dir, save_json, save_torch
+from .runfiles import (check_new_run_dir, check_resumable, create_run_dir, environment_info, save_json,
+                       save_torch)
 
 PREVIEW_IMAGES = 8
 
@@ -57,10 +58,26 @@ class PretrainConfig:
 
 
 def resolve_config(config):
-    """Fill in what depends on the data: default load size, mask folder, dataset statistics."""
+    """Validate `config` and fill in what depends on the data: default load size, mask folder,
+    dataset statistics. Returns (resolved config, image paths)."""
     config = dataclasses.replace(config)
-    if config.steps < 1 or config.batch_size < 1:
-        raise UserError("--steps and --batch-size must be positive")
+    for name, value, ok, rule in [
+            ("--steps", config.steps, config.steps >= 1, "at least 1"),
+            ("--batch-size", config.batch_size, config.batch_size >= 1, "at least 1"),
+            ("--image-size", config.image_size, config.image_size >= 1, "at least 1"),
+            ("--workers", config.workers, config.workers >= 0, "0 or more"),
+            ("--lr", config.lr, config.lr is None or config.lr > 0, "positive"),
+            ("--overlap", config.overlap, config.overlap >= 0, "0 or more"),
+            ("--overlap-weight", config.overlap_weight, config.overlap_weight >= 0, "0 or more"),
+            ("--adv-weight", config.adv_weight, 0 <= config.adv_weight <= 1, "in [0, 1]"),
+            ("--preview-every", config.preview_every, config.preview_every >= 1, "at least 1"),
+            ("--checkpoint-every", config.checkpoint_every, config.checkpoint_every >= 1, "at least 1")]:
+        if not ok:
+            raise UserError(f"{name} must be {rule}, got {value}")
+    paths = images.list_images(config.data_root, config.split, config.year)
+    if len(paths) < config.batch_size:
+        raise UserError(f"only {len(paths)} images in {config.data_root} ({config.split}) for a batch "
+                        f"of {config.batch_size}; lower --batch-size")
     if config.load_size is None:
         config.load_size = round(config.image_size * 1.15)
     if config.mask == "random-region" and config.mask_dir is None:
@@ -75,14 +92,19 @@ def resolve_config(config):
         config.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif config.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {config.device} asked for, but no CUDA device is available")
-    return config
+    if config.dataset_mean is None:
+        config.dataset_mean, config.dataset_std = channel_stats(paths)
+    return config, paths
 
 
 def _batches(dataset, config, start_step):
     loader = DataLoader(dataset, batch_size=config.batch_size,
                         sampler=EpochOrder(len(dataset), config.batch_size, config.seed, start_step),
                         num_workers=config.workers, persistent_workers=config.workers > 0,
-                        pin_memory=config.device.startswith("cuda"))
+                        pin_memory=config.device.startswith("cuda"),
+                        # Its own generator: creating the loader must not advance the global RNG
+                        # that dropout draws from, or a resumed run would diverge.
+                        generator=torch.Generator().manual_seed(config.seed))
     for batch in loader:
         yield {key: value.to(config.device, non_blocking=True) for key, value in batch.items()}
 
@@ -99,35 +121,46 @@ def _save_preview(method, dataset, preview_batch, run_dir, step):
     save_image(grid, run_dir / "preview.png", nrow=len(rows[0]), padding=2)
 
 
-def pretrain(config, out, resume=False, overwrite=False, progress=True):
-    """Train `config.method` and return the run folder."""
-    run_dir = prepare_run_dir(out, resume, overwrite)
-    if resume:
-        saved = json.loads((run_dir / "config.json").read_text())["config"]
-        config = dataclasses.replace(PretrainConfig(**saved), steps=config.steps)
-    else:
-        config = resolve_config(config)
-    paths = images.list_images(config.data_root, config.split, config.year)
-    if config.dataset_mean is None:
-        config.dataset_mean, config.dataset_std = channel_stats(paths)
+def pretrain(config, out, overwrite=False, progress=True):
+    """Train `config.method` into a new run folder `out` and return it."""
+    check_new_run_dir(out, overwrite)
+    config, paths = resolve_config(config)
+    method, dataset = _build(config, paths)
+    run_dir = create_run_dir(out, overwrite)
+    save_json({"config": dataclasses.asdict(config), "images": len(paths),
+               "environment": environment_info()}, run_dir / "config.json")
+    return _train(config, method, dataset, run_dir, progress=progress)
+
+
+def resume_pretraining(out, steps=None, progress=True):
+    """Continue the run in `out` from its checkpoint, to `steps` (default: its configured steps)."""
+    run_dir = check_resumable(out)
+    config = PretrainConfig(**json.loads((run_dir / "config.json").read_text())["config"])
+    if steps is not None:
+        config.steps = steps
+    method, dataset = _build(config, images.list_images(config.data_root, config.split, config.year))
+    state = torch.load(run_dir / "checkpoint.pt", map_location=config.device, weights_only=False)
+    return _train(config, method, dataset, run_dir, state, progress)
+
+
+def _build(config, paths):
     torch.manual_seed(config.seed)
     method = get_method(config.method)(config, config.dataset_mean, config.dataset_std).to(config.device)
-    optimizers = method.configure_optimizers()
     dataset = PretrainImages(paths, config.image_size, config.load_size, method.input_mean,
                              method.input_std, method.mask_sampler, config.seed)
+    return method, dataset
 
+
+def _train(config, method, dataset, run_dir, state=None, progress=True):
+    optimizers = method.configure_optimizers()
     step, elapsed = 0, 0.0
-    if resume:
-        state = torch.load(run_dir / "checkpoint.pt", map_location=config.device, weights_only=False)
+    if state is not None:
         method.load_state_dict(state["method"])
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         torch.set_rng_state(state["torch_rng"])
         step, elapsed = state["step"], state["elapsed"]
         _truncate_metrics(run_dir / "metrics.jsonl", step)
-    else:
-        save_json({"config": dataclasses.asdict(config), "images": len(paths),
-                   "environment": environment_info()}, run_dir / "config.json")
 
     # A fixed batch (keys from an epoch no training step reaches) shows progress on the same holes.
     preview_keys = [(2**31 - 1, i % len(dataset)) for i in range(PREVIEW_IMAGES)]
@@ -140,10 +173,10 @@ def pretrain(config, out, resume=False, overwrite=False, progress=True):
                     "torch_rng": torch.get_rng_state()}, run_dir / "checkpoint.pt")
 
     method.train()
-    bar = tqdm(total=config.steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True)
     started = time.perf_counter() - elapsed
     session_start, session_first_step = time.perf_counter(), step
-    with open(run_dir / "metrics.jsonl", "a") as metrics_file:
+    with tqdm(total=config.steps, initial=step, unit="step", disable=not progress,
+              dynamic_ncols=True) as bar, open(run_dir / "metrics.jsonl", "a") as metrics_file:
         for batch in _batches(dataset, config, step) if step < config.steps else ():
             metrics = method.train_step(batch, optimizers)
             if not all(math.isfinite(value) for value in metrics.values()):
@@ -163,7 +196,6 @@ def pretrain(config, out, resume=False, overwrite=False, progress=True):
                 checkpoint()
             if step >= config.steps:
                 break
-    bar.close()
     _save_encoder(method, config, run_dir, elapsed, step)
     return run_dir
 

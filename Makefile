@@ -1,0 +1,24 @@
+# The two entry points of the README: `make demo` and `make test`. Both create the virtual
+# environment first (torch and torchvision pinned in pyproject.toml).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test clean
+
+$(BIN)/bench: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+install: $(BIN)/bench
+
+# Quick preset on the built-in toy data: pretrain the context encoder, write runs/demo.
+demo: install
+	$(BIN)/bench pretrain --out runs/demo --overwrite
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

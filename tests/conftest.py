@@ -1,0 +1,24 @@
+"""Shared fixtures: a small generated toy VOC set, and a private cache folder for every test."""
+import pytest
+
+from transfer.toy_voc import write_toy_voc
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bench_cache_dir(tmp_path_factory):
+    """Point BENCH_CACHE_DIR at a temporary folder so no test writes to ~/.cache.
+
+    Session-scoped (not the function-scoped `monkeypatch`) so that module- and session-scoped
+    fixtures that run the CLI see it too.
+    """
+    cache = tmp_path_factory.mktemp("bench-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENCH_CACHE_DIR", str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="session")
+def toy_voc_root(tmp_path_factory):
+    """A 24-image, 64 px toy VOCdevkit (VOC2007 + VOC2012, 12 train images per year), read-only by
+    convention: tests that need to break it copy it first."""
+    return write_toy_voc(tmp_path_factory.mktemp("toy-voc"), n_images=24, size=64, seed=0)
