@@ -143,21 +143,21 @@ class Discriminator(nn.Module):
         return self.net(x).flatten(1).mean(1)
 
 
-def he_init(module):
+def he_init(module, linear_output=True):
     """He-normal weights, zero biases, for every (transposed) convolution of `module`.
 
     The paper says only "random Gaussian" for AlexNet. PyTorch's default init shrinks the signal
     through the 13 layers of the feature network so much that its output barely depends on its
     input (std across images ~1e-5 at start), and it then learns very slowly; He init keeps the
     activations' scale. A stride-s transposed conv feeds each output from in*k*k/s^2 weights;
-    the last layer (no ReLU after it) gets gain 1.
+    with `linear_output` the last layer (no ReLU after it) gets gain 1.
     """
     layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     for layer in layers:
         fan_in = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
         if isinstance(layer, nn.ConvTranspose2d):
             fan_in /= layer.stride[0] * layer.stride[1]
-        gain = 1.0 if layer is layers[-1] else 2.0
+        gain = 1.0 if linear_output and layer is layers[-1] else 2.0
         nn.init.normal_(layer.weight, 0.0, math.sqrt(gain / fan_in))
         nn.init.zeros_(layer.bias)
 

@@ -1,0 +1,52 @@
+"""What `--init` means: a pretraining run folder, an encoder file, or `random`."""
+import json
+from pathlib import Path
+
+import torch
+
+from pretrain.errors import UserError
+from pretrain.networks import alexnet_encoder, he_init
+
+
+def load_encoder(init):
+    """Return (AlexNet conv1..pool5 module, info).
+
+    `init` is a run folder written by `bench pretrain`, an encoder.pt with its encoder.json
+    beside it, or "random" (He-Gaussian weights, no pretraining: the paper's random-init row).
+    info holds method, arch, input_mean/input_std (None for random: use the data's own),
+    pretrain_seconds and the source path.
+    """
+    if init == "random":
+        encoder = alexnet_encoder()
+        he_init(encoder, linear_output=False)
+        return encoder, {"init": "random", "method": "random", "arch": "alexnet",
+                         "input_mean": None, "input_std": None, "pretrain_seconds": 0.0}
+    path = Path(init)
+    weights = path / "encoder.pt" if path.is_dir() else path
+    meta_path = weights.with_name("encoder.json")
+    if not weights.is_file():
+        raise UserError(f"--init {init}: no encoder file {weights} (give a pretraining run folder, "
+                        f"an encoder.pt, or 'random')")
+    if not meta_path.is_file():
+        raise UserError(f"--init {init}: {meta_path} is missing (it says how the encoder was trained)")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("arch") != "alexnet":
+        raise UserError(f"--init {init}: transfer needs an alexnet encoder, this one is {meta.get('arch')!r}")
+    encoder = alexnet_encoder()
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable or not a state_dict: say which file
+        raise UserError(f"--init {init}: cannot load {weights}: {exc}") from None
+    missing, unexpected = _key_mismatch(encoder.state_dict(), state)
+    if missing or unexpected:
+        raise UserError(f"--init {init}: {weights} is not an AlexNet encoder "
+                        f"(missing keys: {missing or 'none'}; unexpected keys: {unexpected or 'none'})")
+    encoder.load_state_dict(state)
+    return encoder, {"init": str(weights.parent if path.is_dir() else weights), **meta}
+
+
+def _key_mismatch(expected, given):
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(given) if expected[k].shape != given[k].shape)
+    return missing + [f"{k} (shape)" for k in shapes], unexpected

@@ -1,0 +1,232 @@
+"""Evaluation metrics of the three transfer tasks (DESIGN.md §4), as pure functions.
+
+- Classification: per-class average precision as scikit-learn computes it (the protocol of
+  Krähenbühl's VOC classification script), "difficult" entries ignored per class; mean = mAP.
+- Detection: the PASCAL VOC 2007 devkit (VOCevaldet.m): greedy matching at IoU >= 0.5 in order of
+  decreasing score, "difficult" objects ignored, 11-point interpolated AP.
+- Segmentation: a confusion matrix (label 255 ignored) and the FCN paper's scores from it: per-class
+  IU, mean IU over classes, pixel accuracy, mean accuracy.
+
+A class that cannot be scored (no positive to find) gets NaN and is left out of the mean, silently.
+Inputs may be numpy arrays or torch tensors (any device); outputs are numpy arrays and floats.
+"""
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score
+from torchvision.ops import box_iou
+
+# The 11 recall thresholds of the VOC2007 AP, computed as k / 10 so that each is the double nearest
+# to the decimal (np.arange(0, 1.1, 0.1), as in py-faster-rcnn's voc_eval, gives 0.30000000000000004,
+# 0.6000000000000001 and 0.7000000000000001, so a recall of exactly 3/10, 6/10 or 7/10 misses them).
+VOC07_RECALL_THRESHOLDS = np.arange(11) / 10
+
+
+def _numpy(x, dtype=None):
+    """A numpy copy-or-view of an array-like or torch tensor."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def _nanmean(values):
+    """Mean over the non-NaN entries; NaN (without numpy's warning) when all are NaN or none."""
+    values = np.asarray(values, dtype=np.float64)
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if kept.size else float("nan")
+
+
+# --------------------------------------------------------------------------- classification
+
+def classification_ap(scores, labels, difficult=None):
+    """Per-class and mean average precision of multi-label scores.
+
+    scores: (N, C) floats, higher = more confident. labels: (N, C), 1 positive / 0 negative.
+    difficult: optional (N, C) bool; a True entry is excluded from its class's evaluation (VOC
+    images where the class occurs only as difficult objects).
+
+    Per-class AP is sklearn.metrics.average_precision_score on the kept entries of that column
+    (sum over positives-ranked thresholds of (R_n - R_{n-1}) P_n, i.e. no interpolation). A class
+    with no positive among its kept entries has no defined AP: it gets NaN and is left out of the
+    mean. Returns (per_class float64 (C,), mean float); mean is NaN if every class is NaN.
+    """
+    scores = _numpy(scores, np.float64)
+    labels = _numpy(labels)
+    if scores.ndim != 2 or labels.shape != scores.shape:
+        raise ValueError(f"scores and labels must both be (N, C); got {scores.shape} and {labels.shape}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    labels = labels.astype(np.int64)
+    if difficult is None:
+        keep = np.ones(scores.shape, dtype=bool)
+    else:
+        difficult = _numpy(difficult)
+        if difficult.shape != scores.shape:
+            raise ValueError(f"difficult must be {scores.shape}; got {difficult.shape}")
+        keep = ~difficult.astype(bool)
+    per_class = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        y, s = labels[keep[:, c], c], scores[keep[:, c], c]
+        if y.sum() > 0:
+            per_class[c] = average_precision_score(y, s)
+    return per_class, _nanmean(per_class)
+
+
+# --------------------------------------------------------------------------------- detection
+
+def voc07_ap(recall, precision):
+    """The VOC2007 devkit's 11-point interpolated AP.
+
+    recall, precision: 1-D arrays of the same length (the points of a PR curve, in any order).
+    AP = mean over t in {0, 0.1, ..., 1.0} of the largest precision at a recall >= t, 0 where no
+    point reaches t. An empty curve gives 0.
+    """
+    recall = _numpy(recall, np.float64).ravel()
+    precision = _numpy(precision, np.float64).ravel()
+    if recall.shape != precision.shape:
+        raise ValueError(f"recall and precision differ in length: {recall.size} vs {precision.size}")
+    total = 0.0
+    for t in VOC07_RECALL_THRESHOLDS:
+        reached = precision[recall >= t]
+        total += reached.max() if reached.size else 0.0
+    return total / len(VOC07_RECALL_THRESHOLDS)
+
+
+def _boxes(x):
+    return torch.as_tensor(_numpy(x, np.float64)).reshape(-1, 4)
+
+
+def _class_labels(x, num_classes, what):
+    labels = _numpy(x).astype(np.int64).ravel()
+    if labels.size and (labels.min() < 1 or labels.max() > num_classes):
+        raise ValueError(f"{what} labels must be in 1..{num_classes}; got {labels.min()}..{labels.max()}")
+    return labels
+
+
+def detection_ap(detections, ground_truth, num_classes, iou_threshold=0.5):
+    """Per-class and mean AP of detections, as the PASCAL VOC 2007 devkit computes them.
+
+    detections: list over images of {boxes (K, 4) x1, y1, x2, y2; scores (K,); labels (K,) 1..C}.
+    ground_truth: list over the same images of {boxes (G, 4); labels (G,) 1..C; difficult (G,) bool}
+    (extra keys are ignored). Label 0 (background) is not a class: class c of the result is label
+    c + 1.
+
+    Boxes are in torchvision's 0-based continuous convention, so IoU (torchvision.ops.box_iou) has no
+    +1 terms. The devkit instead uses 1-based inclusive pixel corners with width xmax - xmin + 1;
+    for boxes converted from those by (xmin - 1, ymin - 1, xmax, ymax), as transfer.voc does, both
+    give the same widths, areas and IoU.
+
+    Per class, all detections of that class (over all images) are taken in order of decreasing
+    score (ties in input order: image, then position). Each is matched to the ground-truth box of
+    its class in its image with the largest IoU (first such box on ties), difficult boxes included:
+      - IoU >= iou_threshold and that box is difficult: ignored (neither true nor false positive);
+      - IoU >= iou_threshold and that box is not yet taken: true positive, the box is taken;
+      - otherwise (already taken, IoU too low, no box): false positive.
+    Recall = cumulative TP / number of non-difficult boxes of the class, precision = cumulative
+    TP / (TP + FP), AP = voc07_ap. Ignored detections are dropped from the curve: they would repeat
+    the previous point (or give 0/0 before any TP/FP), which changes no 11-point maximum.
+    A class with no non-difficult box has no defined AP: NaN, left out of the mean.
+    Returns (per_class float64 (C,), mean float); mean is NaN if every class is NaN.
+    """
+    if len(detections) != len(ground_truth):
+        raise ValueError(f"{len(detections)} images of detections but {len(ground_truth)} of ground truth")
+    # Per image: ground truth boxes/labels/difficult, detection boxes/scores/labels.
+    gts, dets = [], []
+    for det, gt in zip(detections, ground_truth):
+        g_boxes, g_labels = _boxes(gt["boxes"]), _class_labels(gt["labels"], num_classes, "ground truth")
+        g_difficult = _numpy(gt["difficult"]).astype(bool).ravel()
+        d_boxes, d_labels = _boxes(det["boxes"]), _class_labels(det["labels"], num_classes, "detection")
+        d_scores = _numpy(det["scores"], np.float64).ravel()
+        if not len(g_boxes) == len(g_labels) == len(g_difficult):
+            raise ValueError("ground truth boxes, labels and difficult differ in length")
+        if not len(d_boxes) == len(d_labels) == len(d_scores):
+            raise ValueError("detection boxes, scores and labels differ in length")
+        gts.append((g_boxes, g_labels, g_difficult))
+        dets.append((d_boxes, d_scores, d_labels))
+
+    per_class = np.full(num_classes, np.nan)
+    for c in range(1, num_classes + 1):
+        n_positives = sum(int((~diff[lab == c]).sum()) for _, lab, diff in gts)
+        if n_positives == 0:
+            continue
+        # Every detection of class c: (score, image index, IoU row against that image's class-c boxes).
+        image_of, scores, ious = [], [], []
+        for i, ((d_boxes, d_scores, d_labels), (g_boxes, g_labels, _)) in enumerate(zip(dets, gts)):
+            d_mask = d_labels == c
+            if not d_mask.any():
+                continue
+            iou = box_iou(d_boxes[torch.from_numpy(d_mask)], g_boxes[torch.from_numpy(g_labels == c)])
+            image_of += [i] * int(d_mask.sum())
+            scores.append(d_scores[d_mask])
+            ious += list(iou.numpy())
+        order = np.argsort(-np.concatenate(scores), kind="stable") if scores else []
+        taken = [np.zeros(int((lab == c).sum()), dtype=bool) for _, lab, _ in gts]
+        is_tp = []  # one entry per detection that is not ignored
+        for k in order:
+            i, iou = image_of[k], ious[k]
+            best = int(np.argmax(iou)) if iou.size else -1
+            if best < 0 or iou[best] < iou_threshold:
+                is_tp.append(False)
+            elif gts[i][2][gts[i][1] == c][best]:
+                continue  # matched a difficult box: ignored
+            elif taken[i][best]:
+                is_tp.append(False)
+            else:
+                taken[i][best] = True
+                is_tp.append(True)
+        tp = np.cumsum(np.asarray(is_tp, dtype=np.float64))
+        fp = np.cumsum(1.0 - np.asarray(is_tp, dtype=np.float64))
+        recall = tp / n_positives
+        precision = tp / np.maximum(tp + fp, 1.0)  # tp + fp >= 1 at every kept point
+        per_class[c - 1] = voc07_ap(recall, precision)
+    return per_class, _nanmean(per_class)
+
+
+# ------------------------------------------------------------------------------ segmentation
+
+def confusion_matrix(pred, target, num_classes, ignore_index=255):
+    """(C, C) int64 counts of pixels with ground truth i (row) predicted as j (column).
+
+    pred, target: integer label maps of the same number of elements (any shapes; both flattened),
+    numpy arrays or torch tensors. Pixels whose target is ignore_index are left out. Any other value
+    outside 0..C-1, in either, raises ValueError. Matrices add up, so accumulate over a data set by
+    summing the per-batch results.
+    """
+    pred = _numpy(pred).ravel()
+    target = _numpy(target).ravel()
+    if pred.size != target.size:
+        raise ValueError(f"pred has {pred.size} elements but target has {target.size}")
+    keep = target != ignore_index
+    pred = pred[keep].astype(np.int64)
+    target = target[keep].astype(np.int64)
+    for name, values in (("pred", pred), ("target", target)):
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"{name} values must be in 0..{num_classes - 1} (or ignore_index "
+                             f"{ignore_index} in target); got {values.min()}..{values.max()}")
+    counts = np.bincount(target * num_classes + pred, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes).astype(np.int64, copy=False)
+
+
+def segmentation_scores(confusion):
+    """Scores of a (C, C) confusion matrix (rows ground truth, columns prediction), as in FCN.
+
+    Returns {per_class_iu: (C,) TP / (TP + FP + FN), NaN for a class absent from both ground truth
+    and prediction; mean_iu: nanmean of per_class_iu (mean IU over classes); pixel_accuracy:
+    correct / all pixels; mean_accuracy: nanmean over classes present in the ground truth of
+    TP / ground-truth pixels}. Scalars are floats, NaN for an empty matrix.
+    """
+    confusion = _numpy(confusion, np.float64)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
+        raise ValueError(f"confusion must be square (C, C); got {confusion.shape}")
+    tp = np.diag(confusion)
+    gt_pixels = confusion.sum(axis=1)
+    union = gt_pixels + confusion.sum(axis=0) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class_iu = np.where(union > 0, tp / union, np.nan)
+        per_class_acc = np.where(gt_pixels > 0, tp / gt_pixels, np.nan)
+    total = confusion.sum()
+    return {
+        "per_class_iu": per_class_iu,
+        "mean_iu": _nanmean(per_class_iu),
+        "pixel_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
+        "mean_accuracy": _nanmean(per_class_acc),
+    }
