@@ -115,6 +115,81 @@ def run_pretrain(args):
     print(f"run folder: {run_dir}  (encoder: {run_dir / 'encoder.pt'}, preview: {run_dir / 'preview.png'})")
 
 
+TASK_DEFAULTS = {  # the paper's data for each task (DESIGN §4)
+    "seg": {"year": "2012", "train_split": "train", "test_split": "val"},
+    "cls": {"year": "2007", "train_split": "trainval", "test_split": "test"},
+}
+
+
+def add_transfer_parser(commands):
+    from transfer.finetune import TransferConfig
+    defaults = TransferConfig()
+    p = commands.add_parser(
+        "transfer", help="fine-tune an encoder on a VOC task and write a record",
+        description="Fine-tune (or probe) an encoder on a PASCAL VOC task and write "
+                    "<out>/record.json with the metric, per-class numbers and the full config. "
+                    "seg: FCN-32s, VOC2012 train -> val, mean IU. cls: VOC2007 trainval -> test, mAP.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", required=True, choices=sorted(TASK_DEFAULTS))
+    p.add_argument("--init", default="random",
+                   help="a `bench pretrain` run folder, an encoder.pt, or 'random' (no pretraining)")
+    p.add_argument("--protocol", default="finetune", choices=("finetune", "svm"),
+                   help="cls only: finetune everything, or linear SVMs on frozen pool5 features")
+    p.add_argument("--data-root", default=None, help="a VOC root; default: the built-in toy VOC set")
+    p.add_argument("--year", default=None,
+                   help="VOC year (default: 2012 for seg, 2007 for cls, else the newest present)")
+    p.add_argument("--train-split", default=None, help="default: train (seg), trainval (cls)")
+    p.add_argument("--test-split", default=None, help="default: val (seg), test (cls)")
+    p.add_argument("--image-size", type=positive_int, default=defaults.image_size,
+                   help="crop side in px (the paper: 227)")
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=None,
+                   help="SGD learning rate (default: 0.01 seg, 1e-3 cls), polynomial decay")
+    p.add_argument("--steps", type=positive_int, default=defaults.steps, help="training iterations")
+    p.add_argument("--fc-width", type=positive_int, default=defaults.fc_width,
+                   help="width of the fresh fc6/fc7 (the paper: 4096)")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=non_negative_int, default=defaults.workers)
+    p.add_argument("--out", default=None,
+                   help="run folder (default: runs/transfer/<task>-<protocol>-<init>-seed<seed>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.set_defaults(run=run_transfer)
+
+
+def _voc_year(root, wanted):
+    from pretrain.images import find_voc_dir
+    try:
+        return find_voc_dir(root, wanted).name[3:]
+    except UserError:
+        return find_voc_dir(root).name[3:]  # the task's usual year is absent: the newest present
+
+
+def run_transfer(args):
+    from pretrain.runfiles import staged_run_dir
+    from transfer.classification import run_classification
+    from transfer.finetune import TransferConfig
+    from transfer.segmentation import run_segmentation
+    if args.lr is not None and args.lr <= 0:
+        raise UserError(f"--lr must be positive, got {args.lr}")
+    if args.protocol == "svm" and args.task != "cls":
+        raise UserError("--protocol svm applies to --task cls only")
+    task = TASK_DEFAULTS[args.task]
+    data_root = str(args.data_root or default_data_root())
+    config = TransferConfig(
+        task=args.task, protocol=args.protocol, init=args.init, data_root=data_root,
+        year=args.year or _voc_year(data_root, task["year"]),
+        train_split=args.train_split or task["train_split"], test_split=args.test_split or task["test_split"],
+        image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
+        fc_width=args.fc_width, seed=args.seed, device=args.device, workers=args.workers)
+    init_name = "random" if args.init == "random" else Path(args.init).resolve().name.removesuffix(".pt")
+    out = args.out or f"runs/transfer/{args.task}-{args.protocol}-{init_name}-seed{args.seed}"
+    run = run_segmentation if args.task == "seg" else run_classification
+    with staged_run_dir(out, args.overwrite) as staging:
+        record = run(config, staging)
+    print(f"{args.task} {record['metric']} = {100 * record['value']:.1f}%  (record: {Path(out) / 'record.json'})")
+
+
 def add_data_parser(commands):
     p = commands.add_parser("data", help="make data sets")
     kinds = p.add_subparsers(dest="kind", required=True)
@@ -141,6 +216,7 @@ def build_parser():
         prog="bench", description="Context-encoder pretraining and PASCAL VOC transfer benchmarks.")
     commands = parser.add_subparsers(dest="command", required=True)
     add_pretrain_parser(commands)
+    add_transfer_parser(commands)
     add_data_parser(commands)
     return parser
 

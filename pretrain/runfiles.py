@@ -4,6 +4,7 @@ import os
 import platform
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,6 +31,24 @@ def create_run_dir(out, overwrite=False):
         shutil.rmtree(out)
     out.mkdir(parents=True)
     return out
+
+
+@contextmanager
+def staged_run_dir(out, overwrite=False):
+    """Yield a staging folder beside `out`; it becomes `out` only when the block succeeds, so a
+    failed or interrupted run never replaces (or half-writes) earlier results."""
+    out = check_new_run_dir(out, overwrite)
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
 
 
 def check_resumable(out):

@@ -1,0 +1,129 @@
+"""`bench transfer`: each task trains a few iterations on toy data through the CLI and writes a
+valid record; --init forms and their errors; run folders are never half-written or clobbered."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.cli import main
+from transfer.voc import VOC_CLASSES
+
+FAST = ["--steps", 3, "--batch-size", 4, "--fc-width", 16, "--workers", 0]
+
+
+def bench(*args):
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as exit_info:
+        return exit_info.code
+
+
+def transfer(root, out, *extra):
+    return bench("transfer", "--data-root", root, "--out", out, *FAST, *extra)
+
+
+def read_record(out):
+    text = (out / "record.json").read_text()
+    assert "NaN" not in text  # strict JSON
+    return json.loads(text)
+
+
+@pytest.fixture(scope="module")
+def pretrain_run(toy_voc_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    assert bench("pretrain", "--data-root", toy_voc_root, "--out", out, "--image-size", 96, "--steps", 2,
+                 "--batch-size", 4, "--workers", 0, "--mask", "central") == 0
+    return out
+
+
+def test_segmentation_record(toy_voc_root, tmp_path):
+    out = tmp_path / "seg"
+    assert transfer(toy_voc_root, out, "--task", "seg") == 0
+    record = read_record(out)
+    assert record["task"] == "seg" and record["metric"] == "mean_iu"
+    assert record["year"] == "2012" and (record["train_split"], record["test_split"]) == ("train", "val")
+    assert 0 <= record["value"] <= 1
+    assert list(record["per_class"]) == ["background", *VOC_CLASSES]
+    assert record["init"] == "random" and record["pretrain_seconds"] == 0
+    assert record["config"]["steps"] == 3 and "torch" in record["environment"]
+    # The confusion matrix counts every non-void pixel of the val masks at their original size.
+    confusion = np.array(json.loads((out / "confusion.json").read_text())["confusion"])
+    voc = toy_voc_root / "VOCdevkit" / "VOC2012"
+    ids = (voc / "ImageSets" / "Segmentation" / "val.txt").read_text().split()
+    labelled = sum(int((np.array(Image.open(voc / "SegmentationClass" / f"{i}.png")) != 255).sum()) for i in ids)
+    assert confusion.sum() == labelled
+
+
+def test_classification_finetune_record(toy_voc_root, tmp_path):
+    out = tmp_path / "cls"
+    assert transfer(toy_voc_root, out, "--task", "cls") == 0
+    record = read_record(out)
+    assert (record["task"], record["protocol"], record["metric"]) == ("cls", "finetune", "mAP")
+    assert record["year"] == "2007" and (record["train_split"], record["test_split"]) == ("trainval", "test")
+    assert list(record["per_class"]) == list(VOC_CLASSES)
+    scored = [v for v in record["per_class"].values() if v is not None]
+    assert scored and all(0 <= v <= 1 for v in scored)
+    assert record["value"] == pytest.approx(np.mean(scored))
+
+
+def test_classification_svm_from_pretrained_run(toy_voc_root, tmp_path, pretrain_run):
+    out = tmp_path / "svm"
+    assert transfer(toy_voc_root, out, "--task", "cls", "--protocol", "svm", "--init", pretrain_run) == 0
+    record = read_record(out)
+    assert record["protocol"] == "svm" and record["pretrain_method"] == "context-encoder"
+    assert record["init"] == str(pretrain_run) and record["pretrain_seconds"] > 0
+    assert 0 <= record["value"] <= 1
+
+
+def test_encoder_file_init_uses_its_weights(toy_voc_root, pretrain_run):
+    from transfer.encoders import load_encoder
+    encoder, info = load_encoder(pretrain_run / "encoder.pt")
+    saved = torch.load(pretrain_run / "encoder.pt", weights_only=True)
+    assert all(torch.equal(encoder.state_dict()[k], saved[k]) for k in saved)
+    assert info["input_mean"] == json.loads((pretrain_run / "encoder.json").read_text())["input_mean"]
+
+
+def test_encoder_of_another_architecture_lists_keys(toy_voc_root, tmp_path, capsys):
+    weights = tmp_path / "encoder.pt"
+    torch.save({"conv.weight": torch.zeros(1), "0.weight": torch.zeros(3)}, weights)
+    (tmp_path / "encoder.json").write_text(json.dumps({"arch": "alexnet"}))
+    assert transfer(toy_voc_root, tmp_path / "out", "--task", "cls", "--init", weights) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing keys" in err[0] and "conv.weight" in err[0] and "0.weight (shape)" in err[0]
+
+
+def test_inpainting_encoder_is_refused(toy_voc_root, tmp_path, capsys):
+    torch.save({}, tmp_path / "encoder.pt")
+    (tmp_path / "encoder.json").write_text(json.dumps({"arch": "inpaint"}))
+    assert transfer(toy_voc_root, tmp_path / "out", "--task", "seg", "--init", tmp_path) == 2
+    assert "'inpaint'" in capsys.readouterr().err
+
+
+def test_missing_init(toy_voc_root, tmp_path, capsys):
+    assert transfer(toy_voc_root, tmp_path / "out", "--task", "seg", "--init", tmp_path / "nope") == 2
+    assert str(tmp_path / "nope") in capsys.readouterr().err
+
+
+def test_svm_is_for_classification_only(tmp_path, capsys):
+    assert bench("transfer", "--task", "seg", "--protocol", "svm", "--out", tmp_path / "out") == 2
+    assert "--task cls" in capsys.readouterr().err
+
+
+def test_existing_results_survive_refusal_and_failed_overwrite(toy_voc_root, tmp_path, capsys):
+    out = tmp_path / "seg"
+    assert transfer(toy_voc_root, out, "--task", "seg") == 0
+    before = (out / "record.json").read_bytes()
+    assert transfer(toy_voc_root, out, "--task", "seg") == 2
+    assert "already exists" in capsys.readouterr().err
+    # --overwrite with an impossible batch fails before anything replaces the old results.
+    assert bench("transfer", "--data-root", toy_voc_root, "--out", out, "--task", "seg", "--steps", 1,
+                 "--batch-size", 500, "--workers", 0, "--overwrite") == 2
+    assert (out / "record.json").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["seg"]  # no staging folder left behind
+
+
+def test_unknown_split_is_named(toy_voc_root, tmp_path, capsys):
+    assert transfer(toy_voc_root, tmp_path / "out", "--task", "cls", "--test-split", "nosuch") == 2
+    assert "nosuch.txt" in capsys.readouterr().err

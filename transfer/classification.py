@@ -1,0 +1,146 @@
+"""VOC07 multi-label classification (DESIGN §4): trainval -> test, per-class AP and mAP.
+
+Two protocols:
+* finetune  the whole network: encoder + fresh fc6/fc7 (dropout 0.5) + a 20-way layer, sigmoid
+            cross-entropy with "difficult" labels ignored, random crops of images rescaled by
+            1-2x the crop size and mirroring; testing averages 10 random crops (with flips).
+* svm       frozen pool5 features, L2-normalised, one LinearSVC per class with its cost chosen by
+            3-fold cross-validation; images difficult for a class are left out of its training.
+"""
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from sklearn.model_selection import GridSearchCV
+from sklearn.svm import LinearSVC
+from torch import nn
+from tqdm import tqdm
+
+from pretrain.networks import alexnet_pool5_side
+from .encoders import load_encoder
+from .finetune import endless_batches, fit, input_normalization, resolve_device
+from .metrics import classification_ap
+from .records import write_record
+from .voc import VOC_CLASSES, VOCClassification
+
+TEST_CROPS = 10
+SVM_COSTS = (0.01, 0.1, 1.0, 10.0)
+
+
+class AlexNetClassifier(nn.Module):
+    def __init__(self, encoder, image_size, width, num_classes=len(VOC_CLASSES)):
+        super().__init__()
+        side = alexnet_pool5_side(image_size)
+        self.encoder = encoder
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.5), nn.Linear(256 * side * side, width), nn.ReLU(inplace=True),
+            nn.Dropout(0.5), nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+class Crops:
+    """Rescale the shorter side to `size` x U(scale range), take `count` random `size` crops
+    (random flips); a count of 1 with scale (1, 1) and flip=False is the centre view."""
+
+    def __init__(self, size, mean, std, scale, count=1, flip=True, seed=0, centre=False):
+        self.size, self.scale, self.count, self.flip, self.centre = size, scale, count, flip, centre
+        self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, image):
+        shorter = round(self.size * self.rng.uniform(*self.scale))
+        factor = shorter / min(image.size)
+        size = (max(shorter, round(image.width * factor)), max(shorter, round(image.height * factor)))
+        array = torch.from_numpy(np.array(image.resize(size, Image.BILINEAR))).permute(2, 0, 1)
+        array = (array.float() / 255 - self.mean) / self.std
+        crops = []
+        for _ in range(self.count):
+            if self.centre:
+                top, left = (array.shape[1] - self.size) // 2, (array.shape[2] - self.size) // 2
+            else:
+                top = int(self.rng.integers(0, array.shape[1] - self.size + 1))
+                left = int(self.rng.integers(0, array.shape[2] - self.size + 1))
+            crop = array[:, top:top + self.size, left:left + self.size]
+            crops.append(crop.flip(-1) if self.flip and self.rng.random() < 0.5 else crop)
+        return torch.stack(crops) if self.count > 1 else crops[0]
+
+
+def _batched(dataset, batch_size, progress, desc):
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    return tqdm(loader, desc=desc, unit="batch", disable=not progress)
+
+
+def run_classification(config, run_dir, progress=True):
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    encoder, init_info = load_encoder(config.init)
+    train_set = VOCClassification(config.data_root, config.train_split, config.year)
+    test_set = VOCClassification(config.data_root, config.test_split, config.year)
+    mean, std = input_normalization(
+        init_info, [train_set.voc_dir / "JPEGImages" / f"{i}.jpg" for i in train_set.ids])
+    size = config.image_size
+    if config.protocol == "svm":
+        scores = _svm_scores(encoder.to(device), train_set, test_set,
+                             Crops(size, mean, std, (1, 1), flip=False, centre=True), config, device, progress)
+    else:
+        scores = _finetune_scores(encoder, train_set, test_set, mean, std, config, device, progress)
+    per_class, mean_ap = classification_ap(scores, test_set.labels, test_set.difficult)
+    return write_record(run_dir, config, init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES, started)
+
+
+def _finetune_scores(encoder, train_set, test_set, mean, std, config, device, progress):
+    size = config.image_size
+    model = AlexNetClassifier(encoder, size, config.fc_width).to(device)
+    train_set.transform = Crops(size, mean, std, (1.0, 2.0), seed=config.seed)
+
+    def loss_fn(model, batch):
+        images, target = batch
+        logits = model(images.to(device))
+        weights = (~target["difficult"]).float().to(device)
+        return F.binary_cross_entropy_with_logits(logits, target["labels"].to(device), weight=weights)
+
+    fit(model, loss_fn, endless_batches(train_set, config), config, config.lr or 1e-3,
+        weight_decay=1e-6, desc="cls train", progress=progress)
+    test_set.transform = Crops(size, mean, std, (1.25, 1.25), count=TEST_CROPS, seed=config.seed)
+    scores = []
+    with torch.no_grad():
+        for crops, _ in _batched(test_set, config.batch_size, progress, "cls eval"):
+            probs = torch.sigmoid(model(crops.flatten(0, 1).to(device)))
+            scores.append(probs.view(crops.shape[0], TEST_CROPS, -1).mean(1).cpu())
+    return torch.cat(scores)
+
+
+def _features(encoder, dataset, transform, config, device, progress, desc):
+    dataset.transform = transform
+    encoder.eval()
+    with torch.no_grad():
+        features = [encoder(images.to(device)).flatten(1).cpu()
+                    for images, _ in _batched(dataset, config.batch_size, progress, desc)]
+    return F.normalize(torch.cat(features), dim=1).numpy()
+
+
+def _svm_scores(encoder, train_set, test_set, transform, config, device, progress):
+    train_x = _features(encoder, train_set, transform, config, device, progress, "svm features (train)")
+    test_x = _features(encoder, test_set, transform, config, device, progress, "svm features (test)")
+    scores = np.zeros((len(test_set), len(VOC_CLASSES)))
+    for c in tqdm(range(len(VOC_CLASSES)), desc="svm per class", disable=not progress):
+        keep = ~train_set.difficult[:, c].numpy()
+        y = train_set.labels[keep, c].numpy()
+        if y.min() == y.max():  # one class only in training: no SVM to fit, AP is undefined or trivial
+            scores[:, c] = y[0]
+            continue
+        folds = int(min(3, y.sum(), (1 - y).sum()))
+        # Positives weighted 2:1, as in the common VOC07 SVM benchmark (positives are rare).
+        svm = LinearSVC(class_weight={1: 2, 0: 1}, dual="auto", max_iter=5000, random_state=config.seed)
+        if folds >= 2:
+            svm = GridSearchCV(svm, {"C": SVM_COSTS}, cv=folds, scoring="average_precision").fit(
+                train_x[keep], y)
+        else:
+            svm.fit(train_x[keep], y)
+        scores[:, c] = svm.decision_function(test_x)
+    return scores

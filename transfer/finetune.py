@@ -1,0 +1,82 @@
+"""What the fine-tuning tasks share: their config, normalisation, and the SGD training loop."""
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pretrain.data import channel_stats
+from pretrain.errors import UserError
+
+
+@dataclass
+class TransferConfig:
+    task: str = "seg"
+    protocol: str = "finetune"
+    init: str = "random"
+    data_root: str = ""
+    year: str | None = None
+    train_split: str = "train"
+    test_split: str = "val"
+    image_size: int = 96
+    batch_size: int = 16
+    lr: float | None = None
+    steps: int = 300
+    fc_width: int = 1024
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 1
+
+
+def input_normalization(init_info, image_paths):
+    """The encoder's own normalisation, or for random init the training images' statistics."""
+    if init_info.get("input_mean") is not None:
+        return init_info["input_mean"], init_info["input_std"]
+    return channel_stats(image_paths)
+
+
+def resolve_device(name):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but no CUDA device is available")
+    return name
+
+
+def endless_batches(dataset, config, collate_fn=None):
+    """Shuffled batches forever, in an order fixed by the seed."""
+    if len(dataset) < config.batch_size:
+        raise UserError(f"only {len(dataset)} training images for a batch of {config.batch_size}; "
+                        f"lower --batch-size")
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
+                        num_workers=config.workers, persistent_workers=config.workers > 0,
+                        collate_fn=collate_fn, generator=torch.Generator().manual_seed(config.seed))
+    while True:
+        yield from loader
+
+
+def fit(model, loss_fn, batches, config, lr, weight_decay, desc, progress=True):
+    """SGD with momentum 0.9 and polynomial decay (power 0.9) over `config.steps` steps."""
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                momentum=0.9, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (1 - step / config.steps) ** 0.9)
+    started = time.perf_counter()
+    with tqdm(total=config.steps, desc=desc, unit="step", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for step, batch in zip(range(1, config.steps + 1), batches):
+            loss = loss_fn(model, batch)
+            if not math.isfinite(loss.item()):
+                raise UserError(f"{desc}: loss became {loss.item()} at step {step}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            rate = step * config.batch_size / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
+            bar.update(1)
+    model.eval()
+    return model

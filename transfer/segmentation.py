@@ -1,0 +1,103 @@
+"""FCN-32s semantic segmentation on the encoder (DESIGN §4): VOC2012 train -> val, mean IU.
+
+fc6/fc7 become fresh convolutions, a 21-way 1x1 classifier scores each pool5 cell, and the scores
+are upsampled bilinearly (x32 for the paper's sizes) to the input. fc6 is a 3x3 convolution
+(FCN-AlexNet's is 6x6 on an input padded by 100 px, then cropped); the 3x3 head works at any
+input size, which the CPU presets need. SGD, momentum 0.9, polynomial decay, softmax loss with
+255 ignored; evaluation upsamples the scores to each image's original size.
+"""
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from pretrain.runfiles import save_json
+from .encoders import load_encoder
+from .finetune import endless_batches, fit, input_normalization, resolve_device
+from .metrics import confusion_matrix, segmentation_scores
+from .records import write_record
+from .voc import VOC_CLASSES, VOCSegmentation
+
+NUM_CLASSES = 21  # background + 20
+CLASS_NAMES = ("background", *VOC_CLASSES)
+
+
+class FCN32s(nn.Module):
+    def __init__(self, encoder, width, num_classes=NUM_CLASSES):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Sequential(
+            nn.Conv2d(256, width, 3, padding=1), nn.ReLU(inplace=True), nn.Dropout2d(0.5),
+            nn.Conv2d(width, width, 1), nn.ReLU(inplace=True), nn.Dropout2d(0.5),
+            nn.Conv2d(width, num_classes, 1))
+
+    def forward(self, x):
+        scores = self.head(self.encoder(x))
+        return F.interpolate(scores, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class SegmentationPairs:
+    """Joint transform: rescale (shorter side `size` x U(1, 1.5) in training), random crop and flip;
+    the mask is resized with nearest neighbour and padded with 255."""
+
+    def __init__(self, size, mean, std, train, seed=0):
+        self.size, self.train = size, train
+        self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, image, class_mask, _object_mask):
+        original = torch.from_numpy(np.array(class_mask, dtype=np.int64))
+        scale = self.rng.uniform(1.0, 1.5) if self.train else 1.0
+        shorter = round(self.size * scale)
+        factor = shorter / min(image.size)
+        size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+        image = torch.from_numpy(np.array(image.resize(size, Image.BILINEAR))).permute(2, 0, 1)
+        image = (image.float() / 255 - self.mean) / self.std
+        if not self.train:
+            return image, original
+        mask = torch.from_numpy(np.array(class_mask.resize(size, Image.NEAREST), dtype=np.int64))
+        top = int(self.rng.integers(0, image.shape[1] - self.size + 1))
+        left = int(self.rng.integers(0, image.shape[2] - self.size + 1))
+        image = image[:, top:top + self.size, left:left + self.size]
+        mask = mask[top:top + self.size, left:left + self.size]
+        if self.rng.random() < 0.5:
+            image, mask = image.flip(-1), mask.flip(-1)
+        return image, mask
+
+
+def run_segmentation(config, run_dir, progress=True):
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    encoder, init_info = load_encoder(config.init)
+    train_set = VOCSegmentation(config.data_root, config.train_split, config.year)
+    test_set = VOCSegmentation(config.data_root, config.test_split, config.year)
+    image_paths = [train_set.voc_dir / "JPEGImages" / f"{i}.jpg" for i in train_set.ids]
+    mean, std = input_normalization(init_info, image_paths)
+    train_set.transform = SegmentationPairs(config.image_size, mean, std, train=True, seed=config.seed)
+    test_set.transform = SegmentationPairs(config.image_size, mean, std, train=False)
+
+    model = FCN32s(encoder, config.fc_width).to(device)
+
+    def loss_fn(model, batch):
+        images, masks = (t.to(device) for t in batch)
+        return F.cross_entropy(model(images), masks, ignore_index=255)
+
+    fit(model, loss_fn, endless_batches(train_set, config), config, config.lr or 0.01,
+        weight_decay=5e-4, desc="seg train", progress=progress)
+
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    with torch.no_grad():
+        for index in tqdm(range(len(test_set)), desc="seg eval", unit="img", disable=not progress):
+            image, target = test_set[index]
+            scores = model(image.unsqueeze(0).to(device))
+            scores = F.interpolate(scores, size=target.shape, mode="bilinear", align_corners=False)
+            confusion += confusion_matrix(scores.argmax(1)[0], target, NUM_CLASSES)
+    scores = segmentation_scores(confusion)
+    save_json({"confusion": confusion.tolist(), "classes": list(CLASS_NAMES)}, run_dir / "confusion.json")
+    return write_record(run_dir, config, init_info, "mean_iu", scores["mean_iu"],
+                        scores["per_class_iu"].tolist(), CLASS_NAMES, started)
