@@ -87,7 +87,7 @@ def add_pretrain_parser(commands):
     p.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every,
                    help="write checkpoint.pt every N steps")
     p.add_argument("--out", default=None,
-                   help="run folder (default: runs/<method>-<arch>-<mask>-<size>px-seed<seed>)")
+                   help="run folder (default: runs/<method>-<arch>[-<mask>]-<size>px-seed<seed>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint (its saved config is used; "
                         "--steps may extend it)")
@@ -97,7 +97,9 @@ def add_pretrain_parser(commands):
 
 def run_pretrain(args):
     from pretrain.train import PretrainConfig, pretrain, resume_pretraining
-    out = args.out or f"runs/{args.method}-{args.arch}-{args.mask}-{args.image_size}px-seed{args.seed}"
+    from pretrain.methods import get_method
+    mask = f"-{args.mask}" if get_method(args.method).uses_masks else ""
+    out = args.out or f"runs/{args.method}-{args.arch}{mask}-{args.image_size}px-seed{args.seed}"
     if args.resume:
         if args.overwrite:
             raise UserError("--resume and --overwrite exclude each other")
@@ -190,6 +192,25 @@ def run_transfer(args):
     print(f"{args.task} {record['metric']} = {100 * record['value']:.1f}%  (record: {Path(out) / 'record.json'})")
 
 
+def add_table_parser(commands):
+    p = commands.add_parser(
+        "table", help="the paper's Table 2 beside the measured records",
+        description="Read every record.json under --records and write table.csv, table.md, "
+                    "table.json and table.png (mean ± std over seeds) into --out, next to the "
+                    "paper's numbers (results/paper_table2.csv).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--records", default="runs/transfer", help="folder searched for record.json files")
+    p.add_argument("--out", default="results", help="folder for the table files")
+    p.set_defaults(run=run_table)
+
+
+def run_table(args):
+    from benchmarks.table import write_table
+    table = write_table(args.records, args.out)
+    print(table.to_string(index=False))
+    print(f"written: {Path(args.out) / 'table.md'} (+ .csv, .json, .png)")
+
+
 def add_data_parser(commands):
     p = commands.add_parser("data", help="make data sets")
     kinds = p.add_subparsers(dest="kind", required=True)
@@ -217,6 +238,7 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True)
     add_pretrain_parser(commands)
     add_transfer_parser(commands)
+    add_table_parser(commands)
     add_data_parser(commands)
     return parser
 

@@ -59,7 +59,7 @@ def check_resumable(out):
     return out
 
 
-def _replace_into(path, write):
+def write_atomically(path, write):
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     write(tmp)
@@ -67,11 +67,11 @@ def _replace_into(path, write):
 
 
 def save_torch(obj, path):
-    _replace_into(path, lambda tmp: torch.save(obj, tmp))
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_json(obj, path):
-    _replace_into(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def environment_info():

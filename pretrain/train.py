@@ -80,7 +80,8 @@ def resolve_config(config):
                         f"of {config.batch_size}; lower --batch-size")
     if config.load_size is None:
         config.load_size = round(config.image_size * 1.15)
-    if config.mask == "random-region" and config.mask_dir is None:
+    needs_shapes = get_method(config.method).uses_masks and config.mask == "random-region"
+    if needs_shapes and config.mask_dir is None:
         # Shapes from other images of the same VOC root; their image never matches the hole.
         candidate = images.find_voc_dir(config.data_root, config.year) / "SegmentationClass" \
             if images.is_voc_root(config.data_root) else None
@@ -210,7 +211,8 @@ def _truncate_metrics(path, step):
 def _save_encoder(method, config, run_dir, elapsed, step):
     state = {key: value.detach().cpu() for key, value in method.encoder.state_dict().items()}
     save_torch(state, run_dir / "encoder.pt")
-    save_json({"method": config.method, "arch": method.encoder_arch, "image_size": config.image_size,
+    label = f"{config.method} ({config.mask})" if method.uses_masks else config.method
+    save_json({"method": config.method, "label": label, "arch": method.encoder_arch, "image_size": config.image_size,
                "input_mean": method.input_mean, "input_std": method.input_std,
                "steps": step, "pretrain_seconds": round(elapsed, 1), "seed": config.seed,
                "data_root": config.data_root, "split": config.split}, run_dir / "encoder.json")

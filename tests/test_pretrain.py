@@ -494,3 +494,16 @@ def test_corrupt_image_is_named_in_one_line(toy_voc_root, tmp_path, capsys, monk
     lines = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
     assert rc == 2
     assert lines[-1].startswith("error: cannot read image") and broken.name in lines[-1], lines
+
+
+def test_autoencoder_on_a_plain_folder(toy_voc_root, tmp_path):
+    """The autoencoder needs no masks, so a folder without VOC segmentation masks is enough."""
+    images = tmp_path / "images"
+    shutil.copytree(toy_voc_root / "VOCdevkit" / "VOC2012" / "JPEGImages", images)
+    out = tmp_path / "run"
+    assert bench("--method", "autoencoder", "--data-root", images, "--out", out, "--image-size", 96,
+                 "--steps", 3, "--batch-size", 4, "--workers", 0) == 0
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2, 3] and all(np.isfinite(m["loss"]) for m in metrics)
+    assert json.loads((out / "encoder.json").read_text())["method"] == "autoencoder"
+    torchvision.models.alexnet(weights=None).features.load_state_dict(torch.load(out / "encoder.pt"))

@@ -19,6 +19,6 @@ def get_method(name):
     return METHODS[name]
 
 
-from . import context_encoder  # noqa: E402,F401  (built-ins register themselves on import)
+from . import autoencoder, context_encoder  # noqa: E402,F401  (built-ins register themselves on import)
 
 __all__ = ["METHODS", "PretextMethod", "get_method", "register"]

@@ -13,6 +13,7 @@ class PretextMethod(nn.Module):
     * `input_mean`, `input_std` per-channel normalisation of its inputs (lists of 3 floats), which
                                 transfer must use too;
     * `mask_sampler`            callable(rng) -> bool hole (H, W), or None if the task needs no holes;
+    * `uses_masks`              class attribute: True if it reads --mask/--mask-dir (set before building);
     * `configure_optimizers()`  -> {name: optimizer};
     * `train_step(batch, optimizers)` -> {metric: float}, with "loss" first; it runs backward and steps;
     * `preview(batch)`          -> list of image batches (normalised) shown as rows of the preview grid.
@@ -21,3 +22,4 @@ class PretextMethod(nn.Module):
     name = ""
     description = ""
     mask_sampler = None
+    uses_masks = False

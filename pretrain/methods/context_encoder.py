@@ -16,6 +16,7 @@ LOSSES = ("l2", "l2+adv")
 class ContextEncoder(PretextMethod):
     name = "context-encoder"
     description = "inpaint dropped regions from their context (Pathak et al. 2016)"
+    uses_masks = True
 
     def __init__(self, config, dataset_mean, dataset_std):
         super().__init__()

@@ -1,0 +1,43 @@
+"""Autoencoder baseline of the paper's Table 2: the context encoder's network reconstructing its
+whole, unmasked input with an L2 loss."""
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..networks import FeatureContextEncoder
+from . import PretextMethod, register
+
+
+@register
+class Autoencoder(PretextMethod):
+    name = "autoencoder"
+    description = "reconstruct the whole unmasked image through the context encoder's network"
+
+    def __init__(self, config, dataset_mean, dataset_std):
+        super().__init__()
+        if config.arch != "alexnet":
+            raise UserError(f"the autoencoder uses the alexnet network, not --arch {config.arch}")
+        self.config = config
+        self.generator = FeatureContextEncoder(config.image_size)
+        self.encoder_arch = "alexnet"
+        self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
+
+    @property
+    def encoder(self):
+        return self.generator.encoder
+
+    def configure_optimizers(self):
+        return {"generator": torch.optim.Adam(self.generator.parameters(), lr=self.config.lr or 1e-3)}
+
+    def train_step(self, batch, optimizers):
+        image = batch["image"]
+        loss = F.mse_loss(self.generator(image), image)
+        optimizer = optimizers["generator"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def preview(self, batch):
+        return [self.generator(batch["image"]), batch["image"]]

@@ -1,0 +1,64 @@
+"""`bench table` on fixed records: the paper's rows beside measured mean ± std (n)."""
+import json
+
+import pandas as pd
+import pytest
+
+from benchmarks.cli import main
+from benchmarks.table import write_table
+
+
+def record(folder, name, label, task, protocol, value, seed, pretrain_seconds=600.0, data="pets-voc"):
+    path = folder / name / "record.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({
+        "task": task, "protocol": protocol, "pretrain_method": label.split(" ")[0], "pretrain_label": label,
+        "pretrain_seconds": pretrain_seconds, "seed": seed, "data_root": f"/data/{data}", "value": value}))
+
+
+@pytest.fixture
+def records(tmp_path):
+    folder = tmp_path / "records"
+    record(folder, "a", "context-encoder (random-region)", "cls", "finetune", 0.50, 0)
+    record(folder, "b", "context-encoder (random-region)", "cls", "finetune", 0.70, 1)
+    record(folder, "c", "context-encoder (random-region)", "seg", "finetune", 0.30, 0)
+    record(folder, "d", "random", "seg", "finetune", 0.20, 0, pretrain_seconds=0.0)
+    record(folder, "e", "random", "cls", "svm", 0.25, 0, pretrain_seconds=0.0)
+    return folder
+
+
+def test_table_rows_and_numbers(records, tmp_path):
+    out = tmp_path / "results"
+    write_table(records, out)
+    table = pd.read_csv(out / "table.csv", keep_default_na=False).set_index("Pretraining")
+    # Paper rows first, as printed in the paper.
+    assert table.loc["Context encoder (paper)", "Classification"] == "56.5"
+    assert table.loc["Random Gaussian (paper)", "Segmentation"] == "19.8"
+    assert table.loc["Wang et al. (paper)", "Segmentation"] == ""
+    ce = table.loc["context-encoder (random-region)"]
+    # mean of 50 and 70 is 60; sample std sqrt(((-10)^2 + 10^2) / 1) = 14.14
+    assert ce["Classification"] == "60.0 ± 14.1 (n=2)"
+    assert ce["Segmentation"] == "30.0 (n=1)"
+    assert ce["Source"] == "measured: pets-voc" and ce["Pretraining time"] == "10.0 min"
+    assert table.loc["random", "Classification (SVM)"] == "25.0 (n=1)"
+    assert table.loc["random", "Pretraining time"] == "none"
+    assert "Detection" in table.columns  # the paper has detection numbers
+    assert list(table.columns[:2]) == ["Source", "Pretraining time"]
+
+    rows = json.loads((out / "table.json").read_text())
+    measured = {(m["method"], m["column"]): m for m in rows["measured"]}
+    assert measured[("context-encoder (random-region)", "Classification")]["n"] == 2
+    assert (out / "table.md").read_text().startswith("| Pretraining | Source |")
+    assert (out / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_cli_without_records(tmp_path, capsys):
+    assert main(["table", "--records", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "no record.json" in capsys.readouterr().err
+
+
+def test_table_names_a_broken_record(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "record.json").write_text("{}")
+    assert main(["table", "--records", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert str(tmp_path / "x" / "record.json") in capsys.readouterr().err
