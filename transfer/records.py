@@ -11,6 +11,7 @@ def write_record(run_dir, config, init_info, metric_name, metric, per_class, cla
     record = {
         "task": config.task, "protocol": config.protocol,
         "init": init_info.get("init"), "pretrain_method": init_info.get("method"),
+        "pretrain_label": init_info.get("label", init_info.get("method")),
         "pretrain_seconds": init_info.get("pretrain_seconds"), "seed": config.seed,
         "data_root": config.data_root, "year": config.year,
         "train_split": config.train_split, "test_split": config.test_split,
