@@ -13,9 +13,9 @@ $(BIN)/bench: pyproject.toml
 
 install: $(BIN)/bench
 
-# Quick preset on the built-in toy data: pretrain the context encoder, write runs/demo.
+# Quick preset on the built-in toy data: pretrain, transfer, table -> runs/suite-quick/table.md
 demo: install
-	$(BIN)/bench pretrain --out runs/demo --overwrite
+	$(BIN)/bench suite --preset quick
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -117,31 +117,30 @@ def run_pretrain(args):
     print(f"run folder: {run_dir}  (encoder: {run_dir / 'encoder.pt'}, preview: {run_dir / 'preview.png'})")
 
 
-TASK_DEFAULTS = {  # the paper's data for each task (DESIGN §4)
-    "seg": {"year": "2012", "train_split": "train", "test_split": "val"},
-    "cls": {"year": "2007", "train_split": "trainval", "test_split": "test"},
-}
-
-
 def add_transfer_parser(commands):
     from transfer.finetune import TransferConfig
+    from transfer.tasks import TASKS
     defaults = TransferConfig()
     p = commands.add_parser(
         "transfer", help="fine-tune an encoder on a VOC task and write a record",
         description="Fine-tune (or probe) an encoder on a PASCAL VOC task and write "
                     "<out>/record.json with the metric, per-class numbers and the full config. "
-                    "seg: FCN-32s, VOC2012 train -> val, mean IU. cls: VOC2007 trainval -> test, mAP.",
+                    "seg: FCN-32s, VOC2012 train -> val, mean IU. cls: VOC2007 trainval -> test, mAP. "
+                    "det: Fast R-CNN, VOC2007 trainval -> test, VOC07 mAP at IoU 0.5.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", required=True, choices=sorted(TASK_DEFAULTS))
+    p.add_argument("--task", required=True, choices=sorted(TASKS))
     p.add_argument("--init", default="random",
                    help="a `bench pretrain` run folder, an encoder.pt, or 'random' (no pretraining)")
     p.add_argument("--protocol", default="finetune", choices=("finetune", "svm"),
                    help="cls only: finetune everything, or linear SVMs on frozen pool5 features")
+    p.add_argument("--proposals", default="selective-search", choices=("selective-search", "rpn"),
+                   help="det only: cached selective-search boxes (Fast R-CNN) or a jointly trained "
+                        "RPN (Faster R-CNN)")
     p.add_argument("--data-root", default=None, help="a VOC root; default: the built-in toy VOC set")
     p.add_argument("--year", default=None,
-                   help="VOC year (default: 2012 for seg, 2007 for cls, else the newest present)")
-    p.add_argument("--train-split", default=None, help="default: train (seg), trainval (cls)")
-    p.add_argument("--test-split", default=None, help="default: val (seg), test (cls)")
+                   help="VOC year (default: 2012 for seg, 2007 for cls/det, else the newest present)")
+    p.add_argument("--train-split", default=None, help="default: train (seg), trainval (cls, det)")
+    p.add_argument("--test-split", default=None, help="default: val (seg), test (cls, det)")
     p.add_argument("--image-size", type=positive_int, default=defaults.image_size,
                    help="crop side in px (the paper: 227)")
     p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
@@ -159,36 +158,35 @@ def add_transfer_parser(commands):
     p.set_defaults(run=run_transfer)
 
 
-def _voc_year(root, wanted):
+def voc_year(root, wanted):
+    """`wanted` if the root has that VOC year, else the newest year it has."""
     from pretrain.images import find_voc_dir
     try:
         return find_voc_dir(root, wanted).name[3:]
     except UserError:
-        return find_voc_dir(root).name[3:]  # the task's usual year is absent: the newest present
+        return find_voc_dir(root).name[3:]
 
 
 def run_transfer(args):
     from pretrain.runfiles import staged_run_dir
-    from transfer.classification import run_classification
     from transfer.finetune import TransferConfig
-    from transfer.segmentation import run_segmentation
+    from transfer.tasks import TASK_DATA, run_task
     if args.lr is not None and args.lr <= 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
-    if args.protocol == "svm" and args.task != "cls":
-        raise UserError("--protocol svm applies to --task cls only")
-    task = TASK_DEFAULTS[args.task]
+    task = TASK_DATA[args.task]
     data_root = str(args.data_root or default_data_root())
     config = TransferConfig(
         task=args.task, protocol=args.protocol, init=args.init, data_root=data_root,
-        year=args.year or _voc_year(data_root, task["year"]),
+        year=args.year or voc_year(data_root, task["year"]),
         train_split=args.train_split or task["train_split"], test_split=args.test_split or task["test_split"],
         image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
-        fc_width=args.fc_width, seed=args.seed, device=args.device, workers=args.workers)
+        fc_width=args.fc_width, proposals=args.proposals, seed=args.seed, device=args.device,
+        workers=args.workers)
     init_name = "random" if args.init == "random" else Path(args.init).resolve().name.removesuffix(".pt")
-    out = args.out or f"runs/transfer/{args.task}-{args.protocol}-{init_name}-seed{args.seed}"
-    run = run_segmentation if args.task == "seg" else run_classification
+    variant = args.proposals if args.task == "det" else args.protocol
+    out = args.out or f"runs/transfer/{args.task}-{variant}-{init_name}-seed{args.seed}"
     with staged_run_dir(out, args.overwrite) as staging:
-        record = run(config, staging)
+        record = run_task(config, staging)
     print(f"{args.task} {record['metric']} = {100 * record['value']:.1f}%  (record: {Path(out) / 'record.json'})")
 
 
@@ -209,6 +207,35 @@ def run_table(args):
     table = write_table(args.records, args.out)
     print(table.to_string(index=False))
     print(f"written: {Path(args.out) / 'table.md'} (+ .csv, .json, .png)")
+
+
+def add_suite_parser(commands):
+    p = commands.add_parser(
+        "suite", help="pretrain every method, run every task for several seeds, build the table",
+        description="Run a preset (benchmarks/presets/*.yaml, or a YAML file of the same form): "
+                    "pretraining for each method and seed, every transfer task on every encoder, "
+                    "then the table. Finished work (encoder.pt / record.json present) is skipped.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", default="quick", help="quick, cpu, paper, or a YAML file")
+    p.add_argument("--data-root", default=None,
+                   help="pretraining images (VOC root or folder); default: the built-in toy VOC set")
+    p.add_argument("--transfer-data-root", default=None, help="VOC root for the tasks (default: --data-root)")
+    p.add_argument("--mask-dir", default=None, help="VOC segmentation PNGs for random-region masks")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="suite folder (default: runs/suite-<preset>)")
+    p.set_defaults(run=run_suite_command)
+
+
+def run_suite_command(args):
+    from benchmarks.suite import load_preset, run_suite
+    preset = load_preset(args.preset)
+    data_root = args.data_root or preset.get("data_root") or default_data_root()
+    out = args.out or f"runs/suite-{Path(args.preset).stem}"
+    table = run_suite(preset, out, data_root, args.mask_dir or preset.get("mask_dir"),
+                      args.transfer_data_root, voc_year, args.seeds, args.device)
+    print(table.to_string(index=False))
+    print(f"written: {Path(out) / 'table.md'} (+ .csv, .json, .png)")
 
 
 def add_data_parser(commands):
@@ -239,6 +266,7 @@ def build_parser():
     add_pretrain_parser(commands)
     add_transfer_parser(commands)
     add_table_parser(commands)
+    add_suite_parser(commands)
     add_data_parser(commands)
     return parser
 

@@ -18,7 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 PAPER_TABLE = Path(__file__).resolve().parent.parent / "results" / "paper_table2.csv"
 # Column of each (task, protocol); the paper's numbers are full fine-tuning.
 COLUMNS = {("cls", "finetune"): "Classification", ("cls", "svm"): "Classification (SVM)",
-           ("det", "finetune"): "Detection", ("seg", "finetune"): "Segmentation"}
+           ("det", "selective-search"): "Detection", ("det", "rpn"): "Detection (RPN)",
+           ("seg", "finetune"): "Segmentation"}
 PAPER_COLUMNS = {"cls": "Classification", "det": "Detection", "seg": "Segmentation"}
 
 
@@ -32,12 +33,19 @@ def load_records(folder):
         try:
             record = json.loads(path.read_text())
             rows.append({"method": record.get("pretrain_label") or record["pretrain_method"], "data": Path(record["data_root"]).name,
-                         "column": COLUMNS[(record["task"], record["protocol"])],
+                         "column": COLUMNS[_variant(record)],
                          "value": record["value"], "seed": record["seed"],
                          "pretrain_seconds": record["pretrain_seconds"], "record": str(path)})
         except (json.JSONDecodeError, KeyError) as exc:
             raise UserError(f"{path} is not a transfer record ({exc})") from None
     return pd.DataFrame(rows)
+
+
+def _variant(record):
+    """(task, protocol), or (det, proposal kind) for detection."""
+    if record["task"] == "det":
+        return "det", record.get("config", {}).get("proposals", "selective-search")
+    return record["task"], record["protocol"]
 
 
 def _cell(values):

@@ -127,3 +127,11 @@ def test_existing_results_survive_refusal_and_failed_overwrite(toy_voc_root, tmp
 def test_unknown_split_is_named(toy_voc_root, tmp_path, capsys):
     assert transfer(toy_voc_root, tmp_path / "out", "--task", "cls", "--test-split", "nosuch") == 2
     assert "nosuch.txt" in capsys.readouterr().err
+
+
+def test_detection_through_the_cli(toy_voc_root, tmp_path):
+    out = tmp_path / "det"
+    assert transfer(toy_voc_root, out, "--task", "det", "--steps", 2, "--batch-size", 2) == 0
+    record = read_record(out)
+    assert (record["task"], record["metric"], record["year"]) == ("det", "mAP", "2007")
+    assert record["config"]["proposals"] == "selective-search" and (out / "detections.json").is_file()

@@ -25,6 +25,7 @@ class TransferConfig:
     lr: float | None = None
     steps: int = 300
     fc_width: int = 1024
+    proposals: str = "selective-search"
     seed: int = 0
     device: str = "auto"
     workers: int = 1

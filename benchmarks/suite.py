@@ -1,0 +1,99 @@
+"""`bench suite`: pretrain every method of a preset for every seed, run every transfer task on
+every encoder, and build the table, in one command. Work whose output already exists (a run's
+encoder.pt, a transfer's record.json) is skipped, so an interrupted suite picks up where it stopped.
+
+Layout under --out:
+    pretrain/<method>-seed<k>/        bench pretrain run folders
+    transfer/<task>-<method>-seed<k>/ bench transfer run folders (record.json)
+    table.csv, table.md, table.json, table.png
+"""
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from pretrain.errors import UserError
+from pretrain.runfiles import staged_run_dir
+from pretrain.train import PretrainConfig, pretrain
+from transfer.finetune import TransferConfig
+from transfer.tasks import TASK_DATA, run_task
+from .table import write_table
+
+PRESETS = Path(__file__).resolve().parent / "presets"
+
+
+def load_preset(name):
+    """A preset by name (benchmarks/presets/<name>.yaml) or by path to a YAML file."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+        raise UserError(f"unknown preset {name!r}; choose from {known} or give a YAML file")
+    return yaml.safe_load(path.read_text())
+
+
+def _with_known_fields(cls, options, where):
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise UserError(f"preset {where}: unknown option(s) {', '.join(unknown)}")
+    return options
+
+
+def _check_preset(preset):
+    """Fail on a misspelt option before hours of work, not after."""
+    for key in ("seeds", "pretrain", "methods", "transfer", "tasks"):
+        if key not in preset:
+            raise UserError(f"preset has no {key!r} section")
+    for name, options in preset["methods"].items():
+        if options is not None:
+            _with_known_fields(PretrainConfig, {**preset["pretrain"], **options}, f"methods.{name}")
+    for name, options in preset["tasks"].items():
+        options = _with_known_fields(TransferConfig, {**preset["transfer"], **options}, f"tasks.{name}")
+        if options.get("task") not in TASK_DATA:
+            raise UserError(f"preset tasks.{name}: task must be one of {', '.join(sorted(TASK_DATA))}")
+
+
+def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, year_of=None,
+              seeds=None, device="auto", progress=True):
+    """Run the preset; return the table. `year_of(root, wanted)` picks a VOC year present in root."""
+    _check_preset(preset)
+    out = Path(out)
+    seeds = seeds or preset["seeds"]
+    transfer_root = transfer_data_root or data_root
+    encoders = {}
+    for name, options in preset["methods"].items():
+        for seed in seeds:
+            if options is None:  # no pretraining: the random-init row
+                encoders[name, seed] = "random"
+                continue
+            run_dir = out / "pretrain" / f"{name}-seed{seed}"
+            encoders[name, seed] = str(run_dir)
+            if (run_dir / "encoder.pt").is_file():
+                print(f"skip pretraining {run_dir}: done")
+                continue
+            config = PretrainConfig(**_with_known_fields(
+                PretrainConfig, {**preset["pretrain"], **options}, f"methods.{name}"))
+            config = dataclasses.replace(config, data_root=str(data_root), mask_dir=mask_dir or config.mask_dir,
+                                         seed=seed, device=device)
+            print(f"pretraining {name}, seed {seed} -> {run_dir}")
+            pretrain(config, run_dir, overwrite=True, progress=progress)
+    for task_name, task_options in preset["tasks"].items():
+        for (name, seed), init in encoders.items():
+            run_dir = out / "transfer" / f"{task_name}-{name}-seed{seed}"
+            if (run_dir / "record.json").is_file():
+                print(f"skip {run_dir}: done")
+                continue
+            options = _with_known_fields(TransferConfig, {**preset["transfer"], **task_options},
+                                         f"tasks.{task_name}")
+            config = TransferConfig(**options)
+            data = TASK_DATA[config.task]
+            config = dataclasses.replace(
+                config, init=init, data_root=str(transfer_root), seed=seed, device=device,
+                year=config.year or year_of(transfer_root, data["year"]),
+                train_split=options.get("train_split", data["train_split"]),
+                test_split=options.get("test_split", data["test_split"]))
+            print(f"transfer {task_name} from {name}, seed {seed} -> {run_dir}")
+            with staged_run_dir(run_dir, overwrite=True) as staging:
+                record = run_task(config, staging, progress=progress)
+            print(f"  {record['metric']} = {100 * record['value']:.1f}%")
+    return write_table(out / "transfer", out)
