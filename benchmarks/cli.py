@@ -9,12 +9,9 @@ from pretrain.errors import UserError
 DEFAULT_TOY = {"n_images": 200, "size": 96, "seed": 0}
 
 
-def cache_dir():
-    return Path(os.environ.get("BENCH_CACHE_DIR", Path.home() / ".cache" / "context-encoder-bench"))
-
-
 def default_data_root():
     """The built-in toy VOC set, generated into the cache folder the first time."""
+    from pretrain.runfiles import cache_dir
     from transfer.toy_voc import ensure_toy_voc
     root = ensure_toy_voc(cache_dir(), **DEFAULT_TOY)
     print(f"no --data-root given: using the built-in toy VOC set at {root}", file=sys.stderr)

@@ -12,6 +12,11 @@ import torch
 from .errors import UserError
 
 
+def cache_dir():
+    """Where generated data (the toy VOC set, detection proposals) is kept between runs."""
+    return Path(os.environ.get("BENCH_CACHE_DIR", Path.home() / ".cache" / "context-encoder-bench"))
+
+
 def check_new_run_dir(out, overwrite=False):
     """Refuse a non-empty `out` unless overwriting; changes nothing on disk."""
     out = Path(out)

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from pretrain.data import load_rgb
 from pretrain.errors import UserError
 from pretrain.networks import ALEXNET_POOL5_CHANNELS
-from pretrain.runfiles import write_atomically
+from pretrain.runfiles import cache_dir, write_atomically
 from .encoders import load_encoder
 from .finetune import endless_batches, fit, input_normalization, resolve_device
 from .metrics import detection_ap
@@ -52,10 +52,9 @@ ANCHOR_SIZES = (64, 128, 256, 512)  # RPN anchors at a 600 px shorter side (Fast
 
 def proposal_dir(voc_dir, min_size, max_size):
     """Cache folder of one VOC<year> folder's proposals at one detector scale."""
-    cache = Path(os.environ.get("BENCH_CACHE_DIR", Path.home() / ".cache" / "context-encoder-bench"))
     key = hashlib.sha1(str(Path(voc_dir).resolve()).encode()).hexdigest()[:12]
     scale = f"ss-fast-{min_size}-{max_size}-top{MAX_PROPOSALS}"
-    return cache / "proposals" / f"{Path(voc_dir).name}-{key}" / scale
+    return cache_dir() / "proposals" / f"{Path(voc_dir).name}-{key}" / scale
 
 
 def selective_search(image, min_size, max_size):
