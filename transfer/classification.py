@@ -19,8 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pretrain.networks import alexnet_pool5_side
-from .encoders import load_encoder
-from .finetune import endless_batches, fit, input_normalization, resolve_device
+from .finetune import endless_batches, fit, set_up_task
 from .metrics import classification_ap
 from .records import write_record
 from .voc import VOC_CLASSES, VOCClassification
@@ -76,21 +75,16 @@ def _batched(dataset, batch_size, progress, desc):
 
 def run_classification(config, run_dir, progress=True):
     started = time.perf_counter()
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    encoder, init_info = load_encoder(config.init)
-    train_set = VOCClassification(config.data_root, config.train_split, config.year)
-    test_set = VOCClassification(config.data_root, config.test_split, config.year)
-    mean, std = input_normalization(
-        init_info, [train_set.voc_dir / "JPEGImages" / f"{i}.jpg" for i in train_set.ids])
-    size = config.image_size
+    task = set_up_task(config, VOCClassification)
+    encoder, device, train_set, test_set = task.encoder, task.device, task.train_set, task.test_set
+    mean, std, size = task.mean, task.std, config.image_size
     if config.protocol == "svm":
         scores = _svm_scores(encoder.to(device), train_set, test_set,
                              Crops(size, mean, std, (1, 1), flip=False, centre=True), config, device, progress)
     else:
         scores = _finetune_scores(encoder, train_set, test_set, mean, std, config, device, progress)
     per_class, mean_ap = classification_ap(scores, test_set.labels, test_set.difficult)
-    return write_record(run_dir, config, init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES, started)
+    return write_record(run_dir, config, task.init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES, started)
 
 
 def _finetune_scores(encoder, train_set, test_set, mean, std, config, device, progress):

@@ -36,8 +36,7 @@ from pretrain.data import load_rgb
 from pretrain.errors import UserError
 from pretrain.networks import ALEXNET_POOL5_CHANNELS
 from pretrain.runfiles import cache_dir, write_atomically
-from .encoders import load_encoder
-from .finetune import endless_batches, fit, input_normalization, resolve_device
+from .finetune import endless_batches, fit, set_up_task
 from .metrics import detection_ap
 from .records import write_record
 from .voc import VOC_CLASSES, VOCDetection
@@ -223,14 +222,9 @@ def run_detection(config, run_dir, progress=True):
     if proposals not in PROPOSAL_KINDS:
         raise UserError(f"--proposals must be one of {', '.join(PROPOSAL_KINDS)}, got {proposals!r}")
     started = time.perf_counter()
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    encoder, init_info = load_encoder(config.init)
-    train_voc = VOCDetection(config.data_root, config.train_split, config.year)
-    test_voc = VOCDetection(config.data_root, config.test_split, config.year)
-    mean, std = input_normalization(
-        init_info, [train_voc.voc_dir / "JPEGImages" / f"{i}.jpg" for i in train_voc.ids])
-    model = build_detector(encoder, config, mean, std, proposals).to(device)
+    task = set_up_task(config, VOCDetection)
+    device, train_voc, test_voc = task.device, task.train_set, task.test_set
+    model = build_detector(task.encoder, config, task.mean, task.std, proposals).to(device)
     train_paths = test_paths = None
     if proposals == "selective-search":
         sizes = model.transform.min_size[0], model.transform.max_size
@@ -252,7 +246,7 @@ def run_detection(config, run_dir, progress=True):
     ground_truth = [test_voc.target(i) for i in range(len(test_voc))]
     per_class, mean_ap = detection_ap(detections, ground_truth, len(VOC_CLASSES))
     _save_detections(run_dir / "detections.json", test_voc.ids, detections)
-    return write_record(run_dir, config, init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES, started)
+    return write_record(run_dir, config, task.init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES, started)
 
 
 def _save_detections(path, ids, detections):

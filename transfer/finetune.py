@@ -2,6 +2,7 @@
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -9,6 +10,7 @@ from tqdm import tqdm
 
 from pretrain.data import channel_stats
 from pretrain.errors import UserError
+from .encoders import load_encoder
 
 
 @dataclass
@@ -31,11 +33,31 @@ class TransferConfig:
     workers: int = 1
 
 
-def input_normalization(init_info, image_paths):
-    """The encoder's own normalisation, or for random init the training images' statistics."""
+@dataclass
+class TaskSetup:
+    device: str
+    encoder: torch.nn.Module
+    init_info: dict
+    train_set: Any
+    test_set: Any
+    mean: list
+    std: list
+
+
+def set_up_task(config, dataset_class):
+    """What every task starts from: device, seeded RNG, the --init encoder, the train and test
+    datasets, and the input normalisation (the encoder's own, or the training images' statistics
+    for random init)."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    encoder, init_info = load_encoder(config.init)
+    train_set = dataset_class(config.data_root, config.train_split, config.year)
+    test_set = dataset_class(config.data_root, config.test_split, config.year)
     if init_info.get("input_mean") is not None:
-        return init_info["input_mean"], init_info["input_std"]
-    return channel_stats(image_paths)
+        mean, std = init_info["input_mean"], init_info["input_std"]
+    else:
+        mean, std = channel_stats([train_set.voc_dir / "JPEGImages" / f"{i}.jpg" for i in train_set.ids])
+    return TaskSetup(device, encoder, init_info, train_set, test_set, mean, std)
 
 
 def resolve_device(name):

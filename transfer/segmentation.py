@@ -16,8 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pretrain.runfiles import save_json
-from .encoders import load_encoder
-from .finetune import endless_batches, fit, input_normalization, resolve_device
+from .finetune import endless_batches, fit, set_up_task
 from .metrics import confusion_matrix, segmentation_scores
 from .records import write_record
 from .voc import VOC_CLASSES, VOCSegmentation
@@ -71,17 +70,12 @@ class SegmentationPairs:
 
 def run_segmentation(config, run_dir, progress=True):
     started = time.perf_counter()
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    encoder, init_info = load_encoder(config.init)
-    train_set = VOCSegmentation(config.data_root, config.train_split, config.year)
-    test_set = VOCSegmentation(config.data_root, config.test_split, config.year)
-    image_paths = [train_set.voc_dir / "JPEGImages" / f"{i}.jpg" for i in train_set.ids]
-    mean, std = input_normalization(init_info, image_paths)
+    task = set_up_task(config, VOCSegmentation)
+    device, train_set, test_set, mean, std = task.device, task.train_set, task.test_set, task.mean, task.std
     train_set.transform = SegmentationPairs(config.image_size, mean, std, train=True, seed=config.seed)
     test_set.transform = SegmentationPairs(config.image_size, mean, std, train=False)
 
-    model = FCN32s(encoder, config.fc_width).to(device)
+    model = FCN32s(task.encoder, config.fc_width).to(device)
 
     def loss_fn(model, batch):
         images, masks = (t.to(device) for t in batch)
@@ -99,5 +93,5 @@ def run_segmentation(config, run_dir, progress=True):
             confusion += confusion_matrix(scores.argmax(1)[0], target, NUM_CLASSES)
     scores = segmentation_scores(confusion)
     save_json({"confusion": confusion.tolist(), "classes": list(CLASS_NAMES)}, run_dir / "confusion.json")
-    return write_record(run_dir, config, init_info, "mean_iu", scores["mean_iu"],
+    return write_record(run_dir, config, task.init_info, "mean_iu", scores["mean_iu"],
                         scores["per_class_iu"].tolist(), CLASS_NAMES, started)
