@@ -142,7 +142,7 @@ def add_transfer_parser(commands):
                    help="crop side in px (the paper: 227)")
     p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=None,
-                   help="SGD learning rate (default: 0.01 seg, 1e-3 cls), polynomial decay")
+                   help="SGD learning rate (default: 0.01 seg, 1e-3 cls and det), polynomial decay")
     p.add_argument("--steps", type=positive_int, default=defaults.steps, help="training iterations")
     p.add_argument("--fc-width", type=positive_int, default=defaults.fc_width,
                    help="width of the fresh fc6/fc7 (the paper: 4096)")
