@@ -104,16 +104,20 @@ def _markdown(table):
 
 def _plot(summary, path):
     columns = list(dict.fromkeys(summary["column"]))
-    groups = list(dict.fromkeys(summary["method"] + " / " + summary["data"]))
-    figure, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3.5), squeeze=False)
+    one_data_set = summary["data"].nunique() == 1
+    names = summary["method"] if one_data_set else summary["method"] + " / " + summary["data"]
+    groups = list(dict.fromkeys(names))
+    figure, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 4.2), squeeze=False)
     for axis, column in zip(axes[0], columns):
-        part = summary[summary["column"] == column]
-        labels = (part["method"] + " / " + part["data"]).tolist()
+        chosen = (summary["column"] == column).to_numpy()
+        part, labels = summary[chosen], names[chosen].tolist()
         axis.bar(range(len(part)), part["mean"] * 100, yerr=part["std"].fillna(0) * 100, capsize=4,
                  color=[f"C{groups.index(label)}" for label in labels])
         axis.set_xticks(range(len(part)), labels, rotation=30, ha="right", fontsize=8)
         axis.set_title(column)
         axis.set_ylabel("%")
+    if one_data_set:
+        figure.suptitle(f"measured on {summary['data'].iloc[0]} (mean ± std over seeds)", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, format="png", dpi=120)
     plt.close(figure)
