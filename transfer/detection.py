@@ -78,9 +78,10 @@ def cached_proposals(voc, min_size, max_size, progress=True):
     folder = proposal_dir(voc.voc_dir, min_size, max_size)
     paths = [folder / f"{image_id}.npy" for image_id in voc.ids]
     missing = [(image_id, path) for image_id, path in zip(voc.ids, paths) if not path.is_file()]
-    if missing:
-        folder.mkdir(parents=True, exist_ok=True)
-        cv2.setNumThreads(len(os.sched_getaffinity(0)))
+    if not missing:
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    cv2.setNumThreads(len(os.sched_getaffinity(0)))
     for image_id, path in tqdm(missing, desc="selective search", unit="img", disable=not progress):
         boxes = selective_search(load_rgb(voc.voc_dir / "JPEGImages" / f"{image_id}.jpg"), min_size, max_size)
         write_atomically(path, lambda tmp: _save_npy(tmp, boxes))
