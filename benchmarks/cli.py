@@ -201,9 +201,12 @@ def add_table_parser(commands):
 
 def run_table(args):
     from benchmarks.table import write_table
-    table = write_table(args.records, args.out)
+    print_table(write_table(args.records, args.out), args.out)
+
+
+def print_table(table, folder):
     print(table.to_string(index=False))
-    print(f"written: {Path(args.out) / 'table.md'} (+ .csv, .json, .png)")
+    print(f"written: {Path(folder) / 'table.md'} (+ .csv, .json, .png)")
 
 
 def add_suite_parser(commands):
@@ -231,8 +234,7 @@ def run_suite_command(args):
     out = args.out or f"runs/suite-{Path(args.preset).stem}"
     table = run_suite(preset, out, data_root, args.mask_dir or preset.get("mask_dir"),
                       args.transfer_data_root, voc_year, args.seeds, args.device)
-    print(table.to_string(index=False))
-    print(f"written: {Path(out) / 'table.md'} (+ .csv, .json, .png)")
+    print_table(table, out)
 
 
 def add_data_parser(commands):
