@@ -20,11 +20,20 @@ def load_rgb(path, shorter_side=None):
             image = image.convert("RGB")
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
-    if shorter_side is not None:
-        scale = shorter_side / min(image.size)
-        size = (max(shorter_side, round(image.width * scale)), max(shorter_side, round(image.height * scale)))
-        image = image.resize(size, Image.BILINEAR)
-    return image
+    return image if shorter_side is None else resize_shorter_side(image, shorter_side)
+
+
+def resize_shorter_side(image, side, resample=Image.BILINEAR):
+    """`image` rescaled so its shorter side is `side`, keeping the aspect ratio."""
+    scale = side / min(image.size)
+    size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
+    return image.resize(size, resample)
+
+
+def normalized_tensor(pixels, mean, std):
+    """(H, W, 3) uint8 pixels (array or PIL image) -> (3, H, W) float (x / 255 - mean) / std,
+    with mean and std as (3, 1, 1) tensors."""
+    return (torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float() / 255 - mean) / std
 
 
 def channel_stats(paths, max_images=256, side=64):
@@ -61,8 +70,7 @@ class PretrainImages(Dataset):
         crop = image[top:top + side, left:left + side]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
-        tensor = torch.from_numpy(crop.copy()).permute(2, 0, 1).float().div_(255)
-        item = {"image": (tensor - self.mean) / self.std}
+        item = {"image": normalized_tensor(crop, self.mean, self.std)}
         if self.mask_sampler is not None:
             item["hole"] = torch.from_numpy(self.mask_sampler(rng)).float().unsqueeze(0)
         return item

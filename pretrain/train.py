@@ -13,7 +13,6 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -57,6 +56,15 @@ class PretrainConfig:
     dataset_std: list | None = None
 
 
+def resolve_device(name):
+    """"auto" -> cuda when there is a GPU, else cpu; a CUDA device that is absent is a user error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but no CUDA device is available")
+    return name
+
+
 def resolve_config(config):
     """Validate `config` and fill in what depends on the data: default load size, mask folder,
     dataset statistics. Returns (resolved config, image paths)."""
@@ -89,10 +97,7 @@ def resolve_config(config):
             raise UserError("--mask random-region needs --mask-dir, a folder of VOC segmentation PNGs "
                             "(or use --mask noise)")
         config.mask_dir = str(candidate)
-    if config.device == "auto":
-        config.device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {config.device} asked for, but no CUDA device is available")
+    config.device = resolve_device(config.device)
     if config.dataset_mean is None:
         config.dataset_mean, config.dataset_std = channel_stats(paths)
     return config, paths
@@ -165,8 +170,9 @@ def _train(config, method, dataset, run_dir, state=None, progress=True):
 
     # A fixed batch (keys from an epoch no training step reaches) shows progress on the same holes.
     preview_keys = [(2**31 - 1, i % len(dataset)) for i in range(PREVIEW_IMAGES)]
-    preview_batch = {key: torch.stack([dataset[k][key] for k in preview_keys]).to(config.device)
-                     for key in dataset[preview_keys[0]]}
+    preview_items = [dataset[k] for k in preview_keys]
+    preview_batch = {key: torch.stack([item[key] for item in preview_items]).to(config.device)
+                     for key in preview_items[0]}
 
     def checkpoint():
         save_torch({"method": method.state_dict(), "step": step, "elapsed": elapsed,

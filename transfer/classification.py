@@ -12,12 +12,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from sklearn.model_selection import GridSearchCV
 from sklearn.svm import LinearSVC
 from torch import nn
 from tqdm import tqdm
 
+from pretrain.data import normalized_tensor, resize_shorter_side
 from pretrain.networks import alexnet_pool5_side
 from .finetune import endless_batches, fit, set_up_task
 from .metrics import classification_ap
@@ -52,10 +52,7 @@ class Crops:
 
     def __call__(self, image):
         shorter = round(self.size * self.rng.uniform(*self.scale))
-        factor = shorter / min(image.size)
-        size = (max(shorter, round(image.width * factor)), max(shorter, round(image.height * factor)))
-        array = torch.from_numpy(np.array(image.resize(size, Image.BILINEAR))).permute(2, 0, 1)
-        array = (array.float() / 255 - self.mean) / self.std
+        array = normalized_tensor(resize_shorter_side(image, shorter), self.mean, self.std)
         crops = []
         for _ in range(self.count):
             if self.centre:

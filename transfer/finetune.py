@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from pretrain.data import channel_stats
 from pretrain.errors import UserError
+from pretrain.train import resolve_device
 from .encoders import load_encoder
 
 
@@ -58,14 +59,6 @@ def set_up_task(config, dataset_class):
     else:
         mean, std = channel_stats([train_set.voc_dir / "JPEGImages" / f"{i}.jpg" for i in train_set.ids])
     return TaskSetup(device, encoder, init_info, train_set, test_set, mean, std)
-
-
-def resolve_device(name):
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for, but no CUDA device is available")
-    return name
 
 
 def endless_batches(dataset, config, collate_fn=None):

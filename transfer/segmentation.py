@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from pretrain.data import normalized_tensor, resize_shorter_side
 from pretrain.runfiles import save_json
 from .finetune import endless_batches, fit, set_up_task
 from .metrics import confusion_matrix, segmentation_scores
@@ -41,7 +42,7 @@ class FCN32s(nn.Module):
 
 class SegmentationPairs:
     """Joint transform: rescale (shorter side `size` x U(1, 1.5) in training), random crop and flip;
-    the mask is resized with nearest neighbour and padded with 255."""
+    the mask is resized with nearest neighbour. Evaluation keeps the original mask."""
 
     def __init__(self, size, mean, std, train, seed=0):
         self.size, self.train = size, train
@@ -52,13 +53,11 @@ class SegmentationPairs:
         original = torch.from_numpy(np.array(class_mask, dtype=np.int64))
         scale = self.rng.uniform(1.0, 1.5) if self.train else 1.0
         shorter = round(self.size * scale)
-        factor = shorter / min(image.size)
-        size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
-        image = torch.from_numpy(np.array(image.resize(size, Image.BILINEAR))).permute(2, 0, 1)
-        image = (image.float() / 255 - self.mean) / self.std
+        image = normalized_tensor(resize_shorter_side(image, shorter), self.mean, self.std)
         if not self.train:
             return image, original
-        mask = torch.from_numpy(np.array(class_mask.resize(size, Image.NEAREST), dtype=np.int64))
+        mask = torch.from_numpy(np.array(resize_shorter_side(class_mask, shorter, Image.NEAREST),
+                                         dtype=np.int64))
         top = int(self.rng.integers(0, image.shape[1] - self.size + 1))
         left = int(self.rng.integers(0, image.shape[2] - self.size + 1))
         image = image[:, top:top + self.size, left:left + self.size]

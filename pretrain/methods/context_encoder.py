@@ -1,6 +1,5 @@
 """Context encoder (Pathak et al., CVPR 2016): predict dropped pixels from their surroundings."""
 import torch
-from torch import nn
 
 from .. import losses
 from ..errors import UserError
