@@ -133,6 +133,9 @@ def add_transfer_parser(commands):
     p.add_argument("--proposals", default="selective-search", choices=("selective-search", "rpn"),
                    help="det only: cached selective-search boxes (Fast R-CNN) or a jointly trained "
                         "RPN (Faster R-CNN)")
+    p.add_argument("--rescale", action="store_true",
+                   help="rescale the encoder's layers to unit-variance outputs on the training images "
+                        "first (Krähenbühl et al.'s data-dependent rescaling)")
     p.add_argument("--data-root", default=None, help="a VOC root; default: the built-in toy VOC set")
     p.add_argument("--year", default=None,
                    help="VOC year (default: 2012 for seg, 2007 for cls/det, else the newest present)")
@@ -177,11 +180,12 @@ def run_transfer(args):
         year=args.year or voc_year(data_root, task["year"]),
         train_split=args.train_split or task["train_split"], test_split=args.test_split or task["test_split"],
         image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
-        fc_width=args.fc_width, proposals=args.proposals, seed=args.seed, device=args.device,
+        fc_width=args.fc_width, proposals=args.proposals, rescale=args.rescale, seed=args.seed, device=args.device,
         workers=args.workers)
     init_name = "random" if args.init == "random" else Path(args.init).resolve().name.removesuffix(".pt")
     variant = args.proposals if args.task == "det" else args.protocol
-    out = args.out or f"runs/transfer/{args.task}-{variant}-{init_name}-seed{args.seed}"
+    rescaled = "-rescaled" if args.rescale else ""
+    out = args.out or f"runs/transfer/{args.task}-{variant}-{init_name}{rescaled}-seed{args.seed}"
     with staged_run_dir(out, args.overwrite) as staging:
         record = run_task(config, staging)
     print(f"{args.task} {record['metric']} = {100 * record['value']:.1f}%  (record: {Path(out) / 'record.json'})")

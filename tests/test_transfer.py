@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 
 from benchmarks.cli import main
+from pretrain.networks import alexnet_encoder, he_init
+from transfer.encoders import rescale_to_data
 from transfer.voc import VOC_CLASSES
 
 FAST = ["--steps", 3, "--batch-size", 4, "--fc-width", 16, "--workers", 0]
@@ -75,6 +77,40 @@ def test_classification_svm_from_pretrained_run(toy_voc_root, tmp_path, pretrain
     assert record["protocol"] == "svm" and record["pretrain_method"] == "context-encoder"
     assert record["init"] == str(pretrain_run) and record["pretrain_seconds"] > 0
     assert 0 <= record["value"] <= 1
+
+
+def test_rescaled_svm_record_is_its_own_row(toy_voc_root, tmp_path, pretrain_run):
+    out = tmp_path / "svm-rescaled"
+    assert transfer(toy_voc_root, out, "--task", "cls", "--protocol", "svm", "--init", pretrain_run,
+                    "--rescale") == 0
+    record = read_record(out)
+    assert record["config"]["rescale"] is True
+    assert record["pretrain_label"].endswith(" + rescaled") and 0 <= record["value"] <= 1
+
+
+def test_rescaling_gives_unit_channels_and_revives_dead_ones():
+    torch.manual_seed(0)
+    encoder = alexnet_encoder()
+    he_init(encoder, linear_output=False)
+    with torch.no_grad():
+        encoder[3].bias[:5] = -1e3  # five conv2 channels that never fire
+        encoder[6].weight[:3] = 0   # three conv3 channels constant over every input
+    images = torch.randn(8, 3, 96, 96)
+    rescale_to_data(encoder, images)
+    x = images
+    with torch.no_grad():
+        for layer in encoder:
+            y = layer(x)
+            if isinstance(layer, torch.nn.Conv2d):
+                channels = y.transpose(0, 1).flatten(1)
+                live = channels.std(1) > 1e-6
+                assert torch.allclose(channels.mean(1), torch.zeros(len(channels)), atol=1e-4)
+                assert torch.allclose(channels.std(1)[live], torch.ones(int(live.sum())), atol=1e-3)
+                if layer is encoder[3]:
+                    assert (channels[:5] > 0).any(1).all()  # the dead channels fire again
+                if layer is encoder[6]:
+                    assert not live[:3].any() and torch.isfinite(layer.weight).all()
+            x = y
 
 
 def test_encoder_file_init_uses_its_weights(toy_voc_root, pretrain_run):

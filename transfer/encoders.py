@@ -45,6 +45,28 @@ def load_encoder(init):
     return encoder, {"init": str(weights.parent if path.is_dir() else weights), **meta}
 
 
+def rescale_to_data(encoder, images):
+    """Krähenbühl et al. (2016)'s within-layer rescaling, in place: each convolution's output
+    channels get zero mean and unit standard deviation over `images` (layer by layer, on the
+    already rescaled layers below). It keeps what each filter responds to but undoes the scale
+    drift of pretraining, and it revives channels whose ReLU never fires on these images.
+    A channel constant over the images keeps its weights and only loses its mean."""
+    was_training = encoder.training
+    encoder.eval()
+    x = images
+    with torch.no_grad():
+        for layer in encoder:
+            if isinstance(layer, torch.nn.Conv2d):
+                out = layer(x).transpose(0, 1).flatten(1)
+                mean, std = out.mean(1), out.std(1)
+                std = torch.where(std > 1e-6, std, torch.ones_like(std))
+                layer.weight.div_(std.view(-1, 1, 1, 1))
+                layer.bias.sub_(mean).div_(std)
+            x = layer(x)
+    encoder.train(was_training)
+    return encoder
+
+
 def _key_mismatch(expected, given):
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))

@@ -4,14 +4,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pretrain.data import channel_stats
+from pretrain.data import channel_stats, load_rgb, normalized_tensor
 from pretrain.errors import UserError
 from pretrain.train import resolve_device
-from .encoders import load_encoder
+from .encoders import load_encoder, rescale_to_data
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TransferConfig:
     steps: int = 300
     fc_width: int = 1024
     proposals: str = "selective-search"
+    rescale: bool = False
     seed: int = 0
     device: str = "auto"
     workers: int = 1
@@ -47,8 +49,8 @@ class TaskSetup:
 
 def set_up_task(config, dataset_class):
     """What every task starts from: device, seeded RNG, the --init encoder, the train and test
-    datasets, and the input normalisation (the encoder's own, or the training images' statistics
-    for random init)."""
+    datasets, the input normalisation (the encoder's own, or the training images' statistics
+    for random init), and with config.rescale the encoder rescaled to the training images."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     encoder, init_info = load_encoder(config.init)
@@ -57,8 +59,27 @@ def set_up_task(config, dataset_class):
     if init_info.get("input_mean") is not None:
         mean, std = init_info["input_mean"], init_info["input_std"]
     else:
-        mean, std = channel_stats([train_set.voc_dir / "JPEGImages" / f"{i}.jpg" for i in train_set.ids])
+        mean, std = channel_stats(_image_paths(train_set))
+    if config.rescale:
+        rescale_to_data(encoder, _centre_crops(_image_paths(train_set), config.image_size, mean, std))
+        label = init_info.get("label", init_info["method"])
+        init_info = {**init_info, "label": f"{label} + rescaled"}
     return TaskSetup(device, encoder, init_info, train_set, test_set, mean, std)
+
+
+def _image_paths(dataset):
+    return [dataset.voc_dir / "JPEGImages" / f"{i}.jpg" for i in dataset.ids]
+
+
+def _centre_crops(paths, size, mean, std, count=64):
+    """Centre `size` crops of an evenly spaced sample of images, normalised, as one batch."""
+    mean, std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    crops = []
+    for path in paths[::max(1, len(paths) // count)][:count]:
+        image = np.asarray(load_rgb(path, size))
+        top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+        crops.append(normalized_tensor(image[top:top + size, left:left + size], mean, std))
+    return torch.stack(crops)
 
 
 def endless_batches(dataset, config, collate_fn=None):
