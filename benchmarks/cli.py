@@ -4,6 +4,7 @@ import os
 import sys
 from pathlib import Path
 
+from pretrain.data import BAD_IMAGE_POLICIES
 from pretrain.errors import UserError
 
 DEFAULT_TOY = {"n_images": 200, "size": 96, "seed": 0}
@@ -73,6 +74,9 @@ def add_pretrain_parser(commands):
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=non_negative_int, default=defaults.workers, help="DataLoader worker processes")
+    p.add_argument("--bad-images", default=defaults.bad_images, choices=BAD_IMAGE_POLICIES,
+                   help="an image that cannot be decoded: stop the run naming it (fail), or check every image "
+                        "first and leave the unreadable ones out with a warning (skip)")
     p.add_argument("--overlap", type=non_negative_int, default=defaults.overlap,
                    help="width in px of the band around the hole that is predicted too")
     p.add_argument("--overlap-weight", type=float, default=defaults.overlap_weight,
@@ -109,7 +113,8 @@ def run_pretrain(args):
             batch_size=args.batch_size, lr=args.lr, steps=args.steps or PretrainConfig.steps,
             seed=args.seed, device=args.device, workers=args.workers, overlap=args.overlap,
             overlap_weight=args.overlap_weight, adv_weight=args.adv_weight,
-            preview_every=args.preview_every, checkpoint_every=args.checkpoint_every)
+            preview_every=args.preview_every, checkpoint_every=args.checkpoint_every,
+            bad_images=args.bad_images)
         run_dir = pretrain(config, out, overwrite=args.overwrite)
     print(f"run folder: {run_dir}  (encoder: {run_dir / 'encoder.pt'}, preview: {run_dir / 'preview.png'})")
 
@@ -152,8 +157,15 @@ def add_transfer_parser(commands):
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=non_negative_int, default=defaults.workers)
+    p.add_argument("--bad-images", default=defaults.bad_images, choices=BAD_IMAGE_POLICIES,
+                   help="an image that cannot be decoded: stop the run naming it (fail), or check every image "
+                        "first and leave the unreadable ones out with a warning (skip)")
     p.add_argument("--out", default=None,
                    help="run folder (default: runs/transfer/<task>-<protocol>-<init>-seed<seed>)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every,
+                   help="steps between training checkpoints (what --resume continues from)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of this command (same options) from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(run=run_transfer)
 
@@ -180,13 +192,14 @@ def run_transfer(args):
         year=args.year or voc_year(data_root, task["year"]),
         train_split=args.train_split or task["train_split"], test_split=args.test_split or task["test_split"],
         image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
-        fc_width=args.fc_width, proposals=args.proposals, rescale=args.rescale, seed=args.seed, device=args.device,
-        workers=args.workers)
+        fc_width=args.fc_width, proposals=args.proposals, rescale=args.rescale,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, workers=args.workers,
+        bad_images=args.bad_images)
     init_name = "random" if args.init == "random" else Path(args.init).resolve().name.removesuffix(".pt")
     variant = args.proposals if args.task == "det" else args.protocol
     rescaled = "-rescaled" if args.rescale else ""
     out = args.out or f"runs/transfer/{args.task}-{variant}-{init_name}{rescaled}-seed{args.seed}"
-    with staged_run_dir(out, args.overwrite) as staging:
+    with staged_run_dir(out, args.overwrite, args.resume) as staging:
         record = run_task(config, staging)
     print(f"{args.task} {record['metric']} = {100 * record['value']:.1f}%  (record: {Path(out) / 'record.json'})")
 

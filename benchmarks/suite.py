@@ -1,6 +1,7 @@
 """`bench suite`: pretrain every method of a preset for every seed, run every transfer task on
 every encoder, and build the table, in one command. Work whose output already exists (a run's
-encoder.pt, a transfer's record.json) is skipped, so an interrupted suite picks up where it stopped.
+encoder.pt, a transfer's record.json) is skipped, and runs stopped half-way resume from their
+checkpoints, so an interrupted suite picks up where it stopped.
 
 Layout under --out:
     pretrain/<method>-seed<k>/        bench pretrain run folders
@@ -13,8 +14,8 @@ from pathlib import Path
 import yaml
 
 from pretrain.errors import UserError
-from pretrain.runfiles import staged_run_dir
-from pretrain.train import PretrainConfig, pretrain
+from pretrain.runfiles import staged_run_dir, staging_dir
+from pretrain.train import PretrainConfig, pretrain, resume_pretraining
 from transfer.finetune import TransferConfig
 from transfer.tasks import TASK_DATA, run_task
 from .table import write_table
@@ -71,6 +72,10 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, ye
             if (run_dir / "encoder.pt").is_file():
                 print(f"skip pretraining {run_dir}: done")
                 continue
+            if (run_dir / "checkpoint.pt").is_file():
+                print(f"resuming pretraining {name}, seed {seed} in {run_dir}")
+                resume_pretraining(run_dir, progress=progress)
+                continue
             config = PretrainConfig(**_with_known_fields(
                 PretrainConfig, {**preset["pretrain"], **options}, f"methods.{name}"))
             config = dataclasses.replace(config, data_root=str(data_root), mask_dir=mask_dir or config.mask_dir,
@@ -93,7 +98,8 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, ye
                 train_split=options.get("train_split", data["train_split"]),
                 test_split=options.get("test_split", data["test_split"]))
             print(f"transfer {task_name} from {name}, seed {seed} -> {run_dir}")
-            with staged_run_dir(run_dir, overwrite=True) as staging:
+            interrupted = (staging_dir(run_dir) / "checkpoint.pt").is_file()
+            with staged_run_dir(run_dir, overwrite=True, resume=interrupted) as staging:
                 record = run_task(config, staging, progress=progress)
             print(f"  {record['metric']} = {100 * record['value']:.1f}%")
     return write_table(out / "transfer", out)

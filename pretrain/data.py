@@ -3,10 +3,13 @@
 Every random choice for an item comes from a generator seeded by (seed, epoch, index), so an
 item is the same whichever worker loads it and a resumed run sees exactly the same batches.
 """
+import sys
+
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
 
 from .errors import UserError
 
@@ -21,6 +24,32 @@ def load_rgb(path, shorter_side=None):
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
     return image if shorter_side is None else resize_shorter_side(image, shorter_side)
+
+
+BAD_IMAGE_POLICIES = ("fail", "skip")
+
+
+def readable_only(paths, policy, what, progress=True):
+    """`paths` under the --bad-images policy. "fail": unchanged, so a file that cannot be decoded
+    stops the run when it is read, with its name. "skip": every file is decoded once up front
+    and the unreadable ones are left out, with a warning that counts them."""
+    if policy not in BAD_IMAGE_POLICIES:
+        raise UserError(f"--bad-images must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {policy!r}")
+    if policy == "fail":
+        return list(paths)
+    readable, unreadable = [], []
+    for path in tqdm(paths, desc=f"checking images of {what}", unit="img", disable=not progress):
+        try:
+            load_rgb(path, 32)  # a small draft still decodes the whole file
+            readable.append(path)
+        except UserError:
+            unreadable.append(path)
+    if unreadable:
+        print(f"warning: skipping {len(unreadable)} unreadable image(s) of {what}, e.g. {unreadable[0]}",
+              file=sys.stderr)
+    if not readable:
+        raise UserError(f"no readable images in {what}")
+    return readable
 
 
 def resize_shorter_side(image, side, resample=Image.BILINEAR):

@@ -1,4 +1,5 @@
 """Run folders: claiming them safely and writing their files atomically."""
+import io
 import json
 import os
 import platform
@@ -38,18 +39,36 @@ def create_run_dir(out, overwrite=False):
     return out
 
 
+def staging_dir(out):
+    """Where a run that will become `out` is written until it succeeds."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.partial")
+
+
 @contextmanager
-def staged_run_dir(out, overwrite=False):
+def staged_run_dir(out, overwrite=False, resume=False):
     """Yield a staging folder beside `out`; it becomes `out` only when the block succeeds, so a
-    failed or interrupted run never replaces (or half-writes) earlier results."""
+    failed or interrupted run never replaces (or half-writes) earlier results.
+
+    A run stopped after writing staging/checkpoint.pt leaves its staging folder behind, and
+    `resume` continues in it; a new run refuses to discard it unless overwriting."""
     out = check_new_run_dir(out, overwrite)
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = staging_dir(out)
+    interrupted = (staging / "checkpoint.pt").is_file()
+    if resume and not interrupted:
+        raise UserError(f"nothing to resume: no interrupted run of {out} ({staging / 'checkpoint.pt'} "
+                        f"does not exist)")
+    if interrupted and not resume and not overwrite:
+        raise UserError(f"an interrupted run of {out} is in {staging}; pass --resume to continue it "
+                        f"or --overwrite to start again")
+    if not resume:
+        shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True, exist_ok=True)
     try:
         yield staging
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if not (staging / "checkpoint.pt").is_file():
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     if out.exists():
         shutil.rmtree(out)
@@ -65,14 +84,23 @@ def check_resumable(out):
 
 
 def write_atomically(path, write):
+    """`write(tmp)` to a temporary file beside `path`, then rename it over `path`: a reader (or a
+    crash) never sees half a file. If writing fails (a full disk), the old `path` is kept."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        kept = f"; the previous {path.name} is kept" if path.exists() else ""
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}{kept}") from None
 
 
 def save_torch(obj, path):
-    write_atomically(path, lambda tmp: torch.save(obj, tmp))
+    buffer = io.BytesIO()  # serialise first, so a failed write is a plain OSError
+    torch.save(obj, buffer)
+    write_atomically(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def save_json(obj, path):

@@ -20,7 +20,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from . import images
-from .data import EpochOrder, PretrainImages, channel_stats
+from .data import EpochOrder, PretrainImages, channel_stats, readable_only
 from .errors import UserError
 from .methods import get_method
 from .runfiles import (check_new_run_dir, check_resumable, create_run_dir, environment_info, save_json,
@@ -52,6 +52,7 @@ class PretrainConfig:
     adv_weight: float = 0.001
     preview_every: int = 100
     checkpoint_every: int = 100
+    bad_images: str = "fail"
     dataset_mean: list | None = None
     dataset_std: list | None = None
 
@@ -82,7 +83,7 @@ def resolve_config(config):
             ("--checkpoint-every", config.checkpoint_every, config.checkpoint_every >= 1, "at least 1")]:
         if not ok:
             raise UserError(f"{name} must be {rule}, got {value}")
-    paths = images.list_images(config.data_root, config.split, config.year)
+    paths = training_images(config)
     if len(paths) < config.batch_size:
         raise UserError(f"only {len(paths)} images in {config.data_root} ({config.split}) for a batch "
                         f"of {config.batch_size}; lower --batch-size")
@@ -101,6 +102,11 @@ def resolve_config(config):
     if config.dataset_mean is None:
         config.dataset_mean, config.dataset_std = channel_stats(paths)
     return config, paths
+
+
+def training_images(config):
+    return readable_only(images.list_images(config.data_root, config.split, config.year), config.bad_images,
+                         f"{config.data_root} ({config.split})")
 
 
 def _batches(dataset, config, start_step):
@@ -144,7 +150,7 @@ def resume_pretraining(out, steps=None, progress=True):
     config = PretrainConfig(**json.loads((run_dir / "config.json").read_text())["config"])
     if steps is not None:
         config.steps = steps
-    method, dataset = _build(config, images.list_images(config.data_root, config.split, config.year))
+    method, dataset = _build(config, training_images(config))
     state = torch.load(run_dir / "checkpoint.pt", map_location=config.device, weights_only=False)
     return _train(config, method, dataset, run_dir, state, progress)
 

@@ -114,9 +114,10 @@ def test_samples_drop_empty_boxes_and_mirror_proposals_with_the_image(tmp_path):
     plain = DetectionSamples(voc, [proposals], train=False)[0]
     assert plain[2]["boxes"].tolist() == [[2.0, 3.0, 12.0, 20.0]] and plain[2]["labels"].tolist() == [1]
     flips = set()
+    samples = DetectionSamples(voc, [proposals], train=True)
     for seed in range(10):
-        torch.manual_seed(seed)
-        image, boxes, target = DetectionSamples(voc, [proposals], train=True)[0]
+        samples.rng = np.random.default_rng(seed)  # as training reseeds it per item
+        image, boxes, target = samples[0]
         flipped = not torch.equal(image, plain[0])
         flips.add(flipped)
         if flipped:

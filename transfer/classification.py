@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from pretrain.data import normalized_tensor, resize_shorter_side
 from pretrain.networks import alexnet_pool5_side
-from .finetune import endless_batches, fit, set_up_task
+from .finetune import fit, seeded_batches, set_up_task
 from .metrics import classification_ap
 from .records import write_record
 from .voc import VOC_CLASSES, VOCClassification
@@ -79,12 +79,12 @@ def run_classification(config, run_dir, progress=True):
         scores = _svm_scores(encoder.to(device), train_set, test_set,
                              Crops(size, mean, std, (1, 1), flip=False, centre=True), config, device, progress)
     else:
-        scores = _finetune_scores(encoder, train_set, test_set, mean, std, config, device, progress)
+        scores = _finetune_scores(encoder, train_set, test_set, mean, std, config, device, run_dir, progress)
     per_class, mean_ap = classification_ap(scores, test_set.labels, test_set.difficult)
     return write_record(run_dir, config, task.init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES, started)
 
 
-def _finetune_scores(encoder, train_set, test_set, mean, std, config, device, progress):
+def _finetune_scores(encoder, train_set, test_set, mean, std, config, device, run_dir, progress):
     size = config.image_size
     model = AlexNetClassifier(encoder, size, config.fc_width).to(device)
     train_set.transform = Crops(size, mean, std, (1.0, 2.0), seed=config.seed)
@@ -95,8 +95,8 @@ def _finetune_scores(encoder, train_set, test_set, mean, std, config, device, pr
         weights = (~target["difficult"]).float().to(device)
         return F.binary_cross_entropy_with_logits(logits, target["labels"].to(device), weight=weights)
 
-    fit(model, loss_fn, endless_batches(train_set, config), config, config.lr or 1e-3,
-        weight_decay=1e-6, desc="cls train", progress=progress)
+    fit(model, loss_fn, seeded_batches(train_set, train_set.transform, config), config, config.lr or 1e-3,
+        weight_decay=1e-6, desc="cls train", run_dir=run_dir, progress=progress)
     test_set.transform = Crops(size, mean, std, (1.25, 1.25), count=TEST_CROPS, seed=config.seed)
     scores = []
     with torch.no_grad():

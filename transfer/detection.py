@@ -36,7 +36,7 @@ from pretrain.data import load_rgb
 from pretrain.errors import UserError
 from pretrain.networks import ALEXNET_POOL5_CHANNELS
 from pretrain.runfiles import cache_dir, write_atomically
-from .finetune import endless_batches, fit, set_up_task
+from .finetune import fit, seeded_batches, set_up_task
 from .metrics import detection_ap
 from .records import write_record
 from .voc import VOC_CLASSES, VOCDetection
@@ -178,11 +178,13 @@ def _mirror(boxes, width):
 class DetectionSamples(Dataset):
     """Item: (image (3, H, W) in [0, 1], proposals (P, 4) or None, target {boxes, labels}).
 
-    Zero-area boxes are dropped; in training, items are mirrored with probability 1/2.
+    Zero-area boxes are dropped; in training, items are mirrored with probability 1/2 (drawn
+    from self.rng, which training reseeds per item).
     """
 
     def __init__(self, voc, proposal_paths, train):
         self.voc, self.proposal_paths, self.train = voc, proposal_paths, train
+        self.rng = np.random.default_rng(0)
 
     def __len__(self):
         return len(self.voc)
@@ -195,7 +197,7 @@ class DetectionSamples(Dataset):
         proposals = None
         if self.proposal_paths is not None:
             proposals = torch.from_numpy(np.load(self.proposal_paths[index]))
-        if self.train and torch.rand(()) < 0.5:
+        if self.train and self.rng.random() < 0.5:
             image, boxes = image.flip(-1), _mirror(boxes, image.shape[-1])
             proposals = None if proposals is None else _mirror(proposals, image.shape[-1])
         return image, proposals, {"boxes": boxes, "labels": labels}
@@ -232,11 +234,11 @@ def run_detection(config, run_dir, progress=True):
         train_paths, test_paths = (cached_proposals(voc, *sizes, progress) for voc in (train_voc, test_voc))
     # As Fast R-CNN does, train only on images with at least one box to learn from.
     usable = [i for i in range(len(train_voc)) if _positive_area(train_voc.target(i)["boxes"]).any()]
-    train_set = Subset(DetectionSamples(train_voc, train_paths, train=True), usable)
+    train_samples = DetectionSamples(train_voc, train_paths, train=True)
 
     fit(model, lambda model, batch: sum(_forward(model, batch, device).values()),
-        endless_batches(train_set, config, _collate), config, config.lr or 1e-3,
-        weight_decay=5e-4, desc="det train", progress=progress)
+        seeded_batches(Subset(train_samples, usable), train_samples, config, _collate), config,
+        config.lr or 1e-3, weight_decay=5e-4, desc="det train", run_dir=run_dir, progress=progress)
 
     test_loader = DataLoader(DetectionSamples(test_voc, test_paths, train=False),
                              batch_size=config.batch_size, num_workers=config.workers, collate_fn=_collate)

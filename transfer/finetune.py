@@ -1,18 +1,23 @@
 """What the fine-tuning tasks share: their config, normalisation, and the SGD training loop."""
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pretrain.data import channel_stats, load_rgb, normalized_tensor
+from pretrain.data import EpochOrder, channel_stats, load_rgb, normalized_tensor
 from pretrain.errors import UserError
+from pretrain.runfiles import save_torch
 from pretrain.train import resolve_device
 from .encoders import load_encoder, rescale_to_data
+from .voc import drop_unreadable, image_paths
+
+CHECKPOINT = "checkpoint.pt"  # of an unfinished transfer run; deleted once its record is written
 
 
 @dataclass
@@ -31,6 +36,8 @@ class TransferConfig:
     fc_width: int = 1024
     proposals: str = "selective-search"
     rescale: bool = False
+    checkpoint_every: int = 100
+    bad_images: str = "fail"
     seed: int = 0
     device: str = "auto"
     workers: int = 1
@@ -56,19 +63,17 @@ def set_up_task(config, dataset_class):
     encoder, init_info = load_encoder(config.init)
     train_set = dataset_class(config.data_root, config.train_split, config.year)
     test_set = dataset_class(config.data_root, config.test_split, config.year)
+    for dataset, split in ((train_set, config.train_split), (test_set, config.test_split)):
+        drop_unreadable(dataset, config.bad_images, f"{dataset.voc_dir.name} {split}")
     if init_info.get("input_mean") is not None:
         mean, std = init_info["input_mean"], init_info["input_std"]
     else:
-        mean, std = channel_stats(_image_paths(train_set))
+        mean, std = channel_stats(image_paths(train_set))
     if config.rescale:
-        rescale_to_data(encoder, _centre_crops(_image_paths(train_set), config.image_size, mean, std))
+        rescale_to_data(encoder, _centre_crops(image_paths(train_set), config.image_size, mean, std))
         label = init_info.get("label", init_info["method"])
         init_info = {**init_info, "label": f"{label} + rescaled"}
     return TaskSetup(device, encoder, init_info, train_set, test_set, mean, std)
-
-
-def _image_paths(dataset):
-    return [dataset.voc_dir / "JPEGImages" / f"{i}.jpg" for i in dataset.ids]
 
 
 def _centre_crops(paths, size, mean, std, count=64):
@@ -82,38 +87,79 @@ def _centre_crops(paths, size, mean, std, count=64):
     return torch.stack(crops)
 
 
-def endless_batches(dataset, config, collate_fn=None):
-    """Shuffled batches forever, in an order fixed by the seed."""
-    if len(dataset) < config.batch_size:
-        raise UserError(f"only {len(dataset)} training images for a batch of {config.batch_size}; "
-                        f"lower --batch-size")
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                        num_workers=config.workers, persistent_workers=config.workers > 0,
-                        collate_fn=collate_fn, generator=torch.Generator().manual_seed(config.seed))
-    while True:
-        yield from loader
+class SeededItems(Dataset):
+    """`dataset` looked up by the (epoch, index) keys of EpochOrder. Before each item,
+    `augmenter.rng` (the numpy Generator its random crops and flips come from) is reseeded from
+    (seed, epoch, index): an item is the same in whichever worker loads it, and a resumed run
+    sees exactly the batches the interrupted one would have."""
+
+    def __init__(self, dataset, augmenter, seed):
+        self.dataset, self.augmenter, self.seed = dataset, augmenter, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        self.augmenter.rng = np.random.default_rng([self.seed, epoch, index])
+        return self.dataset[index]
 
 
-def fit(model, loss_fn, batches, config, lr, weight_decay, desc, progress=True):
-    """SGD with momentum 0.9 and polynomial decay (power 0.9) over `config.steps` steps."""
+def seeded_batches(dataset, augmenter, config, collate_fn=None):
+    """A function of the start step giving shuffled batches from that step on, forever."""
+    def batches_from(step):
+        return iter(DataLoader(
+            SeededItems(dataset, augmenter, config.seed), batch_size=config.batch_size,
+            sampler=EpochOrder(len(dataset), config.batch_size, config.seed, step),
+            num_workers=config.workers, persistent_workers=config.workers > 0, collate_fn=collate_fn,
+            # Its own generator: making the loader must not draw from the RNG that dropout uses.
+            generator=torch.Generator().manual_seed(config.seed)))
+    return batches_from
+
+
+def fit(model, loss_fn, batches_from, config, lr, weight_decay, desc, run_dir, progress=True):
+    """SGD with momentum 0.9 and polynomial decay (power 0.9) over `config.steps` steps.
+
+    Every config.checkpoint_every steps, and at the end, the training state is written to
+    run_dir/checkpoint.pt; when that file is already there (an interrupted run), training
+    continues from it and ends with the weights an uninterrupted run would have.
+    """
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
                                 momentum=0.9, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: (1 - step / config.steps) ** 0.9)
-    started = time.perf_counter()
-    with tqdm(total=config.steps, desc=desc, unit="step", disable=not progress,
+    path, step = Path(run_dir) / CHECKPOINT, 0
+    if path.is_file():
+        state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+
+    def checkpoint():
+        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "step": step}, path)
+
+    started, first_step = time.perf_counter(), step
+    with tqdm(total=config.steps, initial=step, desc=desc, unit="step", disable=not progress,
               dynamic_ncols=True) as bar:
-        for step, batch in zip(range(1, config.steps + 1), batches):
+        for batch in batches_from(step) if step < config.steps else ():
             loss = loss_fn(model, batch)
             if not math.isfinite(loss.item()):
-                raise UserError(f"{desc}: loss became {loss.item()} at step {step}; lower --lr")
+                raise UserError(f"{desc}: loss became {loss.item()} at step {step + 1}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            rate = step * config.batch_size / (time.perf_counter() - started)
+            step += 1
+            rate = (step - first_step) * config.batch_size / (time.perf_counter() - started)
             bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
             bar.update(1)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                checkpoint()
+            if step >= config.steps:
+                break
     model.eval()
     return model

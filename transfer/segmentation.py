@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from pretrain.data import normalized_tensor, resize_shorter_side
 from pretrain.runfiles import save_json
-from .finetune import endless_batches, fit, set_up_task
+from .finetune import fit, seeded_batches, set_up_task
 from .metrics import confusion_matrix, segmentation_scores
 from .records import write_record
 from .voc import VOC_CLASSES, VOCSegmentation
@@ -80,8 +80,8 @@ def run_segmentation(config, run_dir, progress=True):
         images, masks = (t.to(device) for t in batch)
         return F.cross_entropy(model(images), masks, ignore_index=255)
 
-    fit(model, loss_fn, endless_batches(train_set, config), config, config.lr or 0.01,
-        weight_decay=5e-4, desc="seg train", progress=progress)
+    fit(model, loss_fn, seeded_batches(train_set, train_set.transform, config), config, config.lr or 0.01,
+        weight_decay=5e-4, desc="seg train", run_dir=run_dir, progress=progress)
 
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     with torch.no_grad():

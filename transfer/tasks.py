@@ -1,7 +1,12 @@
 """One entry point for every transfer task, used by `bench transfer` and `bench suite`."""
+import dataclasses
+import json
+
 from pretrain.errors import UserError
+from pretrain.runfiles import save_json
 from .classification import run_classification
 from .detection import run_detection
+from .finetune import CHECKPOINT
 from .segmentation import run_segmentation
 
 TASKS = {"cls": run_classification, "det": run_detection, "seg": run_segmentation}
@@ -18,4 +23,24 @@ def run_task(config, run_dir, progress=True):
         raise UserError(f"unknown task {config.task!r}; choose from {', '.join(sorted(TASKS))}")
     if config.protocol == "svm" and config.task != "cls":
         raise UserError("--protocol svm applies to --task cls only")
-    return TASKS[config.task](config, run_dir, progress=progress)
+    _check_same_run(config, run_dir / "config.json")
+    save_json(dataclasses.asdict(config), run_dir / "config.json")
+    record = TASKS[config.task](config, run_dir, progress=progress)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    return record
+
+
+# Options that may differ between an interrupted run and its resumption.
+RESUMABLE_CHANGES = {"device", "workers"}
+
+
+def _check_same_run(config, saved_path):
+    """A resumed run must have the interrupted run's settings, or its checkpoint means nothing."""
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    changed = sorted(key for key, value in dataclasses.asdict(config).items()
+                     if key not in RESUMABLE_CHANGES and saved.get(key) != value)
+    if changed:
+        raise UserError("the run being resumed had other settings: " + ", ".join(
+            f"{key} was {saved.get(key)!r}, now {getattr(config, key)!r}" for key in changed))

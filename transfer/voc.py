@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pretrain.data import load_rgb
+from pretrain.data import load_rgb, readable_only
 from pretrain.errors import UserError
 from pretrain.images import find_voc_dir, read_split
 
@@ -92,12 +92,32 @@ def _check_files(voc, ids, split, folders):
             raise UserError(f"{len(missing)} files of split {split!r} are missing, e.g. {missing[0]}")
 
 
+def image_paths(dataset):
+    """The JPEG files of a VOC dataset's images, in item order."""
+    return [dataset.voc_dir / "JPEGImages" / f"{image_id}.jpg" for image_id in dataset.ids]
+
+
+def drop_unreadable(dataset, policy, what):
+    """Apply the --bad-images policy (see readable_only) to a VOC dataset, in place: with "skip",
+    images that cannot be decoded leave every per-image field (dataset.PER_IMAGE)."""
+    paths = image_paths(dataset)
+    readable = set(readable_only(paths, policy, what))
+    keep = [i for i, path in enumerate(paths) if path in readable]
+    if len(keep) < len(paths):
+        for name in dataset.PER_IMAGE:
+            value = getattr(dataset, name)
+            setattr(dataset, name, value[keep] if torch.is_tensor(value) else [value[i] for i in keep])
+    return dataset
+
+
 class VOCClassification(Dataset):
     """Item: (image, {labels: float (20,) 1 positive / 0 otherwise, difficult: bool (20,)}).
 
     `difficult` marks classes present only as difficult objects (label 0 in the VOC files); the
     standard evaluation ignores those entries. `transform` is applied to the PIL image only.
     """
+
+    PER_IMAGE = ("ids", "labels", "difficult")
 
     def __init__(self, root, split, year=None, transform=None):
         self.voc_dir = find_voc_dir(root, year)
@@ -106,6 +126,7 @@ class VOCClassification(Dataset):
         self.labels = torch.from_numpy(labels == 1).float()
         self.difficult = torch.from_numpy(labels == 0)
         self.transform = transform
+
 
     def __len__(self):
         return len(self.ids)
@@ -127,6 +148,8 @@ class VOCDetection(Dataset):
     `transform(image, target)` is applied jointly, since resizing or flipping must move the boxes.
     """
 
+    PER_IMAGE = ("ids", "annotations")
+
     def __init__(self, root, split, year=None, transform=None):
         self.voc_dir = find_voc_dir(root, year)
         self.ids = read_split(self.voc_dir, split)
@@ -139,6 +162,7 @@ class VOCDetection(Dataset):
             if unknown:
                 raise UserError(f"unknown class {sorted(unknown)[0]!r} in {path}")
         self.transform = transform
+
 
     def __len__(self):
         return len(self.ids)
@@ -162,6 +186,22 @@ class VOCDetection(Dataset):
         return image, target
 
 
+def _load_mask(path, image_size):
+    """A VOC mask PNG: one channel of indices ('P' or 'L') and the size of its image."""
+    try:
+        with Image.open(path) as mask:
+            mask.load()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read mask {path}: {exc}") from None
+    if mask.mode not in ("P", "L"):
+        raise UserError(f"mask {path} has mode {mask.mode}; VOC masks are palette ('P') or grey ('L') "
+                        f"images of class indices")
+    if mask.size != image_size:
+        raise UserError(f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image is "
+                        f"{image_size[0]}x{image_size[1]}")
+    return mask
+
+
 class VOCSegmentation(Dataset):
     """Item: (image, class_mask, object_mask), the masks as PIL palette ('P') or 'L' images whose
     values are 0 background, 1..20 class (object mask: instance 1..K), 255 void.
@@ -170,6 +210,8 @@ class VOCSegmentation(Dataset):
     is applied jointly (crops and flips must agree) and its result is returned as the item.
     """
 
+    PER_IMAGE = ("ids",)
+
     def __init__(self, root, split, year=None, transform=None):
         self.voc_dir = find_voc_dir(root, year)
         self.ids = read_split(self.voc_dir, split, image_sets="Segmentation")
@@ -177,17 +219,15 @@ class VOCSegmentation(Dataset):
                      {"JPEGImages": ".jpg", "SegmentationClass": ".png", "SegmentationObject": ".png"})
         self.transform = transform
 
+
     def __len__(self):
         return len(self.ids)
 
     def __getitem__(self, index):
         image_id = self.ids[index]
         image = load_rgb(self.voc_dir / "JPEGImages" / f"{image_id}.jpg")
-        masks = []
-        for folder in ("SegmentationClass", "SegmentationObject"):
-            with Image.open(self.voc_dir / folder / f"{image_id}.png") as mask:
-                mask.load()
-                masks.append(mask)
+        masks = [_load_mask(self.voc_dir / folder / f"{image_id}.png", image.size)
+                 for folder in ("SegmentationClass", "SegmentationObject")]
         if self.transform is not None:
             return self.transform(image, *masks)
         return (image, *masks)
