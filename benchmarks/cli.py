@@ -93,7 +93,7 @@ def add_pretrain_parser(commands):
                    help="continue the run in --out from its checkpoint (its saved config is used; "
                         "--steps may extend it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.set_defaults(run=run_pretrain)
+    p.set_defaults(handler=run_pretrain)
 
 
 def run_pretrain(args):
@@ -167,7 +167,7 @@ def add_transfer_parser(commands):
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of this command (same options) from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.set_defaults(run=run_transfer)
+    p.set_defaults(handler=run_transfer)
 
 
 def voc_year(root, wanted):
@@ -204,6 +204,28 @@ def run_transfer(args):
     print(f"{args.task} {record['metric']} = {100 * record['value']:.1f}%  (record: {Path(out) / 'record.json'})")
 
 
+def add_export_parser(commands):
+    from transfer.export import FORMATS
+    p = commands.add_parser(
+        "export", help="write an encoder in torchvision's or detectron2's checkpoint layout",
+        description="Convert the encoder of a `bench pretrain` run (or an encoder.pt) for use outside "
+                    "the suite. torchvision: a state_dict with features.<i> names that loads into "
+                    "torchvision.models.alexnet() with strict=False. detectron2: a pickle of NumPy "
+                    "arrays named conv1..conv5 with detectron2's checkpoint fields.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", required=True, help="a `bench pretrain` run folder or an encoder.pt")
+    p.add_argument("--to", required=True, choices=FORMATS, help="target checkpoint layout")
+    p.add_argument("--out", required=True, help="file to write (.pth for torchvision, .pkl for detectron2)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.set_defaults(handler=run_export)
+
+
+def run_export(args):
+    from transfer.export import export_encoder
+    out = export_encoder(args.run, args.to, Path(args.out), args.overwrite)
+    print(f"wrote {out} ({args.to} layout)")
+
+
 def add_table_parser(commands):
     p = commands.add_parser(
         "table", help="the paper's Table 2 beside the measured records",
@@ -213,7 +235,7 @@ def add_table_parser(commands):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--records", default="runs/transfer", help="folder searched for record.json files")
     p.add_argument("--out", default="results", help="folder for the table files")
-    p.set_defaults(run=run_table)
+    p.set_defaults(handler=run_table)
 
 
 def run_table(args):
@@ -241,7 +263,7 @@ def add_suite_parser(commands):
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="suite folder (default: runs/suite-<preset>)")
-    p.set_defaults(run=run_suite_command)
+    p.set_defaults(handler=run_suite_command)
 
 
 def run_suite_command(args):
@@ -263,7 +285,7 @@ def add_data_parser(commands):
     toy.add_argument("--images", type=positive_int, default=DEFAULT_TOY["n_images"], help="images per year")
     toy.add_argument("--size", type=positive_int, default=DEFAULT_TOY["size"], help="nominal image side in px")
     toy.add_argument("--seed", type=int, default=DEFAULT_TOY["seed"])
-    toy.set_defaults(run=run_data_toy)
+    toy.set_defaults(handler=run_data_toy)
 
 
 def run_data_toy(args):
@@ -282,6 +304,7 @@ def build_parser():
     add_pretrain_parser(commands)
     add_transfer_parser(commands)
     add_table_parser(commands)
+    add_export_parser(commands)
     add_suite_parser(commands)
     add_data_parser(commands)
     return parser
@@ -292,7 +315,7 @@ def main(argv=None):
     import torch
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # all the cores we may use, no more
     try:
-        args.run(args)
+        args.handler(args)
     except UserError as exc:
         # An error raised in a DataLoader worker arrives wrapped in the worker's traceback;
         # its last line is the message.

@@ -11,9 +11,11 @@ A run folder holds
 import dataclasses
 import json
 import math
+import random
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torchvision.utils import save_image
@@ -66,6 +68,21 @@ def resolve_device(name):
     return name
 
 
+def seed_everything(seed):
+    """Seed every global generator a method might draw from: Python's, NumPy's and torch's.
+    (DataLoader workers get their seeds from the loader's own generator; see seed_worker.)"""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def seed_worker(_worker_id):
+    """DataLoader worker_init_fn: seed Python and NumPy from the seed torch gave this worker."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 def resolve_config(config):
     """Validate `config` and fill in what depends on the data: default load size, mask folder,
     dataset statistics. Returns (resolved config, image paths)."""
@@ -113,7 +130,7 @@ def _batches(dataset, config, start_step):
     loader = DataLoader(dataset, batch_size=config.batch_size,
                         sampler=EpochOrder(len(dataset), config.batch_size, config.seed, start_step),
                         num_workers=config.workers, persistent_workers=config.workers > 0,
-                        pin_memory=config.device.startswith("cuda"),
+                        pin_memory=config.device.startswith("cuda"), worker_init_fn=seed_worker,
                         # Its own generator: creating the loader must not advance the global RNG
                         # that dropout draws from, or a resumed run would diverge.
                         generator=torch.Generator().manual_seed(config.seed))
@@ -156,7 +173,7 @@ def resume_pretraining(out, steps=None, progress=True):
 
 
 def _build(config, paths):
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     method = get_method(config.method)(config, config.dataset_mean, config.dataset_std).to(config.device)
     dataset = PretrainImages(paths, config.image_size, config.load_size, method.input_mean,
                              method.input_std, method.mask_sampler, config.seed)

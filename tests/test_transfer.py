@@ -79,6 +79,15 @@ def test_classification_svm_from_pretrained_run(toy_voc_root, tmp_path, pretrain
     assert 0 <= record["value"] <= 1
 
 
+@pytest.mark.parametrize("task", ["cls", "seg"])
+def test_same_seed_same_metrics(toy_voc_root, tmp_path, task):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        assert transfer(toy_voc_root, tmp_path / name, "--task", task, "--workers", 1, "--seed", seed) == 0
+    first, second, other = (read_record(tmp_path / name) for name in ("a", "b", "c"))
+    assert first["value"] == second["value"] and first["per_class"] == second["per_class"]
+    assert other["per_class"] != first["per_class"]
+
+
 def test_rescaled_svm_record_is_its_own_row(toy_voc_root, tmp_path, pretrain_run):
     out = tmp_path / "svm-rescaled"
     assert transfer(toy_voc_root, out, "--task", "cls", "--protocol", "svm", "--init", pretrain_run,

@@ -8,11 +8,17 @@ from pretrain.errors import UserError
 from pretrain.networks import alexnet_encoder, he_init
 
 
+TORCHVISION_PREFIX = "torchvision-alexnet:"
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
 def load_encoder(init):
     """Return (AlexNet conv1..pool5 module, info).
 
     `init` is a run folder written by `bench pretrain`, an encoder.pt with its encoder.json
-    beside it, or "random" (He-Gaussian weights, no pretraining: the paper's random-init row).
+    beside it, "random" (He-Gaussian weights, no pretraining: the paper's random-init row), or
+    "torchvision-alexnet:PATH", a torchvision AlexNet state_dict file (such as its ImageNet
+    weights, or `bench export --to torchvision`), whose `features.*` weights are used.
     info holds method, arch, input_mean/input_std (None for random: use the data's own),
     pretrain_seconds and the source path.
     """
@@ -21,6 +27,8 @@ def load_encoder(init):
         he_init(encoder, linear_output=False)
         return encoder, {"init": "random", "method": "random", "arch": "alexnet",
                          "input_mean": None, "input_std": None, "pretrain_seconds": 0.0}
+    if init.startswith(TORCHVISION_PREFIX):
+        return _load_torchvision_alexnet(init)
     path = Path(init)
     weights = path / "encoder.pt" if path.is_dir() else path
     meta_path = weights.with_name("encoder.json")
@@ -32,17 +40,43 @@ def load_encoder(init):
     meta = json.loads(meta_path.read_text())
     if meta.get("arch") != "alexnet":
         raise UserError(f"--init {init}: transfer needs an alexnet encoder, this one is {meta.get('arch')!r}")
-    encoder = alexnet_encoder()
+    encoder = _alexnet_with(_read_state(init, weights), init, weights)
+    return encoder, {"init": str(weights.parent if path.is_dir() else weights), **meta}
+
+
+def _load_torchvision_alexnet(init):
+    weights = Path(init.removeprefix(TORCHVISION_PREFIX))
+    if not weights.is_file():
+        raise UserError(f"--init {init}: no file {weights}")
+    state = _read_state(init, weights)
+    prefix = "features."
+    features = {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
+    if not features:
+        raise UserError(f"--init {init}: {weights} has no 'features.*' weights; it is not a torchvision AlexNet")
+    encoder = _alexnet_with(features, init, weights)
+    return encoder, {"init": str(weights), "method": "torchvision-alexnet", "label": "torchvision-alexnet",
+                     "arch": "alexnet", "input_mean": IMAGENET_MEAN, "input_std": IMAGENET_STD,
+                     "pretrain_seconds": None}
+
+
+def _read_state(init, weights):
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as exc:  # unreadable or not a state_dict: say which file
         raise UserError(f"--init {init}: cannot load {weights}: {exc}") from None
+    if not isinstance(state, dict):
+        raise UserError(f"--init {init}: {weights} holds a {type(state).__name__}, not a state_dict")
+    return state
+
+
+def _alexnet_with(state, init, weights):
+    encoder = alexnet_encoder()
     missing, unexpected = _key_mismatch(encoder.state_dict(), state)
     if missing or unexpected:
         raise UserError(f"--init {init}: {weights} is not an AlexNet encoder "
                         f"(missing keys: {missing or 'none'}; unexpected keys: {unexpected or 'none'})")
     encoder.load_state_dict(state)
-    return encoder, {"init": str(weights.parent if path.is_dir() else weights), **meta}
+    return encoder
 
 
 def rescale_to_data(encoder, images):

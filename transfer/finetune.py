@@ -13,7 +13,7 @@ from tqdm import tqdm
 from pretrain.data import EpochOrder, channel_stats, load_rgb, normalized_tensor
 from pretrain.errors import UserError
 from pretrain.runfiles import save_torch
-from pretrain.train import resolve_device
+from pretrain.train import resolve_device, seed_everything, seed_worker
 from .encoders import load_encoder, rescale_to_data
 from .voc import drop_unreadable, image_paths
 
@@ -59,7 +59,7 @@ def set_up_task(config, dataset_class):
     datasets, the input normalisation (the encoder's own, or the training images' statistics
     for random init), and with config.rescale the encoder rescaled to the training images."""
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     encoder, init_info = load_encoder(config.init)
     train_set = dataset_class(config.data_root, config.train_split, config.year)
     test_set = dataset_class(config.data_root, config.test_split, config.year)
@@ -112,6 +112,7 @@ def seeded_batches(dataset, augmenter, config, collate_fn=None):
             SeededItems(dataset, augmenter, config.seed), batch_size=config.batch_size,
             sampler=EpochOrder(len(dataset), config.batch_size, config.seed, step),
             num_workers=config.workers, persistent_workers=config.workers > 0, collate_fn=collate_fn,
+            worker_init_fn=seed_worker,
             # Its own generator: making the loader must not draw from the RNG that dropout uses.
             generator=torch.Generator().manual_seed(config.seed)))
     return batches_from

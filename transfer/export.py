@@ -1,0 +1,52 @@
+"""`bench export`: an encoder in the checkpoint layout of another framework.
+
+torchvision  {"features.<i>.weight": tensor, ...}, a torch.save'd state_dict; loads into
+             torchvision.models.alexnet() with strict=False (only its classifier stays missing).
+detectron2   a pickle of {"model": {name: numpy array}, "__author__": ..., "matching_heuristics": True},
+             the form detectron2's DetectionCheckpointer reads for converted third-party weights.
+             detectron2 has no AlexNet, so the five convolutions are named conv1..conv5
+             (conv<k>.weight / conv<k>.bias) for a backbone that names its layers the same way.
+timm         timm has no AlexNet: exporting to timm needs a timm backbone, which the encoder
+             files of this suite do not have yet.
+"""
+import pickle
+
+import torch
+
+from pretrain.errors import UserError
+from pretrain.runfiles import save_torch, write_atomically
+from .encoders import load_encoder
+
+FORMATS = ("torchvision", "detectron2", "timm")
+
+
+def torchvision_state(encoder):
+    return {f"features.{key}": value.detach().cpu().clone() for key, value in encoder.state_dict().items()}
+
+
+def detectron2_checkpoint(encoder):
+    convolutions = [i for i, layer in enumerate(encoder) if isinstance(layer, torch.nn.Conv2d)]
+    model = {}
+    for number, index in enumerate(convolutions, start=1):
+        for kind in ("weight", "bias"):
+            model[f"conv{number}.{kind}"] = getattr(encoder[index], kind).detach().cpu().numpy().copy()
+    return {"model": model, "__author__": "context-encoder-bench", "matching_heuristics": True}
+
+
+def export_encoder(init, to, out, overwrite=False):
+    """Write the encoder of `init` (a run folder or encoder.pt) to `out` in format `to`."""
+    if to not in FORMATS:
+        raise UserError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
+    if out.exists() and (out.is_dir() or not overwrite):
+        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    encoder, info = load_encoder(init)
+    if to == "timm":
+        raise UserError(f"the encoder of {init} is {info['arch']!r}, which timm does not have; "
+                        f"export it --to torchvision")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if to == "torchvision":
+        save_torch(torchvision_state(encoder), out)
+    else:
+        checkpoint = detectron2_checkpoint(encoder)
+        write_atomically(out, lambda tmp: tmp.write_bytes(pickle.dumps(checkpoint)))
+    return out
