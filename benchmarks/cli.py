@@ -45,7 +45,10 @@ def add_pretrain_parser(commands):
                     "checkpoint.pt, encoder.pt + encoder.json (for `bench transfer`) and preview PNGs. "
                     "With no options: the context encoder on the built-in toy data (quick preset).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--method", default=defaults.method, choices=sorted(METHODS), help="pretext method")
+    p.add_argument("--method", default=defaults.method, choices=sorted(METHODS),
+                   help="pretext method (`bench methods` lists them)")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (an import path) first, so the pretext methods it registers can be used")
     p.add_argument("--arch", default=defaults.arch, choices=ARCHES,
                    help="alexnet: the feature-learning network (any size >= 63 px); "
                         "inpaint: the 128 px inpainting network with a 4000-d bottleneck")
@@ -263,7 +266,28 @@ def add_suite_parser(commands):
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="suite folder (default: runs/suite-<preset>)")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (an import path) first, so the pretext methods it registers can be used")
     p.set_defaults(handler=run_suite_command)
+
+
+def add_methods_parser(commands):
+    p = commands.add_parser(
+        "methods", help="list the registered pretext methods",
+        description="List every pretext method `bench pretrain --method` accepts: the built-ins, "
+                    "those of installed packages (entry-point group context_encoder_bench.methods) "
+                    "and those of --plugin modules.")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (an import path) first, so the pretext methods it registers can be used")
+    p.set_defaults(handler=run_methods)
+
+
+def run_methods(args):
+    from pretrain.methods import METHODS
+    width = max(map(len, METHODS))
+    for name, cls in sorted(METHODS.items()):
+        masks = " [uses --mask]" if cls.uses_masks else ""
+        print(f"{name:<{width}}  {cls.description}{masks}  ({cls.__module__})")
 
 
 def run_suite_command(args):
@@ -306,15 +330,27 @@ def build_parser():
     add_table_parser(commands)
     add_export_parser(commands)
     add_suite_parser(commands)
+    add_methods_parser(commands)
     add_data_parser(commands)
     return parser
 
 
+def plugin_modules(argv):
+    """The --plugin modules of a command line, read before the full parser is built, since the
+    methods they register must be among --method's choices."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--plugin", action="append", default=[])
+    return early.parse_known_args(argv)[0].plugin
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    import torch
-    torch.set_num_threads(len(os.sched_getaffinity(0)))  # all the cores we may use, no more
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
+        from pretrain.methods import load_plugins
+        load_plugins(plugin_modules(argv))
+        args = build_parser().parse_args(argv)
+        import torch
+        torch.set_num_threads(len(os.sched_getaffinity(0)))  # all the cores we may use, no more
         args.handler(args)
     except UserError as exc:
         # An error raised in a DataLoader worker arrives wrapped in the worker's traceback;

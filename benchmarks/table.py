@@ -58,6 +58,8 @@ def _cell(values):
 
 
 def _duration(seconds):
+    if pd.isna(seconds):  # e.g. downloaded weights: their training time is not known here
+        return "not measured"
     if seconds < 1:
         return "none"
     return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"

@@ -76,15 +76,16 @@ def channel_stats(paths, max_images=256, side=64):
 
 class PretrainImages(Dataset):
     """Items are looked up by (epoch, index) keys from `EpochOrder`; each is
-    {"image": (3, S, S) normalised} plus {"hole": (1, S, S) float} when a mask sampler is given."""
+    {"image": (3, S, S) normalised} plus {"hole": (1, S, S) float} when a mask sampler is given
+    and {"label": int64 class index} when labels are given."""
 
-    def __init__(self, paths, image_size, load_size, mean, std, mask_sampler=None, seed=0):
+    def __init__(self, paths, image_size, load_size, mean, std, mask_sampler=None, seed=0, labels=None):
         if load_size < image_size:
             raise UserError(f"--load-size {load_size} is smaller than --image-size {image_size}")
         self.paths, self.image_size, self.load_size = list(paths), image_size, load_size
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
-        self.mask_sampler, self.seed = mask_sampler, seed
+        self.mask_sampler, self.seed, self.labels = mask_sampler, seed, labels
 
     def __len__(self):
         return len(self.paths)
@@ -102,6 +103,8 @@ class PretrainImages(Dataset):
         item = {"image": normalized_tensor(crop, self.mean, self.std)}
         if self.mask_sampler is not None:
             item["hole"] = torch.from_numpy(self.mask_sampler(rng)).float().unsqueeze(0)
+        if self.labels is not None:
+            item["label"] = torch.tensor(self.labels[index])
         return item
 
     def denormalize(self, images):

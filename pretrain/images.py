@@ -75,3 +75,22 @@ def list_images(root, split="train", year=None):
     if not paths:
         raise UserError(f"no images found under {root}")
     return paths
+
+
+def folder_classes(paths, root):
+    """The class of each image of an image-folder data set (root/<class>/.../<image>): the name
+    of the first folder below `root`. Returns (class index per image, sorted class names)."""
+    root = Path(root)
+    if is_voc_root(root):
+        raise UserError(f"{root} is a VOC root; labels for pretraining come from an image folder with "
+                        f"one sub-folder per class")
+    names = []
+    for path in paths:
+        parts = Path(path).relative_to(root).parts
+        if len(parts) < 2:
+            raise UserError(f"{path} is not inside a class folder of {root} (expected {root}/<class>/<image>)")
+        names.append(parts[0])
+    classes = sorted(set(names))
+    if len(classes) < 2:
+        raise UserError(f"{root} has {len(classes)} class folder(s); labelled pretraining needs at least 2")
+    return [classes.index(name) for name in names], classes

@@ -55,6 +55,7 @@ class PretrainConfig:
     preview_every: int = 100
     checkpoint_every: int = 100
     bad_images: str = "fail"
+    classes: list | None = None  # of labelled (image-folder) data, for methods that use labels
     dataset_mean: list | None = None
     dataset_std: list | None = None
 
@@ -115,6 +116,8 @@ def resolve_config(config):
             raise UserError("--mask random-region needs --mask-dir, a folder of VOC segmentation PNGs "
                             "(or use --mask noise)")
         config.mask_dir = str(candidate)
+    if get_method(config.method).uses_labels and config.classes is None:
+        config.classes = images.folder_classes(paths, config.data_root)[1]
     config.device = resolve_device(config.device)
     if config.dataset_mean is None:
         config.dataset_mean, config.dataset_std = channel_stats(paths)
@@ -175,8 +178,13 @@ def resume_pretraining(out, steps=None, progress=True):
 def _build(config, paths):
     seed_everything(config.seed)
     method = get_method(config.method)(config, config.dataset_mean, config.dataset_std).to(config.device)
+    labels = None
+    if method.uses_labels:
+        labels, classes = images.folder_classes(paths, config.data_root)
+        if classes != config.classes:
+            raise UserError(f"the class folders of {config.data_root} changed since the run started")
     dataset = PretrainImages(paths, config.image_size, config.load_size, method.input_mean,
-                             method.input_std, method.mask_sampler, config.seed)
+                             method.input_std, method.mask_sampler, config.seed, labels)
     return method, dataset
 
 

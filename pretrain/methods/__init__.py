@@ -1,7 +1,20 @@
-"""Registry of pretext methods: `bench pretrain --method NAME` looks names up here."""
+"""Registry of pretext methods: `bench pretrain --method NAME` looks names up here.
+
+Built-in methods register themselves on import. Methods from other packages register through
+the entry-point group ENTRY_POINT_GROUP (each entry point names a module whose import registers
+them), or through `--plugin some.module` (an import path) or `--plugin path/to/file.py`.
+"""
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
 from ..errors import UserError
 from .base import PretextMethod
 
+ENTRY_POINT_GROUP = "context_encoder_bench.methods"
 METHODS = {}
 
 
@@ -13,12 +26,45 @@ def register(cls):
     return cls
 
 
+def load_plugins(modules=()):
+    """Import the modules of installed entry points and the given module paths, so that the
+    methods they define are registered. A plugin that fails to import is a one-line error."""
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+        except Exception as exc:  # any failure inside someone else's package: name it
+            raise UserError(f"pretext plugin {entry.name!r} ({entry.value}) failed to load: {exc}") from None
+    for module in modules:
+        try:
+            _import_plugin(module)
+        except Exception as exc:
+            raise UserError(f"--plugin {module}: cannot import it ({type(exc).__name__}: {exc})") from None
+
+
+def _import_plugin(module):
+    """`module` is an import path (the current folder is searched too) or a .py file."""
+    path = Path(module)
+    if path.suffix == ".py":
+        if not path.is_file():
+            raise FileNotFoundError(f"no file {path}")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = loaded  # so worker processes and pickling find it by name
+        spec.loader.exec_module(loaded)
+        return
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `bench` runs from .venv/bin, unlike `python -m`
+    importlib.import_module(module)
+
+
 def get_method(name):
+    if name not in METHODS:
+        load_plugins()  # a library user may not have gone through the CLI, which loads them first
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}; registered: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 
-from . import autoencoder, context_encoder  # noqa: E402,F401  (built-ins register themselves on import)
+from . import autoencoder, context_encoder, denoising_autoencoder, supervised  # noqa: E402,F401  (built-ins register themselves on import)
 
-__all__ = ["METHODS", "PretextMethod", "get_method", "register"]
+__all__ = ["ENTRY_POINT_GROUP", "METHODS", "PretextMethod", "get_method", "load_plugins", "register"]

@@ -29,9 +29,13 @@ class Autoencoder(PretextMethod):
     def configure_optimizers(self):
         return {"generator": torch.optim.Adam(self.generator.parameters(), lr=self.config.lr or 1e-3)}
 
+    def corrupt(self, image):
+        """The network's input made from the clean image: the image itself for a plain autoencoder."""
+        return image
+
     def train_step(self, batch, optimizers):
         image = batch["image"]
-        loss = F.mse_loss(self.generator(image), image)
+        loss = F.mse_loss(self.generator(self.corrupt(image)), image)
         optimizer = optimizers["generator"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -40,4 +44,7 @@ class Autoencoder(PretextMethod):
 
     @torch.no_grad()
     def preview(self, batch):
-        return [self.generator(batch["image"]), batch["image"]]
+        image = batch["image"]
+        corrupted = self.corrupt(image)
+        rows = [self.generator(corrupted), image]
+        return rows if corrupted is image else [corrupted, *rows]

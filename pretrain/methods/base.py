@@ -14,12 +14,19 @@ class PretextMethod(nn.Module):
                                 transfer must use too;
     * `mask_sampler`            callable(rng) -> bool hole (H, W), or None if the task needs no holes;
     * `uses_masks`              class attribute: True if it reads --mask/--mask-dir (set before building);
+    * `uses_labels`             class attribute: True if it needs batch["label"]: the data root is then an
+                                image folder with one sub-folder per class, listed in config.classes;
     * `configure_optimizers()`  -> {name: optimizer};
     * `train_step(batch, optimizers)` -> {metric: float}, with "loss" first; it runs backward and steps;
     * `preview(batch)`          -> list of image batches (normalised) shown as rows of the preview grid.
+
+    Default hyper-parameters live in the method: `configure_optimizers` uses `config.lr` when given
+    and the method's own default otherwise. Random draws inside `train_step` should use torch's RNG:
+    it is seeded from --seed and saved in checkpoints, so runs repeat and resume exactly.
     """
 
     name = ""
     description = ""
     mask_sampler = None
     uses_masks = False
+    uses_labels = False

@@ -1,0 +1,134 @@
+"""Pretext methods: one smoke harness runs every registered method on toy data (a few steps,
+finite losses, the encoder loads into every transfer task's model); the README's "Add a pretext
+method" example runs through pretrain -> transfer -> table as a --plugin; entry points and
+`bench methods`; labelled image folders for the supervised method."""
+import importlib.metadata
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.cli import main
+from pretrain.errors import UserError
+from pretrain.images import folder_classes
+from pretrain.methods import ENTRY_POINT_GROUP, METHODS
+from transfer.classification import AlexNetClassifier
+from transfer.detection import build_detector
+from transfer.encoders import load_encoder
+from transfer.finetune import TransferConfig
+from transfer.segmentation import FCN32s
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BUILT_IN = sorted(METHODS)  # before any test registers a plugin
+SIZE = 64
+
+
+def bench(*args):
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as exit_info:
+        return exit_info.code
+
+
+@pytest.fixture(scope="module")
+def class_folders(toy_voc_root, tmp_path_factory):
+    """An image-folder data set: root/<class>/<image>.jpg, two classes."""
+    root = tmp_path_factory.mktemp("folders")
+    images = sorted((toy_voc_root / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"))
+    for index, image in enumerate(images):
+        folder = root / ("first" if index % 2 else "second")
+        folder.mkdir(exist_ok=True)
+        shutil.copy(image, folder / image.name)
+    return root
+
+
+def loads_into_every_task(run_dir):
+    encoder, info = load_encoder(str(run_dir))
+    image = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert AlexNetClassifier(encoder, SIZE, 16).eval()(image).shape == (1, 20)
+        assert FCN32s(encoder, 16).eval()(image).shape == (1, 21, SIZE, SIZE)
+        detector = build_detector(encoder, TransferConfig(image_size=SIZE, fc_width=16),
+                                  info["input_mean"], info["input_std"]).eval()
+        detections = detector([image[0]], [torch.tensor([[4.0, 4.0, 40.0, 40.0]])])
+    assert set(detections[0]) == {"boxes", "scores", "labels"}
+
+
+@pytest.mark.parametrize("method", BUILT_IN)
+def test_every_method_trains_and_transfers(method, toy_voc_root, class_folders, tmp_path):
+    out = tmp_path / method
+    data = class_folders if METHODS[method].uses_labels else toy_voc_root
+    assert bench("pretrain", "--method", method, "--data-root", data, "--out", out, "--image-size", SIZE,
+                 "--steps", 2, "--batch-size", 4, "--workers", 0) == 0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(math.isfinite(m["loss"]) for m in metrics)
+    assert json.loads((out / "encoder.json").read_text())["method"] == method
+    assert (out / "preview.png").stat().st_size > 0
+    loads_into_every_task(out)
+
+
+def readme_example():
+    section = README.read_text().split("## Add a pretext method", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_example_runs_through_pretrain_transfer_and_table(toy_voc_root, tmp_path, capsys):
+    example = readme_example()
+    assert len(example.splitlines()) <= 40
+    plugin = tmp_path / "my_methods.py"
+    plugin.write_text(example)
+    assert bench("methods", "--plugin", plugin) == 0
+    assert "colourisation" in capsys.readouterr().out
+    run = tmp_path / "colour"
+    assert bench("pretrain", "--plugin", plugin, "--method", "colourisation", "--data-root", toy_voc_root,
+                 "--out", run, "--image-size", SIZE, "--steps", 2, "--batch-size", 4, "--workers", 0) == 0
+    records = tmp_path / "records"
+    assert bench("transfer", "--task", "cls", "--protocol", "svm", "--init", run, "--data-root", toy_voc_root,
+                 "--image-size", SIZE, "--workers", 0, "--out", records / "svm") == 0
+    assert bench("table", "--records", records, "--out", tmp_path / "table") == 0
+    rows = json.loads((tmp_path / "table" / "table.json").read_text())["rows"]
+    measured = [row for row in rows if row["Pretraining"] == "colourisation"]
+    assert len(measured) == 1 and measured[0]["Classification (SVM)"].endswith("(n=1)")
+
+
+def test_entry_point_plugins_register_and_failures_are_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "entry_point_methods.py").write_text(
+        "from pretrain.methods import PretextMethod, register\n\n\n"
+        "@register\nclass Listed(PretextMethod):\n    name = 'listed-by-entry-point'\n"
+        "    description = 'registered through an entry point'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = importlib.metadata.EntryPoint("listed", "entry_point_methods", ENTRY_POINT_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: [entry] if group == ENTRY_POINT_GROUP else [])
+    assert bench("methods") == 0
+    assert "listed-by-entry-point  registered through an entry point" in capsys.readouterr().out
+
+    broken = importlib.metadata.EntryPoint("broken", "no_such_module_here", ENTRY_POINT_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [broken])
+    assert bench("methods") == 2
+    assert "pretext plugin 'broken' (no_such_module_here) failed to load" in capsys.readouterr().err
+    METHODS.pop("listed-by-entry-point")
+
+
+def test_bench_methods_lists_the_built_ins(capsys):
+    assert bench("methods") == 0
+    listing = capsys.readouterr().out
+    for name in BUILT_IN:
+        assert re.search(rf"^{re.escape(name)}\s+\S", listing, re.M), name
+
+
+def test_folder_classes(class_folders, toy_voc_root, tmp_path):
+    paths = sorted(class_folders.rglob("*.jpg"))
+    labels, classes = folder_classes(paths, class_folders)
+    assert classes == ["first", "second"]
+    assert all(classes[label] == path.parent.name for label, path in zip(labels, paths))
+    with pytest.raises(UserError, match="not inside a class folder"):
+        folder_classes([class_folders / "loose.jpg"], class_folders)
+    with pytest.raises(UserError, match="1 class folder"):
+        folder_classes([p for p in paths if p.parent.name == "first"], class_folders)
+    with pytest.raises(UserError, match="is a VOC root"):
+        folder_classes([], toy_voc_root)
