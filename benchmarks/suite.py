@@ -78,8 +78,9 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, ye
                 continue
             config = PretrainConfig(**_with_known_fields(
                 PretrainConfig, {**preset["pretrain"], **options}, f"methods.{name}"))
-            config = dataclasses.replace(config, data_root=str(data_root), mask_dir=mask_dir or config.mask_dir,
-                                         seed=seed, device=device)
+            # A method may name its own data (e.g. supervised: {data_root: labelled/class/folders}).
+            config = dataclasses.replace(config, data_root=config.data_root or str(data_root),
+                                         mask_dir=mask_dir or config.mask_dir, seed=seed, device=device)
             print(f"pretraining {name}, seed {seed} -> {run_dir}")
             pretrain(config, run_dir, overwrite=True, progress=progress)
     for task_name, task_options in preset["tasks"].items():

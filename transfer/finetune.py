@@ -1,8 +1,8 @@
 """What the fine-tuning tasks share: their config, normalisation, and the SGD training loop."""
 import math
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np

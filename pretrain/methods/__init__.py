@@ -65,6 +65,8 @@ def get_method(name):
     return METHODS[name]
 
 
-from . import autoencoder, context_encoder, denoising_autoencoder, supervised  # noqa: E402,F401  (built-ins register themselves on import)
+# Built-ins register themselves on import.
+from . import (autoencoder, context_encoder, denoising_autoencoder, relative_context,  # noqa: E402,F401
+               rotation, supervised)
 
 __all__ = ["ENTRY_POINT_GROUP", "METHODS", "PretextMethod", "get_method", "load_plugins", "register"]

@@ -1,0 +1,78 @@
+"""Rotation prediction (Gidaris, Singh and Komodakis, "Unsupervised Representation Learning by
+Predicting Image Rotations", ICLR 2018): tell which of four rotations (0, 90, 180, 270 degrees) an
+image was turned by. Recognising "upright" needs the objects in it, not low-level cues."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..networks import ALEXNET_POOL5_CHANNELS, alexnet_encoder, alexnet_pool5_side, he_init
+from . import PretextMethod, register
+
+ROTATIONS = 4  # quarter turns: label k means the image was turned by k * 90 degrees
+HIDDEN = 256
+
+
+def rotated_batch(images):
+    """(B, C, S, S) images -> ((4B, C, S, S) images, (4B,) labels): all B images turned by 0 quarter
+    turns, then all turned by 1, 2 and 3, with label k on the copies turned k times.
+
+    Every image comes in all four rotations in the same batch: Gidaris et al. found this better than
+    one random rotation per image, since the four copies differ only in their orientation.
+    """
+    rotated = torch.cat([torch.rot90(images, k, dims=(-2, -1)) for k in range(ROTATIONS)])
+    labels = torch.arange(ROTATIONS, device=images.device).repeat_interleave(len(images))
+    return rotated, labels
+
+
+@register
+class RotationPrediction(PretextMethod):
+    name = "rotation"
+    description = "predict which of four rotations an image was turned by (Gidaris et al. 2018)"
+
+    def __init__(self, config, dataset_mean, dataset_std):
+        super().__init__()
+        if config.arch != "alexnet":
+            raise UserError(f"rotation prediction uses the alexnet network, not --arch {config.arch}")
+        side = alexnet_pool5_side(config.image_size)
+        if side < 1:
+            raise UserError(f"--image-size {config.image_size} is too small for AlexNet "
+                            "(at least 63 px)")
+        self.config = config
+        self.encoder = alexnet_encoder()
+        # A ReLU follows conv5 inside the features, so every layer gets the ReLU gain.
+        he_init(self.encoder, linear_output=False)
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(ALEXNET_POOL5_CHANNELS * side * side, HIDDEN), nn.ReLU(inplace=True),
+            nn.Dropout(0.5), nn.Linear(HIDDEN, ROTATIONS))
+        self.encoder_arch = "alexnet"
+        self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
+
+    def forward(self, images):
+        """Rotation logits (N, 4)."""
+        return self.head(self.encoder(images))
+
+    def configure_optimizers(self):
+        return {"network": torch.optim.Adam(self.parameters(), lr=self.config.lr or 1e-3)}
+
+    def train_step(self, batch, optimizers):
+        images, labels = rotated_batch(batch["image"])
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        optimizer = optimizers["network"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        accuracy = (logits.argmax(1) == labels).float().mean()
+        return {"loss": loss.item(), "accuracy": accuracy.item()}
+
+    @torch.no_grad()
+    def preview(self, batch):
+        """Rows 1-4: the images turned by 0-3 quarter turns (what the network sees); rows 5-8: each of
+        those turned back by the rotation the network predicts, so every image there is upright
+        exactly when the prediction is right."""
+        images, _ = rotated_batch(batch["image"])
+        predicted = self(images).argmax(1)
+        undone = torch.stack([torch.rot90(image, -int(k), dims=(-2, -1))
+                              for image, k in zip(images, predicted)])
+        return [*images.chunk(ROTATIONS), *undone.chunk(ROTATIONS)]
