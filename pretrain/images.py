@@ -4,9 +4,17 @@
 """
 from pathlib import Path
 
+import numpy as np
+
 from .errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)
 
 
 def find_voc_dir(root, year=None):
@@ -46,6 +54,31 @@ def read_split(voc_dir, split, image_sets="Main"):
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
+def read_class_labels(voc_dir, split):
+    """Image ids of ImageSets/Main/<split>.txt and their (N, 20) int8 labels from the per-class
+    files <class>_<split>.txt: 1 present, -1 absent, 0 present only as difficult objects."""
+    ids = read_split(voc_dir, split)
+    row = {image_id: i for i, image_id in enumerate(ids)}
+    labels = np.zeros((len(ids), len(VOC_CLASSES)), np.int8)
+    seen = np.zeros_like(labels, dtype=bool)
+    for c, name in enumerate(VOC_CLASSES):
+        path = Path(voc_dir) / "ImageSets" / "Main" / f"{name}_{split}.txt"
+        if not path.is_file():
+            raise UserError(f"missing class label file {path}")
+        for line in path.read_text().splitlines():
+            fields = line.split()
+            if fields and fields[0] in row:
+                if len(fields) != 2 or fields[1] not in ("1", "-1", "0"):
+                    raise UserError(f"malformed line {line!r} in {path}")
+                labels[row[fields[0]], c] = int(fields[1])
+                seen[row[fields[0]], c] = True
+    if not seen.all():
+        i, c = np.argwhere(~seen)[0]
+        raise UserError(f"image {ids[i]} of split {split!r} has no label in "
+                        f"{Path(voc_dir) / 'ImageSets' / 'Main' / f'{VOC_CLASSES[c]}_{split}.txt'}")
+    return ids, labels
+
+
 def is_voc_root(root):
     root = Path(root)
     return (root / "VOCdevkit").is_dir() or root.name == "VOCdevkit" or (
@@ -77,13 +110,19 @@ def list_images(root, split="train", year=None):
     return paths
 
 
-def folder_classes(paths, root):
-    """The class of each image of an image-folder data set (root/<class>/.../<image>): the name
-    of the first folder below `root`. Returns (class index per image, sorted class names)."""
+def image_labels(paths, root, split="train", year=None):
+    """Labels of pretraining images, for methods that learn from labels: (one label per path,
+    class names).
+
+    A VOC root gives each image its (20,) int8 vector from ImageSets/Main/<class>_<split>.txt
+    (1 present, -1 absent, 0 present only as difficult objects). Any other folder is an image-folder
+    data set, root/<class>/.../<image>, and gives each image the index of its class folder.
+    """
     root = Path(root)
     if is_voc_root(root):
-        raise UserError(f"{root} is a VOC root; labels for pretraining come from an image folder with "
-                        f"one sub-folder per class")
+        ids, labels = read_class_labels(find_voc_dir(root, year), split)
+        row = {image_id: i for i, image_id in enumerate(ids)}
+        return [labels[row[Path(path).stem]] for path in paths], list(VOC_CLASSES)
     names = []
     for path in paths:
         parts = Path(path).relative_to(root).parts

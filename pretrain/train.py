@@ -55,7 +55,7 @@ class PretrainConfig:
     preview_every: int = 100
     checkpoint_every: int = 100
     bad_images: str = "fail"
-    classes: list | None = None  # of labelled (image-folder) data, for methods that use labels
+    classes: list | None = None  # class names of labelled data, for methods that use labels
     dataset_mean: list | None = None
     dataset_std: list | None = None
 
@@ -117,7 +117,7 @@ def resolve_config(config):
                             "(or use --mask noise)")
         config.mask_dir = str(candidate)
     if get_method(config.method).uses_labels and config.classes is None:
-        config.classes = images.folder_classes(paths, config.data_root)[1]
+        config.classes = images.image_labels(paths, config.data_root, config.split, config.year)[1]
     config.device = resolve_device(config.device)
     if config.dataset_mean is None:
         config.dataset_mean, config.dataset_std = channel_stats(paths)
@@ -180,7 +180,7 @@ def _build(config, paths):
     method = get_method(config.method)(config, config.dataset_mean, config.dataset_std).to(config.device)
     labels = None
     if method.uses_labels:
-        labels, classes = images.folder_classes(paths, config.data_root)
+        labels, classes = images.image_labels(paths, config.data_root, config.split, config.year)
         if classes != config.classes:
             raise UserError(f"the class folders of {config.data_root} changed since the run started")
     dataset = PretrainImages(paths, config.image_size, config.load_size, method.input_mean,

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import pretrain.methods
 from benchmarks.cli import main
 from pretrain.errors import UserError
-from pretrain.images import folder_classes
+from pretrain.images import image_labels
 from pretrain.methods import ENTRY_POINT_GROUP, METHODS
 from transfer.classification import AlexNetClassifier
 from transfer.detection import build_detector
@@ -23,7 +24,7 @@ from transfer.finetune import TransferConfig
 from transfer.segmentation import FCN32s
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-BUILT_IN = sorted(METHODS)  # before any test registers a plugin
+BUILT_IN = sorted(METHODS)
 SIZE = 64
 
 
@@ -46,6 +47,12 @@ def class_folders(toy_voc_root, tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def private_registry(monkeypatch):
+    """Methods a test registers vanish after it: it registers into a copy of the registry."""
+    monkeypatch.setattr(pretrain.methods, "METHODS", dict(METHODS))
+
+
 def loads_into_every_task(run_dir):
     encoder, info = load_encoder(str(run_dir))
     image = torch.rand(1, 3, SIZE, SIZE)
@@ -59,10 +66,9 @@ def loads_into_every_task(run_dir):
 
 
 @pytest.mark.parametrize("method", BUILT_IN)
-def test_every_method_trains_and_transfers(method, toy_voc_root, class_folders, tmp_path):
+def test_every_method_trains_and_transfers(method, toy_voc_root, tmp_path):
     out = tmp_path / method
-    data = class_folders if METHODS[method].uses_labels else toy_voc_root
-    assert bench("pretrain", "--method", method, "--data-root", data, "--out", out, "--image-size", SIZE,
+    assert bench("pretrain", "--method", method, "--data-root", toy_voc_root, "--out", out, "--image-size", SIZE,
                  "--steps", 2, "--batch-size", 4, "--workers", 0) == 0
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(math.isfinite(m["loss"]) for m in metrics)
@@ -76,7 +82,8 @@ def readme_example():
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_readme_example_runs_through_pretrain_transfer_and_table(toy_voc_root, tmp_path, capsys):
+def test_readme_example_runs_through_pretrain_transfer_and_table(toy_voc_root, tmp_path, capsys,
+                                                                  private_registry):
     example = readme_example()
     assert len(example.splitlines()) <= 40
     plugin = tmp_path / "my_methods.py"
@@ -95,7 +102,8 @@ def test_readme_example_runs_through_pretrain_transfer_and_table(toy_voc_root, t
     assert len(measured) == 1 and measured[0]["Classification (SVM)"].endswith("(n=1)")
 
 
-def test_entry_point_plugins_register_and_failures_are_one_line(tmp_path, monkeypatch, capsys):
+def test_entry_point_plugins_register_and_failures_are_one_line(tmp_path, monkeypatch, capsys,
+                                                                private_registry):
     (tmp_path / "entry_point_methods.py").write_text(
         "from pretrain.methods import PretextMethod, register\n\n\n"
         "@register\nclass Listed(PretextMethod):\n    name = 'listed-by-entry-point'\n"
@@ -111,7 +119,6 @@ def test_entry_point_plugins_register_and_failures_are_one_line(tmp_path, monkey
     monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [broken])
     assert bench("methods") == 2
     assert "pretext plugin 'broken' (no_such_module_here) failed to load" in capsys.readouterr().err
-    METHODS.pop("listed-by-entry-point")
 
 
 def test_bench_methods_lists_the_built_ins(capsys):
@@ -121,14 +128,27 @@ def test_bench_methods_lists_the_built_ins(capsys):
         assert re.search(rf"^{re.escape(name)}\s+\S", listing, re.M), name
 
 
-def test_folder_classes(class_folders, toy_voc_root, tmp_path):
+def test_supervised_on_class_folders(class_folders, tmp_path):
+    out = tmp_path / "run"
+    assert bench("pretrain", "--method", "supervised", "--data-root", class_folders, "--out", out,
+                 "--image-size", SIZE, "--steps", 2, "--batch-size", 4, "--workers", 0) == 0
+    assert json.loads((out / "config.json").read_text())["config"]["classes"] == ["first", "second"]
+
+
+def test_image_labels(class_folders, toy_voc_root, tmp_path):
     paths = sorted(class_folders.rglob("*.jpg"))
-    labels, classes = folder_classes(paths, class_folders)
+    labels, classes = image_labels(paths, class_folders)
     assert classes == ["first", "second"]
     assert all(classes[label] == path.parent.name for label, path in zip(labels, paths))
     with pytest.raises(UserError, match="not inside a class folder"):
-        folder_classes([class_folders / "loose.jpg"], class_folders)
+        image_labels([class_folders / "loose.jpg"], class_folders)
     with pytest.raises(UserError, match="1 class folder"):
-        folder_classes([p for p in paths if p.parent.name == "first"], class_folders)
-    with pytest.raises(UserError, match="is a VOC root"):
-        folder_classes([], toy_voc_root)
+        image_labels([p for p in paths if p.parent.name == "first"], class_folders)
+    # A VOC root: each image's 20 labels from the per-class files, in the order of the paths given.
+    voc = toy_voc_root / "VOCdevkit" / "VOC2012"
+    ids = (voc / "ImageSets" / "Main" / "train.txt").read_text().split()[::-1]
+    labels, classes = image_labels([voc / "JPEGImages" / f"{i}.jpg" for i in ids], toy_voc_root)
+    assert classes[7] == "cat" and len(labels) == len(ids) and labels[0].shape == (20,)
+    cat_file = (voc / "ImageSets" / "Main" / "cat_train.txt").read_text().split()
+    cat = dict(zip(cat_file[::2], cat_file[1::2]))
+    assert [int(label[7]) for label in labels] == [int(cat[i]) for i in ids]

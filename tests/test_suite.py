@@ -4,7 +4,8 @@ import pandas as pd
 import yaml
 
 from benchmarks.cli import main
-from benchmarks.suite import PRESETS, load_preset
+from benchmarks.suite import PRESETS, _check_preset, load_preset
+from pretrain.methods import METHODS
 
 TINY = {
     "seeds": [0],
@@ -48,7 +49,23 @@ def test_unknown_preset_and_option(tmp_path, capsys):
 
 
 def test_builtin_presets_parse():
-    assert {p.stem for p in PRESETS.glob("*.yaml")} == {"quick", "cpu", "paper"}
-    for name in ("quick", "cpu", "paper"):
+    assert {p.stem for p in PRESETS.glob("*.yaml")} == {"quick", "cpu", "paper", "methods"}
+    for name in ("quick", "cpu", "paper", "methods"):
         preset = load_preset(name)
         assert preset["methods"]["random"] is None and preset["tasks"]
+        _check_preset(preset)
+
+
+def test_methods_preset_gives_a_row_per_built_in_method(toy_voc_root, tmp_path):
+    """The `methods` preset's method list, shrunk to a few steps: one suite call, one row each."""
+    methods = load_preset("methods")["methods"]
+    assert {options["method"] for options in methods.values() if options} == set(METHODS)
+    preset = tmp_path / "methods-tiny.yaml"
+    preset.write_text(yaml.safe_dump({**TINY, "pretrain": {**TINY["pretrain"], "image_size": 64},
+                                      "transfer": {**TINY["transfer"], "image_size": 64},
+                                      "methods": methods, "tasks": {"cls-svm": TINY["tasks"]["cls-svm"]}}))
+    out = tmp_path / "suite"
+    assert main(["suite", "--preset", str(preset), "--data-root", str(toy_voc_root), "--out", str(out)]) == 0
+    table = pd.read_csv(out / "table.csv", keep_default_na=False).set_index("Pretraining")
+    for label in ("context-encoder (random-region)", *sorted(set(METHODS) - {"context-encoder"}), "random"):
+        assert table.loc[label, "Classification (SVM)"].endswith("(n=1)"), label

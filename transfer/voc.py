@@ -7,20 +7,13 @@ fixed year layout; we need any split name and any VOC-layout root, so we read th
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from pretrain.data import load_rgb, readable_only
 from pretrain.errors import UserError
-from pretrain.images import find_voc_dir, read_split
-
-VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-)
+from pretrain.images import VOC_CLASSES, find_voc_dir, read_class_labels, read_split  # noqa: F401  (re-exported)
 
 
 def parse_annotation(xml_path):
@@ -53,31 +46,6 @@ def parse_annotation(xml_path):
         raise UserError(f"missing annotation file {xml_path}") from None
     except (OSError, ET.ParseError, AttributeError, TypeError, ValueError) as e:
         raise UserError(f"malformed annotation file {xml_path}: {e}") from None
-
-
-def read_class_labels(voc_dir, split):
-    """Image ids of ImageSets/Main/<split>.txt and their (N, 20) int8 labels from the per-class
-    files <class>_<split>.txt: 1 present, -1 absent, 0 present only as difficult objects."""
-    ids = read_split(voc_dir, split)
-    row = {image_id: i for i, image_id in enumerate(ids)}
-    labels = np.zeros((len(ids), len(VOC_CLASSES)), np.int8)
-    seen = np.zeros_like(labels, dtype=bool)
-    for c, name in enumerate(VOC_CLASSES):
-        path = Path(voc_dir) / "ImageSets" / "Main" / f"{name}_{split}.txt"
-        if not path.is_file():
-            raise UserError(f"missing class label file {path}")
-        for line in path.read_text().splitlines():
-            fields = line.split()
-            if fields and fields[0] in row:
-                if len(fields) != 2 or fields[1] not in ("1", "-1", "0"):
-                    raise UserError(f"malformed line {line!r} in {path}")
-                labels[row[fields[0]], c] = int(fields[1])
-                seen[row[fields[0]], c] = True
-    if not seen.all():
-        i, c = np.argwhere(~seen)[0]
-        raise UserError(f"image {ids[i]} of split {split!r} has no label in "
-                        f"{Path(voc_dir) / 'ImageSets' / 'Main' / f'{VOC_CLASSES[c]}_{split}.txt'}")
-    return ids, labels
 
 
 def _check_files(voc, ids, split, folders):

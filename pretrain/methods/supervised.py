@@ -1,6 +1,10 @@
-"""Supervised pretraining: the encoder learns to classify images whose class is their folder
-(root/<class>/<image>). With ImageNet as the folder this is the paper's "ImageNet" row; any
-labelled folder gives the same row for its own labels."""
+"""Supervised pretraining: the encoder learns to classify labelled images. With ImageNet as the
+data this is the paper's "ImageNet" row; any labelled set gives the same row for its own labels.
+
+Labels come from the data root (pretrain.images.image_labels): an image folder
+(root/<class>/<image>) gives one class per image, learnt with softmax cross-entropy; a VOC root
+gives its 20 per-class labels, learnt as VOC classification is (sigmoid cross-entropy, classes
+present only as difficult objects ignored)."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +19,7 @@ HIDDEN = 1024  # fc6/fc7 width: the pretraining head is dropped after training, 
 @register
 class Supervised(PretextMethod):
     name = "supervised"
-    description = "classify images by their class folder (root/<class>/<image>): the ImageNet row"
+    description = "classify labelled images (class folders or VOC labels): the ImageNet row"
     uses_labels = True
 
     def __init__(self, config, dataset_mean, dataset_std):
@@ -39,13 +43,18 @@ class Supervised(PretextMethod):
                                            weight_decay=5e-4)}
 
     def train_step(self, batch, optimizers):
-        logits = self.head(self.encoder(batch["image"]))
-        loss = F.cross_entropy(logits, batch["label"])
+        logits, label = self.head(self.encoder(batch["image"])), batch["label"]
+        if label.dim() == 1:  # one class per image
+            loss = F.cross_entropy(logits, label)
+            accuracy = (logits.argmax(1) == label).float().mean()
+        else:  # VOC: 1 present, -1 absent, 0 difficult (ignored)
+            present, scored = (label == 1).float(), (label != 0).float()
+            loss = F.binary_cross_entropy_with_logits(logits, present, weight=scored)
+            accuracy = (((logits > 0).float() == present).float() * scored).sum() / scored.sum().clamp(min=1)
         optimizer = optimizers["network"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        accuracy = (logits.argmax(1) == batch["label"]).float().mean()
         return {"loss": loss.item(), "accuracy": accuracy.item()}
 
     @torch.no_grad()
