@@ -36,7 +36,7 @@ def non_negative_int(text):
 def add_pretrain_parser(commands):
     from pretrain.masks import MASK_KINDS
     from pretrain.methods import METHODS
-    from pretrain.methods.context_encoder import ARCHES, LOSSES
+    from pretrain.methods.context_encoder import LOSSES
     from pretrain.train import PretrainConfig
     defaults = PretrainConfig()
     p = commands.add_parser(
@@ -49,9 +49,10 @@ def add_pretrain_parser(commands):
                    help="pretext method (`bench methods` lists them)")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import MODULE (an import path) first, so the pretext methods it registers can be used")
-    p.add_argument("--arch", default=defaults.arch, choices=ARCHES,
-                   help="alexnet: the feature-learning network (any size >= 63 px); "
-                        "inpaint: the 128 px inpainting network with a 4000-d bottleneck")
+    p.add_argument("--arch", default=defaults.arch,
+                   help="backbone: alexnet (the paper's feature-learning network, any size >= 63 px) or "
+                        "timm:<model name> (e.g. timm:resnet18); context-encoder also takes inpaint "
+                        "(the 128 px inpainting network with a 4000-d bottleneck)")
     p.add_argument("--mask", default=defaults.mask, choices=MASK_KINDS, help="hole strategy")
     p.add_argument("--loss", default=defaults.loss, choices=LOSSES,
                    help="l2: masked L2; l2+adv: 0.999 L2 + 0.001 adversarial (DCGAN discriminator)")

@@ -10,6 +10,8 @@ from torch import nn
 from .errors import UserError
 
 ALEXNET_POOL5_CHANNELS = 256
+ALEXNET_POOL5_STRIDE = 32  # conv1's 4 x three 2x max-pools
+DECODER_CHANNELS = 256  # the context encoder's decoder starts from AlexNet's pool5 width
 
 
 def alexnet_encoder():
@@ -27,6 +29,23 @@ def alexnet_pool5_side(image_size):
     for _ in range(3):                          # three 3x3 stride-2 max-pools
         side = (side - 3) // 2 + 1
     return side
+
+
+def feature_shape(encoder, image_size):
+    """(channels, side) of the encoder's feature map for a square `image_size` input."""
+    was_training = encoder.training
+    encoder.eval()  # BatchNorm cannot run a batch of one in training mode
+    try:
+        with torch.no_grad():
+            features = encoder(torch.zeros(1, 3, image_size, image_size,
+                                           device=next(encoder.parameters()).device))
+    except RuntimeError as exc:
+        raise UserError(f"--image-size {image_size} is too small for this backbone ({exc})") from None
+    finally:
+        encoder.train(was_training)
+    if features.shape[-1] < 1:
+        raise UserError(f"--image-size {image_size} is too small for this backbone")
+    return features.shape[1], features.shape[-1]
 
 
 class ChannelwiseFC(nn.Module):
@@ -56,25 +75,30 @@ def _upconv(in_ch, out_ch):
 
 
 class FeatureContextEncoder(nn.Module):
-    """AlexNet encoder -> channel-wise FC (+dropout) -> 1x1 channel mixing -> five up-convolutions,
-    resized to the input size. Predicts every pixel; the loss picks the hole."""
+    """Encoder -> channel-wise FC (+dropout) -> 1x1 channel mixing to 256 -> up-convolutions,
+    resized to the input size. Predicts every pixel; the loss picks the hole.
 
-    def __init__(self, image_size, dropout=0.5):
+    `encoder` is a backbone (pretrain.backbones): the paper's AlexNet, whose pool5 (6x6 at 227 px)
+    gets five 5x5 stride-2 up-convolutions (6 -> 11 -> 21 -> 41 -> 81 -> 161), or any other, for
+    which the 1x1 convolution maps its channels to 256 and there is one up-convolution per factor 2
+    of its output stride (five for AlexNet's and a ResNet's 32)."""
+
+    def __init__(self, encoder, image_size, dropout=0.5):
         super().__init__()
-        side = alexnet_pool5_side(image_size)
-        if side < 1:
-            raise UserError(f"--image-size {image_size} is too small for AlexNet (at least 63 px)")
+        channels, side = feature_shape(encoder, image_size)
         self.image_size = image_size
-        self.encoder = alexnet_encoder()
+        self.encoder = encoder
         self.bottleneck = nn.Sequential(
-            ChannelwiseFC(ALEXNET_POOL5_CHANNELS, side), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Conv2d(ALEXNET_POOL5_CHANNELS, ALEXNET_POOL5_CHANNELS, kernel_size=1), nn.ReLU(inplace=True))
-        widths = [ALEXNET_POOL5_CHANNELS, 128, 64, 64, 32, 3]
+            ChannelwiseFC(channels, side), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Conv2d(channels, DECODER_CHANNELS, kernel_size=1), nn.ReLU(inplace=True))
+        doublings = round(math.log2(getattr(encoder, "stride", ALEXNET_POOL5_STRIDE)))
+        widths = [DECODER_CHANNELS, *([128, 64, 64, 32] + [32] * doublings)[:doublings - 1], 3]
         layers = []
         for in_ch, out_ch in zip(widths[:-1], widths[1:]):
             layers += [_upconv(in_ch, out_ch), nn.ReLU(inplace=True)]
         self.decoder = nn.Sequential(*layers[:-1])  # no ReLU after the last up-convolution
-        he_init(self)
+        he_init(self.bottleneck, linear_output=False)
+        he_init(self.decoder)
 
     def forward(self, x):
         out = self.decoder(self.bottleneck(self.encoder(x)))

@@ -22,6 +22,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from . import images
+from .backbones import TIMM_PREFIX
 from .data import EpochOrder, PretrainImages, channel_stats, readable_only
 from .errors import UserError
 from .methods import get_method
@@ -249,6 +250,8 @@ def _save_encoder(method, config, run_dir, elapsed, step):
     state = {key: value.detach().cpu() for key, value in method.encoder.state_dict().items()}
     save_torch(state, run_dir / "encoder.pt")
     label = f"{config.method} ({config.mask})" if method.uses_masks else config.method
+    if method.encoder_arch.startswith(TIMM_PREFIX):
+        label += f" [{method.encoder_arch}]"
     save_json({"method": config.method, "label": label, "arch": method.encoder_arch, "image_size": config.image_size,
                "input_mean": method.input_mean, "input_std": method.input_std,
                "steps": step, "pretrain_seconds": round(elapsed, 1), "seed": config.seed,

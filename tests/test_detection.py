@@ -80,7 +80,7 @@ class RecordingHeads(nn.Module):
 
 def test_proposals_are_resized_with_the_image(toy_voc_root):
     heads = RecordingHeads()
-    transform, _ = shared_parts(det_config(toy_voc_root), MEAN, STD)
+    transform, _ = shared_parts(det_config(toy_voc_root), MEAN, STD, channels=256, stride=16)
     model = FastRCNN(load_encoder("random")[0][:12], transform, heads)
     image, box = torch.rand(3, 50, 70), torch.tensor([[5.0, 10.0, 40.0, 45.0]])
     model.train()

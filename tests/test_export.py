@@ -70,6 +70,27 @@ def test_detectron2_layout(pretrain_run, tmp_path):
     assert np.array_equal(model["conv5.bias"], encoder["10.bias"].numpy())
 
 
+def test_timm_layout_loads_into_the_timm_model_and_back(toy_voc_root, tmp_path):
+    import timm
+    run = tmp_path / "run"
+    assert bench("pretrain", "--method", "rotation", "--arch", "timm:resnet18", "--data-root", toy_voc_root,
+                 "--out", run, "--image-size", 64, "--steps", 1, "--batch-size", 4, "--workers", 0) == 0
+    out = tmp_path / "resnet18.pth"
+    assert bench("export", "--run", run, "--to", "timm", "--out", out) == 0
+    state = torch.load(out, weights_only=True)
+    model = timm.create_model("resnet18", pretrained=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and sorted(missing) == ["fc.bias", "fc.weight"]
+    encoder = torch.load(run / "encoder.pt", weights_only=True)
+    assert torch.equal(model.layer4[1].conv2.weight, encoder["model.layer4.1.conv2.weight"])
+    # A full timm state_dict (classifier included) is an --init too.
+    torch.save(model.state_dict(), tmp_path / "full.pth")
+    imported, info = load_encoder(f"timm:resnet18:{tmp_path / 'full.pth'}")
+    assert info["arch"] == "timm:resnet18" and torch.equal(
+        imported.model.layer4[1].conv2.weight, encoder["model.layer4.1.conv2.weight"])
+    assert bench("export", "--run", run, "--to", "torchvision", "--out", tmp_path / "x.pth") == 2
+
+
 def test_export_refusals(pretrain_run, tmp_path, capsys):
     out = tmp_path / "taken.pth"
     out.write_text("a user's file")

@@ -17,7 +17,7 @@ from benchmarks.cli import main
 from pretrain.errors import UserError
 from pretrain.images import image_labels
 from pretrain.methods import ENTRY_POINT_GROUP, METHODS
-from transfer.classification import AlexNetClassifier
+from transfer.classification import Classifier
 from transfer.detection import build_detector
 from transfer.encoders import load_encoder
 from transfer.finetune import TransferConfig
@@ -57,7 +57,7 @@ def loads_into_every_task(run_dir):
     encoder, info = load_encoder(str(run_dir))
     image = torch.rand(1, 3, SIZE, SIZE)
     with torch.no_grad():
-        assert AlexNetClassifier(encoder, SIZE, 16).eval()(image).shape == (1, 20)
+        assert Classifier(encoder, SIZE, 16).eval()(image).shape == (1, 20)
         assert FCN32s(encoder, 16).eval()(image).shape == (1, 21, SIZE, SIZE)
         detector = build_detector(encoder, TransferConfig(image_size=SIZE, fc_width=16),
                                   info["input_mean"], info["input_std"]).eval()
@@ -65,14 +65,16 @@ def loads_into_every_task(run_dir):
     assert set(detections[0]) == {"boxes", "scores", "labels"}
 
 
+@pytest.mark.parametrize("arch", ["alexnet", "timm:resnet18"])
 @pytest.mark.parametrize("method", BUILT_IN)
-def test_every_method_trains_and_transfers(method, toy_voc_root, tmp_path):
+def test_every_method_trains_and_transfers(method, arch, toy_voc_root, tmp_path):
     out = tmp_path / method
-    assert bench("pretrain", "--method", method, "--data-root", toy_voc_root, "--out", out, "--image-size", SIZE,
-                 "--steps", 2, "--batch-size", 4, "--workers", 0) == 0
+    assert bench("pretrain", "--method", method, "--arch", arch, "--data-root", toy_voc_root, "--out", out,
+                 "--image-size", SIZE, "--steps", 2, "--batch-size", 4, "--workers", 0) == 0
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(math.isfinite(m["loss"]) for m in metrics)
-    assert json.loads((out / "encoder.json").read_text())["method"] == method
+    encoder_info = json.loads((out / "encoder.json").read_text())
+    assert encoder_info["method"] == method and encoder_info["arch"] == arch
     assert (out / "preview.png").stat().st_size > 0
     loads_into_every_task(out)
 

@@ -20,7 +20,7 @@ def inpainting_generator():
 
 
 def test_feature_context_encoder_shapes_at_227():
-    net = FeatureContextEncoder(227).eval()
+    net = FeatureContextEncoder(alexnet_encoder(), 227).eval()
     x = torch.randn(2, 3, 227, 227)
     with torch.no_grad():
         pool5 = net.encoder(x)
@@ -60,7 +60,7 @@ def test_alexnet_pool5_side_known_values():
 
 @pytest.mark.parametrize("size", [63, 96])
 def test_feature_context_encoder_small_sizes(size):
-    net = FeatureContextEncoder(size).eval()
+    net = FeatureContextEncoder(alexnet_encoder(), size).eval()
     fc = net.bottleneck[0]
     assert isinstance(fc, ChannelwiseFC) and fc.side == alexnet_pool5_side(size)
     with torch.no_grad():
@@ -70,7 +70,7 @@ def test_feature_context_encoder_small_sizes(size):
 @pytest.mark.parametrize("size", [62, 32, 1])
 def test_alexnet_too_small_is_user_error(size):
     with pytest.raises(UserError, match="too small"):
-        FeatureContextEncoder(size)
+        FeatureContextEncoder(alexnet_encoder(), size)
 
 
 def test_channelwise_fc_weight_count():

@@ -88,6 +88,16 @@ def test_same_seed_same_metrics(toy_voc_root, tmp_path, task):
     assert other["per_class"] != first["per_class"]
 
 
+def test_timm_backbone_transfers(toy_voc_root, tmp_path, capsys):
+    out = tmp_path / "det"
+    assert transfer(toy_voc_root, out, "--task", "det", "--init", "random:timm:resnet18", "--image-size", 64) == 0
+    record = read_record(out)
+    assert record["pretrain_label"] == "random [timm:resnet18]" and 0 <= record["value"] <= 1
+    assert transfer(toy_voc_root, tmp_path / "r", "--task", "seg", "--init", "random:timm:resnet18",
+                    "--rescale") == 2
+    assert "--rescale is for AlexNet encoders" in capsys.readouterr().err
+
+
 def test_rescaled_svm_record_is_its_own_row(toy_voc_root, tmp_path, pretrain_run):
     out = tmp_path / "svm-rescaled"
     assert transfer(toy_voc_root, out, "--task", "cls", "--protocol", "svm", "--init", pretrain_run,

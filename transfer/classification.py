@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pretrain.data import normalized_tensor, resize_shorter_side
-from pretrain.networks import alexnet_pool5_side
+from pretrain.backbones import feature_shape
 from .finetune import fit, seeded_batches, set_up_task
 from .metrics import classification_ap
 from .records import write_record
@@ -28,13 +28,15 @@ TEST_CROPS = 10
 SVM_COSTS = (0.01, 0.1, 1.0, 10.0)
 
 
-class AlexNetClassifier(nn.Module):
+class Classifier(nn.Module):
+    """The encoder + fresh fc6/fc7 (dropout 0.5) + a class layer, on its flattened feature map."""
+
     def __init__(self, encoder, image_size, width, num_classes=len(VOC_CLASSES)):
         super().__init__()
-        side = alexnet_pool5_side(image_size)
+        channels, side = feature_shape(encoder, image_size)
         self.encoder = encoder
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Dropout(0.5), nn.Linear(256 * side * side, width), nn.ReLU(inplace=True),
+            nn.Flatten(), nn.Dropout(0.5), nn.Linear(channels * side * side, width), nn.ReLU(inplace=True),
             nn.Dropout(0.5), nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, num_classes))
 
     def forward(self, x):
@@ -86,7 +88,7 @@ def run_classification(config, run_dir, progress=True):
 
 def _finetune_scores(encoder, train_set, test_set, mean, std, config, device, run_dir, progress):
     size = config.image_size
-    model = AlexNetClassifier(encoder, size, config.fc_width).to(device)
+    model = Classifier(encoder, size, config.fc_width).to(device)
     train_set.transform = Crops(size, mean, std, (1.0, 2.0), seed=config.seed)
 
     def loss_fn(model, batch):

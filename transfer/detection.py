@@ -1,6 +1,7 @@
 """Fast R-CNN detection on the encoder (DESIGN §4): VOC2007 trainval -> test, VOC07 mAP@0.5.
 
-The encoder up to conv5 (stride 16) feeds RoI max pooling to 6x6, fresh fc6/fc7 and the
+The encoder up to conv5 (stride 16; a timm backbone: its last stage) feeds RoI max pooling to
+6x6, fresh fc6/fc7 and the
 classification + box regression layers; every part but the encoder is torchvision's
 (GeneralizedRCNNTransform, RoIPool, TwoMLPHead, FastRCNNPredictor, RoIHeads). Fast R-CNN's
 settings: 2 images x 128 RoIs (config.batch_size images), 25% foreground at IoU >= 0.5, background
@@ -32,6 +33,7 @@ from torchvision.ops import RoIPool, box_iou
 from torchvision.transforms.functional import to_tensor
 from tqdm import tqdm
 
+from pretrain.backbones import TimmBackbone
 from pretrain.data import load_rgb
 from pretrain.errors import UserError
 from pretrain.networks import ALEXNET_POOL5_CHANNELS
@@ -44,7 +46,7 @@ from .voc import VOC_CLASSES, VOCDetection
 PROPOSAL_KINDS = ("selective-search", "rpn")
 MAX_PROPOSALS = 2000        # selective-search boxes kept per image (its own ranking order)
 CONV5 = 12                  # AlexNet `features` index of pool5: features[:CONV5] ends at conv5 + ReLU
-STRIDE = 16                 # of conv5
+ALEXNET_CONV5_STRIDE = 16
 BACKGROUND_MIN_IOU = 0.1    # Fast R-CNN's background RoIs overlap a ground-truth box by [0.1, 0.5)
 ANCHOR_SIZES = (64, 128, 256, 512)  # RPN anchors at a 600 px shorter side (Faster R-CNN's 128-512, + 64)
 
@@ -111,11 +113,19 @@ class FeaturePool(RoIPool):
         return super().forward(features["0"], proposals)
 
 
-def shared_parts(config, mean, std):
+def detection_backbone(encoder):
+    """(module, channels, stride) the detector pools RoIs from: AlexNet's conv5 (before pool5,
+    stride 16, as in Fast R-CNN), or a timm backbone's last stage."""
+    if isinstance(encoder, TimmBackbone):
+        return encoder, encoder.channels, encoder.stride
+    return encoder[:CONV5], ALEXNET_POOL5_CHANNELS, ALEXNET_CONV5_STRIDE
+
+
+def shared_parts(config, mean, std, channels, stride):
     """The transform (resize + normalise) and the RoI heads both variants use."""
     transform = GeneralizedRCNNTransform(config.image_size, round(config.image_size * 1000 / 600), mean, std)
     heads = RoIHeads(
-        FeaturePool(6, spatial_scale=1 / STRIDE), TwoMLPHead(ALEXNET_POOL5_CHANNELS * 6 * 6, config.fc_width),
+        FeaturePool(6, spatial_scale=1 / stride), TwoMLPHead(channels * 6 * 6, config.fc_width),
         FastRCNNPredictor(config.fc_width, len(VOC_CLASSES) + 1),
         fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=128, positive_fraction=0.25,
         bbox_reg_weights=None,  # (10, 10, 5, 5): Fast R-CNN's target normalisation, stds (.1, .1, .2, .2)
@@ -150,9 +160,8 @@ class FastRCNN(nn.Module):
 
 def build_detector(encoder, config, mean, std, proposals="selective-search"):
     """Fast R-CNN on the encoder's conv5, or with proposals="rpn" Faster R-CNN."""
-    backbone = encoder[:CONV5]
-    backbone.out_channels = ALEXNET_POOL5_CHANNELS
-    transform, heads = shared_parts(config, mean, std)
+    backbone, channels, stride = detection_backbone(encoder)
+    transform, heads = shared_parts(config, mean, std, channels, stride)
     if proposals == "selective-search":
         return FastRCNN(backbone, transform, heads)
     # Faster R-CNN. torchvision's FasterRCNN class accepts only RoIAlign poolers, so its parts are
@@ -160,7 +169,7 @@ def build_detector(encoder, config, mean, std, proposals="selective-search"):
     scale = config.image_size / 600
     anchors = AnchorGenerator((tuple(max(1, round(s * scale)) for s in ANCHOR_SIZES),), ((0.5, 1.0, 2.0),))
     rpn = RegionProposalNetwork(
-        anchors, RPNHead(ALEXNET_POOL5_CHANNELS, anchors.num_anchors_per_location()[0]),
+        anchors, RPNHead(channels, anchors.num_anchors_per_location()[0]),
         fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256, positive_fraction=0.5,
         pre_nms_top_n={"training": 2000, "testing": 1000}, post_nms_top_n={"training": 2000, "testing": 1000},
         nms_thresh=0.7)

@@ -6,13 +6,14 @@ detectron2   a pickle of {"model": {name: numpy array}, "__author__": ..., "matc
              the form detectron2's DetectionCheckpointer reads for converted third-party weights.
              detectron2 has no AlexNet, so the five convolutions are named conv1..conv5
              (conv<k>.weight / conv<k>.bias) for a backbone that names its layers the same way.
-timm         timm has no AlexNet: exporting to timm needs a timm backbone, which the encoder
-             files of this suite do not have yet.
+timm         for a timm backbone (--arch timm:<name>): the state_dict of timm.create_model(<name>)
+             minus its classifier, which loads into that model with strict=False. timm has no AlexNet.
 """
 import pickle
 
 import torch
 
+from pretrain.backbones import TIMM_PREFIX
 from pretrain.errors import UserError
 from pretrain.runfiles import save_torch, write_atomically
 from .encoders import load_encoder
@@ -22,6 +23,11 @@ FORMATS = ("torchvision", "detectron2", "timm")
 
 def torchvision_state(encoder):
     return {f"features.{key}": value.detach().cpu().clone() for key, value in encoder.state_dict().items()}
+
+
+def timm_state(encoder):
+    """The timm backbone's weights under the names of the full timm model."""
+    return {key: value.detach().cpu().clone() for key, value in encoder.model.state_dict().items()}
 
 
 def detectron2_checkpoint(encoder):
@@ -40,12 +46,17 @@ def export_encoder(init, to, out, overwrite=False):
     if out.exists() and (out.is_dir() or not overwrite):
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     encoder, info = load_encoder(init)
-    if to == "timm":
+    is_timm = info["arch"].startswith(TIMM_PREFIX)
+    if to == "timm" and not is_timm:
         raise UserError(f"the encoder of {init} is {info['arch']!r}, which timm does not have; "
                         f"export it --to torchvision")
+    if to != "timm" and is_timm:
+        raise UserError(f"the encoder of {init} is {info['arch']!r}; export it --to timm")
     out.parent.mkdir(parents=True, exist_ok=True)
     if to == "torchvision":
         save_torch(torchvision_state(encoder), out)
+    elif to == "timm":
+        save_torch(timm_state(encoder), out)
     else:
         checkpoint = detectron2_checkpoint(encoder)
         write_atomically(out, lambda tmp: tmp.write_bytes(pickle.dumps(checkpoint)))

@@ -70,6 +70,9 @@ def set_up_task(config, dataset_class):
     else:
         mean, std = channel_stats(image_paths(train_set))
     if config.rescale:
+        if init_info["arch"] != "alexnet":
+            raise UserError(f"--rescale is for AlexNet encoders; {init_info['arch']} has BatchNorm, which "
+                            f"normalises its activations already")
         rescale_to_data(encoder, _centre_crops(image_paths(train_set), config.image_size, mean, std))
         label = init_info.get("label", init_info["method"])
         init_info = {**init_info, "label": f"{label} + rescaled"}

@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from pretrain.backbones import backbone_channels
 from pretrain.data import normalized_tensor, resize_shorter_side
 from pretrain.runfiles import save_json
 from .finetune import fit, seeded_batches, set_up_task
@@ -31,7 +32,7 @@ class FCN32s(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Sequential(
-            nn.Conv2d(256, width, 3, padding=1), nn.ReLU(inplace=True), nn.Dropout2d(0.5),
+            nn.Conv2d(backbone_channels(encoder), width, 3, padding=1), nn.ReLU(inplace=True), nn.Dropout2d(0.5),
             nn.Conv2d(width, width, 1), nn.ReLU(inplace=True), nn.Dropout2d(0.5),
             nn.Conv2d(width, num_classes, 1))
 

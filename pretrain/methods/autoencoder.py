@@ -3,7 +3,7 @@ whole, unmasked input with an L2 loss."""
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
+from ..backbones import build_backbone
 from ..networks import FeatureContextEncoder
 from . import PretextMethod, register
 
@@ -15,11 +15,9 @@ class Autoencoder(PretextMethod):
 
     def __init__(self, config, dataset_mean, dataset_std):
         super().__init__()
-        if config.arch != "alexnet":
-            raise UserError(f"the autoencoder uses the alexnet network, not --arch {config.arch}")
         self.config = config
-        self.generator = FeatureContextEncoder(config.image_size)
-        self.encoder_arch = "alexnet"
+        self.generator = FeatureContextEncoder(build_backbone(config.arch), config.image_size)
+        self.encoder_arch = config.arch
         self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
 
     @property

@@ -2,12 +2,12 @@
 import torch
 
 from .. import losses
+from ..backbones import build_backbone, is_backbone_arch
 from ..errors import UserError
 from ..masks import MaskSampler, load_region_shapes
 from ..networks import Discriminator, FeatureContextEncoder, InpaintingGenerator
 from . import PretextMethod, register
 
-ARCHES = ("alexnet", "inpaint")
 LOSSES = ("l2", "l2+adv")
 
 
@@ -19,8 +19,8 @@ class ContextEncoder(PretextMethod):
 
     def __init__(self, config, dataset_mean, dataset_std):
         super().__init__()
-        if config.arch not in ARCHES:
-            raise UserError(f"unknown --arch {config.arch!r}; choose from {', '.join(ARCHES)}")
+        if config.arch != "inpaint" and not is_backbone_arch(config.arch):
+            raise UserError(f"unknown --arch {config.arch!r}; choose alexnet, inpaint or timm:<model name>")
         if config.loss not in LOSSES:
             raise UserError(f"unknown --loss {config.loss!r}; choose from {', '.join(LOSSES)}")
         self.config = config
@@ -39,8 +39,8 @@ class ContextEncoder(PretextMethod):
             # tanh outputs: pixels in [-1, 1] as in the released code.
             self.input_mean, self.input_std = [0.5] * 3, [0.5] * 3
         else:
-            self.generator = FeatureContextEncoder(side)
-            self.encoder_arch = "alexnet"
+            self.generator = FeatureContextEncoder(build_backbone(config.arch), side)
+            self.encoder_arch = config.arch
             self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
         # Dropped pixels hold the dataset mean (in the network's input space).
         fill = (torch.tensor(dataset_mean) - torch.tensor(self.input_mean)) / torch.tensor(self.input_std)

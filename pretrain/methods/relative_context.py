@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..networks import ALEXNET_POOL5_CHANNELS, alexnet_encoder, alexnet_pool5_side, he_init
+from ..backbones import build_backbone, feature_shape
 from . import PretextMethod, register
 
 # (row, column) steps from the centre cell to each neighbour, in reading order; label = index.
@@ -117,20 +117,16 @@ class RelativeContext(PretextMethod):
 
     def __init__(self, config, dataset_mean, dataset_std):
         super().__init__()
-        if config.arch != "alexnet":
-            raise UserError(f"relative context uses the alexnet network, not --arch {config.arch}")
         self.config = config
         self.grid = patch_grid(config.image_size)
         # Patches are much smaller than the image; those under AlexNet's minimum are scaled up to it.
         self.network_patch = max(self.grid.patch, NETWORK_PATCH_MIN)
-        side = alexnet_pool5_side(self.network_patch)
-        self.encoder = alexnet_encoder()
-        # A ReLU follows conv5 inside the features, so every layer gets the ReLU gain.
-        he_init(self.encoder, linear_output=False)
+        self.encoder = build_backbone(config.arch)
+        channels, side = feature_shape(self.encoder, self.network_patch)
         self.head = nn.Sequential(
-            nn.Linear(2 * ALEXNET_POOL5_CHANNELS * side * side, HIDDEN), nn.ReLU(inplace=True),
+            nn.Linear(2 * channels * side * side, HIDDEN), nn.ReLU(inplace=True),
             nn.Dropout(0.5), nn.Linear(HIDDEN, len(NEIGHBOUR_OFFSETS)))
-        self.encoder_arch = "alexnet"
+        self.encoder_arch = config.arch
         self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
 
     def forward(self, centres, neighbours):

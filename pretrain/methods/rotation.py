@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
-from ..networks import ALEXNET_POOL5_CHANNELS, alexnet_encoder, alexnet_pool5_side, he_init
+from ..backbones import build_backbone, feature_shape
 from . import PretextMethod, register
 
 ROTATIONS = 4  # quarter turns: label k means the image was turned by k * 90 degrees
@@ -32,20 +31,13 @@ class RotationPrediction(PretextMethod):
 
     def __init__(self, config, dataset_mean, dataset_std):
         super().__init__()
-        if config.arch != "alexnet":
-            raise UserError(f"rotation prediction uses the alexnet network, not --arch {config.arch}")
-        side = alexnet_pool5_side(config.image_size)
-        if side < 1:
-            raise UserError(f"--image-size {config.image_size} is too small for AlexNet "
-                            "(at least 63 px)")
         self.config = config
-        self.encoder = alexnet_encoder()
-        # A ReLU follows conv5 inside the features, so every layer gets the ReLU gain.
-        he_init(self.encoder, linear_output=False)
+        self.encoder = build_backbone(config.arch)
+        channels, side = feature_shape(self.encoder, config.image_size)
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(ALEXNET_POOL5_CHANNELS * side * side, HIDDEN), nn.ReLU(inplace=True),
+            nn.Flatten(), nn.Linear(channels * side * side, HIDDEN), nn.ReLU(inplace=True),
             nn.Dropout(0.5), nn.Linear(HIDDEN, ROTATIONS))
-        self.encoder_arch = "alexnet"
+        self.encoder_arch = config.arch
         self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
 
     def forward(self, images):

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
-from ..networks import ALEXNET_POOL5_CHANNELS, alexnet_encoder, alexnet_pool5_side, he_init
+from ..backbones import build_backbone, feature_shape
 from . import PretextMethod, register
 
 HIDDEN = 1024  # fc6/fc7 width: the pretraining head is dropped after training, only conv1..pool5 transfer
@@ -24,17 +23,14 @@ class Supervised(PretextMethod):
 
     def __init__(self, config, dataset_mean, dataset_std):
         super().__init__()
-        if config.arch != "alexnet":
-            raise UserError(f"supervised pretraining uses the alexnet network, not --arch {config.arch}")
         self.config = config
-        self.encoder = alexnet_encoder()
-        he_init(self.encoder, linear_output=False)
-        side = alexnet_pool5_side(config.image_size)
+        self.encoder = build_backbone(config.arch)
+        channels, side = feature_shape(self.encoder, config.image_size)
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Dropout(0.5), nn.Linear(ALEXNET_POOL5_CHANNELS * side * side, HIDDEN),
+            nn.Flatten(), nn.Dropout(0.5), nn.Linear(channels * side * side, HIDDEN),
             nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(inplace=True),
             nn.Linear(HIDDEN, len(config.classes)))
-        self.encoder_arch = "alexnet"
+        self.encoder_arch = config.arch
         self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
 
     def configure_optimizers(self):
