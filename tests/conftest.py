@@ -1,6 +1,8 @@
-"""Shared fixtures: a small generated toy VOC set, and a private cache folder for every test."""
+"""Shared fixtures: a small generated toy VOC set, a private cache folder for every test, and a
+tiny pretraining run."""
 import pytest
 
+from helpers import bench
 from transfer.toy_voc import write_toy_voc
 
 
@@ -22,3 +24,12 @@ def toy_voc_root(tmp_path_factory):
     """A 24-image, 64 px toy VOCdevkit (VOC2007 + VOC2012, 12 train images per year), read-only by
     convention: tests that need to break it copy it first."""
     return write_toy_voc(tmp_path_factory.mktemp("toy-voc"), n_images=24, size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def pretrain_run(toy_voc_root, tmp_path_factory):
+    """A two-step context-encoder run (96 px, central holes) for tests that need a run folder."""
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    assert bench("pretrain", "--data-root", toy_voc_root, "--out", out, "--image-size", 96, "--steps", 2,
+                 "--batch-size", 4, "--workers", 0, "--mask", "central") == 0
+    return out

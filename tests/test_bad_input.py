@@ -9,18 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from helpers import bench
 
-from benchmarks.cli import main
 
 FAST_PRETRAIN = ["--image-size", 64, "--batch-size", 4, "--workers", 0, "--mask", "random-block"]
 FAST_TRANSFER = ["--image-size", 64, "--batch-size", 4, "--steps", 2, "--fc-width", 16, "--workers", 0]
-
-
-def bench(*args):
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as exit_info:
-        return exit_info.code
 
 
 def error_lines(capsys):

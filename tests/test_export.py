@@ -4,27 +4,11 @@ import json
 import pickle
 
 import numpy as np
-import pytest
 import torch
 import torchvision
 
-from benchmarks.cli import main
 from transfer.encoders import load_encoder
-
-
-def bench(*args):
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as exit_info:
-        return exit_info.code
-
-
-@pytest.fixture(scope="module")
-def pretrain_run(toy_voc_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "run"
-    assert bench("pretrain", "--data-root", toy_voc_root, "--out", out, "--image-size", 64, "--steps", 1,
-                 "--batch-size", 4, "--workers", 0, "--mask", "central") == 0
-    return out
+from helpers import bench
 
 
 def test_torchvision_layout_loads_into_torchvision_alexnet(pretrain_run, tmp_path):

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import pretrain.methods
-from benchmarks.cli import main
 from pretrain.errors import UserError
 from pretrain.images import image_labels
 from pretrain.methods import ENTRY_POINT_GROUP, METHODS
@@ -22,17 +21,11 @@ from transfer.detection import build_detector
 from transfer.encoders import load_encoder
 from transfer.finetune import TransferConfig
 from transfer.segmentation import FCN32s
+from helpers import bench
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BUILT_IN = sorted(METHODS)
 SIZE = 64
-
-
-def bench(*args):
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as exit_info:
-        return exit_info.code
 
 
 @pytest.fixture(scope="module")

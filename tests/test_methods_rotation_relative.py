@@ -57,8 +57,8 @@ def test_rotation_overfits_a_fixed_batch():
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
 
 
-def test_rotation_needs_alexnet_and_63_px():
-    with pytest.raises(UserError, match="--arch inpaint"):
+def test_rotation_needs_a_backbone_and_63_px():
+    with pytest.raises(UserError, match="unknown --arch 'inpaint'"):
         build(RotationPrediction, arch="inpaint")
     with pytest.raises(UserError, match="--image-size 48"):
         build(RotationPrediction, image_size=48)

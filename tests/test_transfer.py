@@ -7,19 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.cli import main
 from pretrain.networks import alexnet_encoder, he_init
 from transfer.encoders import rescale_to_data
 from transfer.voc import VOC_CLASSES
+from helpers import bench
 
 FAST = ["--steps", 3, "--batch-size", 4, "--fc-width", 16, "--workers", 0]
-
-
-def bench(*args):
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as exit_info:
-        return exit_info.code
 
 
 def transfer(root, out, *extra):
@@ -30,14 +23,6 @@ def read_record(out):
     text = (out / "record.json").read_text()
     assert "NaN" not in text  # strict JSON
     return json.loads(text)
-
-
-@pytest.fixture(scope="module")
-def pretrain_run(toy_voc_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pretrain") / "run"
-    assert bench("pretrain", "--data-root", toy_voc_root, "--out", out, "--image-size", 96, "--steps", 2,
-                 "--batch-size", 4, "--workers", 0, "--mask", "central") == 0
-    return out
 
 
 def test_segmentation_record(toy_voc_root, tmp_path):

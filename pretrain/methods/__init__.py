@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .base import PretextMethod
+from .base import PretextMethod, classification_metrics, take_step
 
 ENTRY_POINT_GROUP = "context_encoder_bench.methods"
 METHODS = {}
@@ -69,4 +69,5 @@ def get_method(name):
 from . import (autoencoder, context_encoder, denoising_autoencoder, relative_context,  # noqa: E402,F401
                rotation, supervised)
 
-__all__ = ["ENTRY_POINT_GROUP", "METHODS", "PretextMethod", "get_method", "load_plugins", "register"]
+__all__ = ["ENTRY_POINT_GROUP", "METHODS", "PretextMethod", "classification_metrics", "get_method",
+           "load_plugins", "register", "take_step"]

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from ..backbones import build_backbone
 from ..networks import FeatureContextEncoder
-from . import PretextMethod, register
+from . import PretextMethod, register, take_step
 
 
 @register
@@ -34,10 +34,7 @@ class Autoencoder(PretextMethod):
     def train_step(self, batch, optimizers):
         image = batch["image"]
         loss = F.mse_loss(self.generator(self.corrupt(image)), image)
-        optimizer = optimizers["generator"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        take_step(optimizers["generator"], loss)
         return {"loss": loss.item()}
 
     @torch.no_grad()

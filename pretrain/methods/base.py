@@ -1,4 +1,5 @@
-"""What a pretext method provides to the training loop."""
+"""What a pretext method provides to the training loop, and two helpers for writing one."""
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -30,3 +31,15 @@ class PretextMethod(nn.Module):
     mask_sampler = None
     uses_masks = False
     uses_labels = False
+
+
+def take_step(optimizer, loss):
+    """One optimisation step on `loss`."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def classification_metrics(logits, labels):
+    """(softmax cross-entropy, accuracy) of class `logits` against integer `labels`."""
+    return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).float().mean()

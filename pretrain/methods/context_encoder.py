@@ -6,7 +6,7 @@ from ..backbones import build_backbone, is_backbone_arch
 from ..errors import UserError
 from ..masks import MaskSampler, load_region_shapes
 from ..networks import Discriminator, FeatureContextEncoder, InpaintingGenerator
-from . import PretextMethod, register
+from . import PretextMethod, register, take_step
 
 LOSSES = ("l2", "l2+adv")
 
@@ -98,20 +98,14 @@ class ContextEncoder(PretextMethod):
             # The released code shows the discriminator the raw predicted patch for central holes,
             # and the completed image (context + prediction in the holes) otherwise.
             fake = prediction if self.patch is not None else image * (1 - hole) + prediction * hole
-            d_opt = optimizers["discriminator"]
-            d_opt.zero_grad(set_to_none=True)
             d_loss = losses.discriminator_loss(
                 self.discriminator(self._discriminator_view(image)),
                 self.discriminator(self._discriminator_view(fake.detach())))
-            d_loss.backward()
-            d_opt.step()
+            take_step(optimizers["discriminator"], d_loss)
             adv = losses.adversarial_generator_loss(self.discriminator(self._discriminator_view(fake)))
             loss = losses.joint_loss(l2, adv, self.config.adv_weight)
             metrics = {"adv": adv.item(), "d_loss": d_loss.item()}
-        g_opt = optimizers["generator"]
-        g_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        g_opt.step()
+        take_step(optimizers["generator"], loss)
         return {"loss": loss.item(), "l2": l2.item(), **metrics}
 
     @torch.no_grad()

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..backbones import build_backbone, feature_shape
-from . import PretextMethod, register
+from . import PretextMethod, classification_metrics, register, take_step
 
 # (row, column) steps from the centre cell to each neighbour, in reading order; label = index.
 NEIGHBOUR_OFFSETS = torch.tensor([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])
@@ -154,13 +154,8 @@ class RelativeContext(PretextMethod):
 
     def train_step(self, batch, optimizers):
         centres, neighbours, labels, _, _ = self.sample_pairs(batch["image"])
-        logits = self(centres, neighbours)
-        loss = F.cross_entropy(logits, labels)
-        optimizer = optimizers["network"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        accuracy = (logits.argmax(1) == labels).float().mean()
+        loss, accuracy = classification_metrics(self(centres, neighbours), labels)
+        take_step(optimizers["network"], loss)
         return {"loss": loss.item(), "accuracy": accuracy.item()}
 
     @torch.no_grad()

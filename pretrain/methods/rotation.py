@@ -2,11 +2,10 @@
 Predicting Image Rotations", ICLR 2018): tell which of four rotations (0, 90, 180, 270 degrees) an
 image was turned by. Recognising "upright" needs the objects in it, not low-level cues."""
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import build_backbone, feature_shape
-from . import PretextMethod, register
+from . import PretextMethod, classification_metrics, register, take_step
 
 ROTATIONS = 4  # quarter turns: label k means the image was turned by k * 90 degrees
 HIDDEN = 256
@@ -49,13 +48,8 @@ class RotationPrediction(PretextMethod):
 
     def train_step(self, batch, optimizers):
         images, labels = rotated_batch(batch["image"])
-        logits = self(images)
-        loss = F.cross_entropy(logits, labels)
-        optimizer = optimizers["network"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        accuracy = (logits.argmax(1) == labels).float().mean()
+        loss, accuracy = classification_metrics(self(images), labels)
+        take_step(optimizers["network"], loss)
         return {"loss": loss.item(), "accuracy": accuracy.item()}
 
     @torch.no_grad()

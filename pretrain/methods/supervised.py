@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones import build_backbone, feature_shape
-from . import PretextMethod, register
+from . import PretextMethod, classification_metrics, register, take_step
 
 HIDDEN = 1024  # fc6/fc7 width: the pretraining head is dropped after training, only conv1..pool5 transfer
 
@@ -41,16 +41,12 @@ class Supervised(PretextMethod):
     def train_step(self, batch, optimizers):
         logits, label = self.head(self.encoder(batch["image"])), batch["label"]
         if label.dim() == 1:  # one class per image
-            loss = F.cross_entropy(logits, label)
-            accuracy = (logits.argmax(1) == label).float().mean()
+            loss, accuracy = classification_metrics(logits, label)
         else:  # VOC: 1 present, -1 absent, 0 difficult (ignored)
             present, scored = (label == 1).float(), (label != 0).float()
             loss = F.binary_cross_entropy_with_logits(logits, present, weight=scored)
             accuracy = (((logits > 0).float() == present).float() * scored).sum() / scored.sum().clamp(min=1)
-        optimizer = optimizers["network"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        take_step(optimizers["network"], loss)
         return {"loss": loss.item(), "accuracy": accuracy.item()}
 
     @torch.no_grad()
