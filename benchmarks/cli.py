@@ -4,7 +4,6 @@ import os
 import sys
 from pathlib import Path
 
-from pretrain.data import BAD_IMAGE_POLICIES
 from pretrain.errors import UserError
 
 DEFAULT_TOY = {"n_images": 200, "size": 96, "seed": 0}
@@ -33,6 +32,19 @@ def non_negative_int(text):
     return value
 
 
+def add_plugin_option(p):
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (an import path or a .py file) first, so the pretext methods it "
+                        "registers can be used")
+
+
+def add_bad_images_option(p, default):
+    from pretrain.data import BAD_IMAGE_POLICIES
+    p.add_argument("--bad-images", default=default, choices=BAD_IMAGE_POLICIES,
+                   help="an image that cannot be decoded: stop the run naming it (fail), or check every image "
+                        "first and leave the unreadable ones out with a warning (skip)")
+
+
 def add_pretrain_parser(commands):
     from pretrain.masks import MASK_KINDS
     from pretrain.methods import METHODS
@@ -47,8 +59,7 @@ def add_pretrain_parser(commands):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--method", default=defaults.method, choices=sorted(METHODS),
                    help="pretext method (`bench methods` lists them)")
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import MODULE (an import path) first, so the pretext methods it registers can be used")
+    add_plugin_option(p)
     p.add_argument("--arch", default=defaults.arch,
                    help="backbone: alexnet (the paper's feature-learning network, any size >= 63 px) or "
                         "timm:<model name> (e.g. timm:resnet18); context-encoder also takes inpaint "
@@ -78,9 +89,7 @@ def add_pretrain_parser(commands):
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=non_negative_int, default=defaults.workers, help="DataLoader worker processes")
-    p.add_argument("--bad-images", default=defaults.bad_images, choices=BAD_IMAGE_POLICIES,
-                   help="an image that cannot be decoded: stop the run naming it (fail), or check every image "
-                        "first and leave the unreadable ones out with a warning (skip)")
+    add_bad_images_option(p, defaults.bad_images)
     p.add_argument("--overlap", type=non_negative_int, default=defaults.overlap,
                    help="width in px of the band around the hole that is predicted too")
     p.add_argument("--overlap-weight", type=float, default=defaults.overlap_weight,
@@ -161,9 +170,7 @@ def add_transfer_parser(commands):
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=non_negative_int, default=defaults.workers)
-    p.add_argument("--bad-images", default=defaults.bad_images, choices=BAD_IMAGE_POLICIES,
-                   help="an image that cannot be decoded: stop the run naming it (fail), or check every image "
-                        "first and leave the unreadable ones out with a warning (skip)")
+    add_bad_images_option(p, defaults.bad_images)
     p.add_argument("--out", default=None,
                    help="run folder (default: runs/transfer/<task>-<protocol>-<init>-seed<seed>)")
     p.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every,
@@ -259,7 +266,7 @@ def add_suite_parser(commands):
                     "pretraining for each method and seed, every transfer task on every encoder, "
                     "then the table. Finished work (encoder.pt / record.json present) is skipped.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", default="quick", help="quick, cpu, paper, or a YAML file")
+    p.add_argument("--preset", default="quick", help="quick, methods, cpu, paper, or a YAML file")
     p.add_argument("--data-root", default=None,
                    help="pretraining images (VOC root or folder); default: the built-in toy VOC set")
     p.add_argument("--transfer-data-root", default=None, help="VOC root for the tasks (default: --data-root)")
@@ -267,8 +274,7 @@ def add_suite_parser(commands):
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="suite folder (default: runs/suite-<preset>)")
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import MODULE (an import path) first, so the pretext methods it registers can be used")
+    add_plugin_option(p)
     p.set_defaults(handler=run_suite_command)
 
 
@@ -278,8 +284,7 @@ def add_methods_parser(commands):
         description="List every pretext method `bench pretrain --method` accepts: the built-ins, "
                     "those of installed packages (entry-point group context_encoder_bench.methods) "
                     "and those of --plugin modules.")
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import MODULE (an import path) first, so the pretext methods it registers can be used")
+    add_plugin_option(p)
     p.set_defaults(handler=run_methods)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from pretrain.errors import UserError
-from pretrain.runfiles import staged_run_dir, staging_dir
+from pretrain.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir
 from pretrain.train import PretrainConfig, pretrain, resume_pretraining
 from transfer.finetune import TransferConfig
 from transfer.tasks import TASK_DATA, run_task
@@ -72,7 +72,7 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, ye
             if (run_dir / "encoder.pt").is_file():
                 print(f"skip pretraining {run_dir}: done")
                 continue
-            if (run_dir / "checkpoint.pt").is_file():
+            if (run_dir / CHECKPOINT).is_file():
                 print(f"resuming pretraining {name}, seed {seed} in {run_dir}")
                 resume_pretraining(run_dir, progress=progress)
                 continue
@@ -99,8 +99,7 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, ye
                 train_split=options.get("train_split", data["train_split"]),
                 test_split=options.get("test_split", data["test_split"]))
             print(f"transfer {task_name} from {name}, seed {seed} -> {run_dir}")
-            interrupted = (staging_dir(run_dir) / "checkpoint.pt").is_file()
-            with staged_run_dir(run_dir, overwrite=True, resume=interrupted) as staging:
+            with staged_run_dir(run_dir, overwrite=True, resume=has_interrupted_run(run_dir)) as staging:
                 record = run_task(config, staging, progress=progress)
             print(f"  {record['metric']} = {100 * record['value']:.1f}%")
     return write_table(out / "transfer", out)

@@ -35,6 +35,11 @@ def is_backbone_arch(arch):
     return arch == "alexnet" or arch.startswith(TIMM_PREFIX)
 
 
+def label_with_arch(label, arch):
+    """A table row's label, naming the backbone when it is not the paper's: "rotation [timm:resnet18]"."""
+    return f"{label} [{arch}]" if arch.startswith(TIMM_PREFIX) else label
+
+
 def build_backbone(arch):
     """A freshly initialised backbone for `arch` ("alexnet" or "timm:<name>")."""
     if arch == "alexnet":

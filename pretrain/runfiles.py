@@ -39,10 +39,18 @@ def create_run_dir(out, overwrite=False):
     return out
 
 
+CHECKPOINT = "checkpoint.pt"  # what --resume continues from, in pretraining and transfer runs
+
+
 def staging_dir(out):
     """Where a run that will become `out` is written until it succeeds."""
     out = Path(out)
     return out.with_name(f".{out.name}.partial")
+
+
+def has_interrupted_run(out):
+    """True when a staged run of `out` stopped after writing a checkpoint."""
+    return (staging_dir(out) / CHECKPOINT).is_file()
 
 
 @contextmanager
@@ -54,7 +62,7 @@ def staged_run_dir(out, overwrite=False, resume=False):
     `resume` continues in it; a new run refuses to discard it unless overwriting."""
     out = check_new_run_dir(out, overwrite)
     staging = staging_dir(out)
-    interrupted = (staging / "checkpoint.pt").is_file()
+    interrupted = has_interrupted_run(out)
     if resume and not interrupted:
         raise UserError(f"nothing to resume: no interrupted run of {out} ({staging / 'checkpoint.pt'} "
                         f"does not exist)")
@@ -67,7 +75,7 @@ def staged_run_dir(out, overwrite=False, resume=False):
     try:
         yield staging
     except BaseException:
-        if not (staging / "checkpoint.pt").is_file():
+        if not has_interrupted_run(out):
             shutil.rmtree(staging, ignore_errors=True)
         raise
     if out.exists():
@@ -77,7 +85,7 @@ def staged_run_dir(out, overwrite=False, resume=False):
 
 def check_resumable(out):
     out = Path(out)
-    for name in ("config.json", "checkpoint.pt"):
+    for name in ("config.json", CHECKPOINT):
         if not (out / name).is_file():
             raise UserError(f"nothing to resume: {out / name} does not exist")
     return out

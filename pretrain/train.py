@@ -22,12 +22,12 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from . import images
-from .backbones import TIMM_PREFIX
+from .backbones import label_with_arch
 from .data import EpochOrder, PretrainImages, channel_stats, readable_only
 from .errors import UserError
 from .methods import get_method
-from .runfiles import (check_new_run_dir, check_resumable, create_run_dir, environment_info, save_json,
-                       save_torch)
+from .runfiles import (CHECKPOINT, check_new_run_dir, check_resumable, create_run_dir, environment_info,
+                       save_json, save_torch)
 
 PREVIEW_IMAGES = 8
 
@@ -172,7 +172,7 @@ def resume_pretraining(out, steps=None, progress=True):
     if steps is not None:
         config.steps = steps
     method, dataset = _build(config, training_images(config))
-    state = torch.load(run_dir / "checkpoint.pt", map_location=config.device, weights_only=False)
+    state = torch.load(run_dir / CHECKPOINT, map_location=config.device, weights_only=False)
     return _train(config, method, dataset, run_dir, state, progress)
 
 
@@ -209,7 +209,7 @@ def _train(config, method, dataset, run_dir, state=None, progress=True):
     def checkpoint():
         save_torch({"method": method.state_dict(), "step": step, "elapsed": elapsed,
                     "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-                    "torch_rng": torch.get_rng_state()}, run_dir / "checkpoint.pt")
+                    "torch_rng": torch.get_rng_state()}, run_dir / CHECKPOINT)
 
     method.train()
     started = time.perf_counter() - elapsed
@@ -249,9 +249,8 @@ def _truncate_metrics(path, step):
 def _save_encoder(method, config, run_dir, elapsed, step):
     state = {key: value.detach().cpu() for key, value in method.encoder.state_dict().items()}
     save_torch(state, run_dir / "encoder.pt")
-    label = f"{config.method} ({config.mask})" if method.uses_masks else config.method
-    if method.encoder_arch.startswith(TIMM_PREFIX):
-        label += f" [{method.encoder_arch}]"
+    label = label_with_arch(f"{config.method} ({config.mask})" if method.uses_masks else config.method,
+                            method.encoder_arch)
     save_json({"method": config.method, "label": label, "arch": method.encoder_arch, "image_size": config.image_size,
                "input_mean": method.input_mean, "input_std": method.input_std,
                "steps": step, "pretrain_seconds": round(elapsed, 1), "seed": config.seed,

@@ -17,9 +17,8 @@ from sklearn.svm import LinearSVC
 from torch import nn
 from tqdm import tqdm
 
-from pretrain.data import normalized_tensor, resize_shorter_side
 from pretrain.backbones import feature_shape
-from .finetune import fit, seeded_batches, set_up_task
+from .finetune import Crops, fit, seeded_batches, set_up_task
 from .metrics import classification_ap
 from .records import write_record
 from .voc import VOC_CLASSES, VOCClassification
@@ -41,30 +40,6 @@ class Classifier(nn.Module):
 
     def forward(self, x):
         return self.head(self.encoder(x))
-
-
-class Crops:
-    """Rescale the shorter side to `size` x U(scale range), take `count` random `size` crops
-    (random flips); a count of 1 with scale (1, 1) and flip=False is the centre view."""
-
-    def __init__(self, size, mean, std, scale, count=1, flip=True, seed=0, centre=False):
-        self.size, self.scale, self.count, self.flip, self.centre = size, scale, count, flip, centre
-        self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, image):
-        shorter = round(self.size * self.rng.uniform(*self.scale))
-        array = normalized_tensor(resize_shorter_side(image, shorter), self.mean, self.std)
-        crops = []
-        for _ in range(self.count):
-            if self.centre:
-                top, left = (array.shape[1] - self.size) // 2, (array.shape[2] - self.size) // 2
-            else:
-                top = int(self.rng.integers(0, array.shape[1] - self.size + 1))
-                left = int(self.rng.integers(0, array.shape[2] - self.size + 1))
-            crop = array[:, top:top + self.size, left:left + self.size]
-            crops.append(crop.flip(-1) if self.flip and self.rng.random() < 0.5 else crop)
-        return torch.stack(crops) if self.count > 1 else crops[0]
 
 
 def _batched(dataset, batch_size, progress, desc):

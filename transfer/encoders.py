@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.backbones import TIMM_PREFIX, build_backbone, is_backbone_arch
+from pretrain.backbones import TIMM_PREFIX, build_backbone, is_backbone_arch, label_with_arch
 from pretrain.errors import UserError
 
 RANDOM = "random"
@@ -30,9 +30,9 @@ def load_encoder(init):
     init = str(init)
     if init == RANDOM or init.startswith(f"{RANDOM}:"):
         arch = init.removeprefix(RANDOM).removeprefix(":") or "alexnet"
-        label = RANDOM if arch == "alexnet" else f"{RANDOM} [{arch}]"
-        return build_backbone(arch), {"init": init, "method": RANDOM, "label": label, "arch": arch,
-                                      "input_mean": None, "input_std": None, "pretrain_seconds": 0.0}
+        return build_backbone(arch), {"init": init, "method": RANDOM, "label": label_with_arch(RANDOM, arch),
+                                      "arch": arch, "input_mean": None, "input_std": None,
+                                      "pretrain_seconds": 0.0}
     if init.startswith(TORCHVISION_PREFIX):
         return _load_torchvision_alexnet(init)
     if init.startswith(TIMM_PREFIX):

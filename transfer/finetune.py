@@ -10,14 +10,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pretrain.data import EpochOrder, channel_stats, load_rgb, normalized_tensor
+from pretrain.data import EpochOrder, channel_stats, load_rgb, normalized_tensor, resize_shorter_side
 from pretrain.errors import UserError
-from pretrain.runfiles import save_torch
+from pretrain.runfiles import CHECKPOINT, save_torch
 from pretrain.train import resolve_device, seed_everything, seed_worker
 from .encoders import load_encoder, rescale_to_data
 from .voc import drop_unreadable, image_paths
-
-CHECKPOINT = "checkpoint.pt"  # of an unfinished transfer run; deleted once its record is written
 
 
 @dataclass
@@ -81,13 +79,32 @@ def set_up_task(config, dataset_class):
 
 def _centre_crops(paths, size, mean, std, count=64):
     """Centre `size` crops of an evenly spaced sample of images, normalised, as one batch."""
-    mean, std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-    crops = []
-    for path in paths[::max(1, len(paths) // count)][:count]:
-        image = np.asarray(load_rgb(path, size))
-        top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-        crops.append(normalized_tensor(image[top:top + size, left:left + size], mean, std))
-    return torch.stack(crops)
+    centre = Crops(size, mean, std, (1, 1), flip=False, centre=True)
+    return torch.stack([centre(load_rgb(path)) for path in paths[::max(1, len(paths) // count)][:count]])
+
+
+class Crops:
+    """Rescale the shorter side to `size` x U(scale range), take `count` random `size` crops
+    (random flips); a count of 1 with scale (1, 1) and flip=False is the centre view."""
+
+    def __init__(self, size, mean, std, scale, count=1, flip=True, seed=0, centre=False):
+        self.size, self.scale, self.count, self.flip, self.centre = size, scale, count, flip, centre
+        self.mean, self.std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, image):
+        shorter = round(self.size * self.rng.uniform(*self.scale))
+        array = normalized_tensor(resize_shorter_side(image, shorter), self.mean, self.std)
+        crops = []
+        for _ in range(self.count):
+            if self.centre:
+                top, left = (array.shape[1] - self.size) // 2, (array.shape[2] - self.size) // 2
+            else:
+                top = int(self.rng.integers(0, array.shape[1] - self.size + 1))
+                left = int(self.rng.integers(0, array.shape[2] - self.size + 1))
+            crop = array[:, top:top + self.size, left:left + self.size]
+            crops.append(crop.flip(-1) if self.flip and self.rng.random() < 0.5 else crop)
+        return torch.stack(crops) if self.count > 1 else crops[0]
 
 
 class SeededItems(Dataset):

@@ -3,10 +3,9 @@ import dataclasses
 import json
 
 from pretrain.errors import UserError
-from pretrain.runfiles import save_json
+from pretrain.runfiles import CHECKPOINT, save_json
 from .classification import run_classification
 from .detection import run_detection
-from .finetune import CHECKPOINT
 from .segmentation import run_segmentation
 
 TASKS = {"cls": run_classification, "det": run_detection, "seg": run_segmentation}
@@ -26,7 +25,7 @@ def run_task(config, run_dir, progress=True):
     _check_same_run(config, run_dir / "config.json")
     save_json(dataclasses.asdict(config), run_dir / "config.json")
     record = TASKS[config.task](config, run_dir, progress=progress)
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the record is the run's result now
     return record
 
 
