@@ -218,15 +218,16 @@ def run_transfer(args):
 def add_export_parser(commands):
     from transfer.export import FORMATS
     p = commands.add_parser(
-        "export", help="write an encoder in torchvision's or detectron2's checkpoint layout",
+        "export", help="write an encoder in torchvision's, timm's or detectron2's checkpoint layout",
         description="Convert the encoder of a `bench pretrain` run (or an encoder.pt) for use outside "
                     "the suite. torchvision: a state_dict with features.<i> names that loads into "
-                    "torchvision.models.alexnet() with strict=False. detectron2: a pickle of NumPy "
-                    "arrays named conv1..conv5 with detectron2's checkpoint fields.",
+                    "torchvision.models.alexnet() with strict=False. timm (timm:<model> encoders): "
+                    "the timm model's state_dict without its classifier. detectron2: a pickle of "
+                    "NumPy arrays named conv1..conv5 with detectron2's checkpoint fields.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--run", required=True, help="a `bench pretrain` run folder or an encoder.pt")
     p.add_argument("--to", required=True, choices=FORMATS, help="target checkpoint layout")
-    p.add_argument("--out", required=True, help="file to write (.pth for torchvision, .pkl for detectron2)")
+    p.add_argument("--out", required=True, help="file to write (.pth for torchvision and timm, .pkl for detectron2)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(handler=run_export)
 
