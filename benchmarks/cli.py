@@ -238,12 +238,91 @@ def run_export(args):
     print(f"wrote {out} ({args.to} layout)")
 
 
+def add_inpaint_options(p):
+    from transfer.inpainting import INPAINT_MASKS
+    p.add_argument("--run", required=True, action="append",
+                   help="a context-encoder `bench pretrain` run folder; repeat to compare runs on the same holes")
+    p.add_argument("--mask", default=None, choices=INPAINT_MASKS, help="hole kind (default: the run's own)")
+    p.add_argument("--mask-dir", default=None,
+                   help="VOC segmentation PNGs for random-region holes (default: the run's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the holes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+
+def add_inpaint_parser(commands):
+    p = commands.add_parser(
+        "inpaint", help="fill holes in your own images with a trained context encoder",
+        description="Fill holes in images of any size. Each image's largest centred square is rescaled "
+                    "to the network's input size, a hole is drawn and filled there, and the fill is "
+                    "rescaled back and pasted into the hole at full resolution (the context keeps its "
+                    "own pixels). Writes <out>/<image>.png: masked | fill of each --run | original.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--images", required=True, help="an image file or a folder of images")
+    p.add_argument("--out", required=True, help="new folder for the side-by-side PNGs")
+    add_inpaint_options(p)
+    p.set_defaults(handler=run_inpaint)
+
+
+def run_inpaint(args):
+    from pretrain.runfiles import staged_run_dir
+    from transfer.inpainting import inpaint_files
+    if not Path(args.images).exists():
+        raise UserError(f"--images {args.images} does not exist")
+    with staged_run_dir(args.out, args.overwrite) as staging:
+        written = inpaint_files(args.run, args.images, staging, args.mask, args.mask_dir, args.seed, args.device)
+    print(f"wrote {len(written)} side-by-side PNG(s) to {args.out}")
+
+
+def add_eval_inpaint_parser(commands):
+    from transfer.inpainting import ROWS
+    p = commands.add_parser(
+        "eval-inpaint", help="score inpainting against the truth, with baselines (the paper's Table 1)",
+        description="Fill the same holes in the images of --split with each --run's network and the "
+                    "baselines, and score each over the hole with pixels in [0, 1]: mean L1, mean L2, "
+                    "PSNR, SSIM. Writes <out>/<row>/record.json (read by `bench table`) and "
+                    "<out>/grid.png comparing every row on the same holes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-root", default=None, help="a VOC root or folder of images; default: the toy VOC set")
+    p.add_argument("--split", default="val", help="image set evaluated (of a VOC root)")
+    p.add_argument("--year", default=None, help="VOC year folder (default: the newest present)")
+    p.add_argument("--database-split", default="train",
+                   help="image set the nearest-neighbour rows search (the evaluated images are left out)")
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
+                   help="network and nn-features: per --run; the others: classical baselines")
+    add_bad_images_option(p, "fail")
+    p.add_argument("--out", default=None,
+                   help="folder for the records (default: runs/transfer/inpaint-<run>-<mask>-<split>-seed<seed>)")
+    add_inpaint_options(p)
+    p.set_defaults(handler=run_eval_inpaint)
+
+
+def run_eval_inpaint(args):
+    from pretrain.runfiles import staged_run_dir
+    from transfer.inpainting import evaluate_inpainting
+    data_root = str(args.data_root or default_data_root())
+    mask = f"-{args.mask}" if args.mask else ""
+    out = args.out or f"runs/transfer/inpaint-{Path(args.run[0]).resolve().name}{mask}-{args.split}-seed{args.seed}"
+    with staged_run_dir(out, args.overwrite) as staging:
+        records = evaluate_inpainting(args.run, data_root, args.split, staging, args.rows, args.year, args.mask,
+                                      args.mask_dir, args.database_split, args.seed, args.bad_images, args.device)
+    print(f"{'row':<60} {'L1 %':>6} {'L2 %':>6} {'PSNR dB':>8} {'SSIM':>6}")
+    for record in records:
+        m = record["metrics"]
+        psnr = "inf" if m["psnr"] == "inf" else f"{m['psnr']:.2f}"
+        print(f"{record['pretrain_label'][:60]:<60} {100 * m['l1']:>6.2f} {100 * m['l2']:>6.2f} {psnr:>8} "
+              f"{m['ssim']:>6.3f}")
+    print(f"records and grid.png in {out}")
+
+
 def add_table_parser(commands):
     p = commands.add_parser(
-        "table", help="the paper's Table 2 beside the measured records",
-        description="Read every record.json under --records and write table.csv, table.md, "
-                    "table.json and table.png (mean ± std over seeds) into --out, next to the "
-                    "paper's numbers (results/paper_table2.csv).",
+        "table", help="the paper's Tables 2 and 1 beside the measured records",
+        description="Read every record.json under --records and write into --out: from transfer "
+                    "records table.csv, table.md, table.json and table.png (mean ± std over seeds) next "
+                    "to the paper's Table 2 (results/paper_table2.csv); from `bench eval-inpaint` records "
+                    "inpaint_table.csv/.md/.json next to the paper's Table 1 (results/paper_table1.csv, "
+                    "measured on Paris StreetView, which is not public).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--records", default="runs/transfer", help="folder searched for record.json files")
     p.add_argument("--out", default="results", help="folder for the table files")
@@ -255,9 +334,10 @@ def run_table(args):
     print_table(write_table(args.records, args.out), args.out)
 
 
-def print_table(table, folder):
-    print(table.to_string(index=False))
-    print(f"written: {Path(folder) / 'table.md'} (+ .csv, .json, .png)")
+def print_table(tables, folder):
+    for stem, table in tables.items():
+        print(table.to_string(index=False))
+        print(f"written: {Path(folder) / stem}.md (+ .csv, .json{', .png' if stem == 'table' else ''})\n")
 
 
 def add_suite_parser(commands):
@@ -336,6 +416,8 @@ def build_parser():
     add_transfer_parser(commands)
     add_table_parser(commands)
     add_export_parser(commands)
+    add_inpaint_parser(commands)
+    add_eval_inpaint_parser(commands)
     add_suite_parser(commands)
     add_methods_parser(commands)
     add_data_parser(commands)

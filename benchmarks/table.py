@@ -1,12 +1,16 @@
-"""`bench table`: the paper's Table 2 beside the measured transfer records.
+"""`bench table`: the paper's tables beside the measured records.
 
-Measured rows group records by (pretraining method, data set); each task cell is
-"mean ± std (n)" over seeds, in percent. Writes table.csv, table.md, table.json and table.png.
+Table 2 (transfer): measured rows group records by (pretraining method, data set); each task cell
+is "mean ± std (n)" over seeds, in percent. Written as table.csv, table.md, table.json, table.png.
+Table 1 (inpainting, from `bench eval-inpaint` records): one row per (method, data set, hole kind),
+mean L1 and L2 in percent, PSNR in dB and SSIM, each "mean ± std (n)" over pretraining seeds.
+Written as inpaint_table.csv, .md and .json.
 """
 import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pandas as pd
 
 from pretrain.errors import UserError
@@ -15,7 +19,13 @@ from pretrain.runfiles import write_atomically, save_json
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
-PAPER_TABLE = Path(__file__).resolve().parent.parent / "results" / "paper_table2.csv"
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+PAPER_TABLE = RESULTS / "paper_table2.csv"
+PAPER_INPAINT_TABLE = RESULTS / "paper_table1.csv"
+INPAINT_TASK = "inpaint"
+# Inpainting columns: (record metric, heading, scale, decimals).
+INPAINT_COLUMNS = [("l1", "Mean L1 (%)", 100, 2), ("l2", "Mean L2 (%)", 100, 2),
+                   ("psnr", "PSNR (dB)", 1, 2), ("ssim", "SSIM", 1, 3)]
 # Column of each (task, protocol); the paper's numbers are full fine-tuning.
 COLUMNS = {("cls", "finetune"): "Classification", ("cls", "svm"): "Classification (SVM)",
            ("det", "selective-search"): "Detection", ("det", "rpn"): "Detection (RPN)",
@@ -23,21 +33,51 @@ COLUMNS = {("cls", "finetune"): "Classification", ("cls", "svm"): "Classificatio
 PAPER_COLUMNS = {"cls": "Classification", "det": "Detection", "seg": "Segmentation"}
 
 
-def load_records(folder):
-    """One row per record.json below `folder`."""
+def read_records(folder):
+    """(path, record) of every record.json below `folder`."""
     paths = sorted(Path(folder).rglob("record.json"))
     if not paths:
-        raise UserError(f"no record.json files under {folder}; run `bench transfer` first")
-    rows = []
+        raise UserError(f"no record.json files under {folder}; run `bench transfer` or `bench eval-inpaint` first")
+    records = []
     for path in paths:
         try:
             record = json.loads(path.read_text())
+            records.append((path, record, record["task"]))
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise UserError(f"{path} is not a transfer or inpainting record ({exc})") from None
+    return records
+
+
+def load_records(records):
+    """One row per transfer record of `records` (from read_records)."""
+    rows = []
+    for path, record, task in records:
+        if task == INPAINT_TASK:
+            continue
+        try:
             rows.append({"method": record.get("pretrain_label") or record["pretrain_method"], "data": Path(record["data_root"]).name,
                          "column": COLUMNS[_variant(record)],
                          "value": record["value"], "seed": record["seed"],
                          "pretrain_seconds": record["pretrain_seconds"], "record": str(path)})
-        except (json.JSONDecodeError, KeyError) as exc:
+        except KeyError as exc:
             raise UserError(f"{path} is not a transfer record ({exc})") from None
+    return pd.DataFrame(rows)
+
+
+def load_inpaint_records(records):
+    """One row per metric of each inpainting record of `records` (from read_records)."""
+    rows = []
+    for path, record, task in records:
+        if task != INPAINT_TASK:
+            continue
+        try:
+            for metric, heading, scale, _ in INPAINT_COLUMNS:
+                rows.append({"method": record["pretrain_label"], "data": Path(record["data_root"]).name,
+                             "holes": record["mask"], "column": heading,
+                             "value": float(record["metrics"][metric]) * scale, "seed": record["pretrain_seed"],
+                             "record": str(path)})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{path} is not an inpainting record ({exc})") from None
     return pd.DataFrame(rows)
 
 
@@ -48,13 +88,15 @@ def _variant(record):
     return record["task"], record["protocol"]
 
 
-def _cell(values):
-    values = values.dropna() * 100
+def _cell(values, scale=100, decimals=1):
+    values = values.dropna() * scale
     if values.empty:
         return ""
     if len(values) == 1:
-        return f"{values.iloc[0]:.1f} (n=1)"
-    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f} (n={len(values)})"
+        return f"{values.iloc[0]:.{decimals}f} (n=1)"
+    if np.isinf(values).any():  # an exact fill somewhere: infinite PSNR
+        return f"{values.mean():.{decimals}f} (n={len(values)})"
+    return f"{values.mean():.{decimals}f} ± {values.std(ddof=1):.{decimals}f} (n={len(values)})"
 
 
 def _duration(seconds):
@@ -86,16 +128,51 @@ def build_table(records):
     return table[[c for c in order if (table[c] != "").any()]], summary
 
 
+def build_inpaint_table(records):
+    """(table rows for people, numeric summary): the paper's Table 1, then the measured rows."""
+    summary = (records.groupby(["method", "data", "holes", "column"], sort=False)["value"]
+               .agg(mean="mean", std="std", n="count").reset_index())
+    rows = []
+    for _, p in pd.read_csv(PAPER_INPAINT_TABLE).iterrows():
+        rows.append({"Method": f"{p['method']} (paper)", "Source": "paper: Paris StreetView, 128 px",
+                     "Holes": "central", "Mean L1 (%)": f"{p['mean_l1']:.2f}",
+                     "Mean L2 (%)": f"{p['mean_l2']:.2f}", "PSNR (dB)": f"{p['psnr']:.2f}", "SSIM": ""})
+    # Measured rows ranked by mean L1 within each data set and hole kind: the best fill first.
+    l1 = records[records["column"] == INPAINT_COLUMNS[0][1]].groupby(["method", "data", "holes"])["value"].mean()
+    for (data, holes, _, method), group in sorted(
+            (key[1:] + (l1[key], key[0]), group) for key, group in records.groupby(["method", "data", "holes"])):
+        row = {"Method": method, "Source": f"measured: {data}", "Holes": holes}
+        for _, heading, _, decimals in INPAINT_COLUMNS:
+            row[heading] = _cell(group.loc[group["column"] == heading, "value"], 1, decimals)
+        rows.append(row)
+    return pd.DataFrame(rows), summary
+
+
 def write_table(records_folder, out_folder):
-    table, summary = build_table(load_records(records_folder))
+    """Write the tables the records under `records_folder` make; returns {file stem: table}."""
+    records = read_records(records_folder)
     out = Path(out_folder)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomically(out / "table.csv", lambda tmp: table.to_csv(tmp, index=False))
-    write_atomically(out / "table.md", lambda tmp: tmp.write_text(_markdown(table)))
+    tables = {}
+    transfer = load_records(records)
+    if not transfer.empty:
+        table, summary = build_table(transfer)
+        _write("table", table, summary, out)
+        write_atomically(out / "table.png", lambda tmp: _plot(summary, tmp))
+        tables["table"] = table
+    inpainting = load_inpaint_records(records)
+    if not inpainting.empty:
+        table, summary = build_inpaint_table(inpainting)
+        _write("inpaint_table", table, summary, out)
+        tables["inpaint_table"] = table
+    return tables
+
+
+def _write(stem, table, summary, out):
+    write_atomically(out / f"{stem}.csv", lambda tmp: table.to_csv(tmp, index=False))
+    write_atomically(out / f"{stem}.md", lambda tmp: tmp.write_text(_markdown(table)))
     save_json({"rows": table.to_dict(orient="records"),
-               "measured": summary.to_dict(orient="records")}, out / "table.json")
-    write_atomically(out / "table.png", lambda tmp: _plot(summary, tmp))
-    return table
+               "measured": summary.to_dict(orient="records")}, out / f"{stem}.json")
 
 
 def _markdown(table):

@@ -69,7 +69,8 @@ class ContextEncoder(PretextMethod):
                 self.discriminator.parameters(), lr=lr / 10, betas=betas)
         return optimizers
 
-    def _fill_holes(self, image, hole):
+    def fill_holes(self, image, hole):
+        """The network's input: `image` with the dataset mean colour in its holes."""
         return image * (1 - hole) + self.fill * hole
 
     def _predict(self, masked):
@@ -87,7 +88,7 @@ class ContextEncoder(PretextMethod):
 
     def train_step(self, batch, optimizers):
         image, hole = batch["image"], batch["hole"]
-        masked = self._fill_holes(image, hole)
+        masked = self.fill_holes(image, hole)
         prediction = self._predict(masked)
         weights = losses.reconstruction_weights(hole, self.config.overlap, self.config.overlap_weight)
         l2 = losses.masked_l2(prediction, image, weights)
@@ -109,8 +110,11 @@ class ContextEncoder(PretextMethod):
         return {"loss": loss.item(), "l2": l2.item(), **metrics}
 
     @torch.no_grad()
+    def complete(self, image, hole):
+        """`image` with its holes filled by the network (normalised like its input)."""
+        return image * (1 - hole) + self._predict(self.fill_holes(image, hole)) * hole
+
+    @torch.no_grad()
     def preview(self, batch):
         image, hole = batch["image"], batch["hole"]
-        masked = self._fill_holes(image, hole)
-        completed = image * (1 - hole) + self._predict(masked) * hole
-        return [masked, completed, image]
+        return [self.fill_holes(image, hole), self.complete(image, hole), image]

@@ -1,0 +1,284 @@
+"""Semantic inpainting (paper §5.1, Table 1) with a context-encoder run: fill holes in any
+images (`bench inpaint`) and score fills against the truth next to baselines (`bench eval-inpaint`).
+
+Evaluation images are prepared as in pretraining, without the randomness: the shorter side is
+rescaled to the run's load size and the centre image_size square is kept. Hole i is drawn from a
+generator seeded by (seed, i), so every row of one evaluation is scored on the same pixels.
+Scores are over the hole only, with pixels in [0, 1] (see metrics.hole_scores).
+"""
+import dataclasses
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from pretrain.data import load_rgb, normalized_tensor, readable_only
+from pretrain.errors import UserError
+from pretrain.images import list_images
+from pretrain.masks import MaskSampler, load_region_shapes
+from pretrain.methods import get_method
+from pretrain.methods.context_encoder import ContextEncoder
+from pretrain.runfiles import CHECKPOINT, environment_info, save_json, write_atomically
+from pretrain.train import PretrainConfig, resolve_device
+from . import inpaint_baselines as baselines
+from .metrics import hole_scores
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+INPAINT_MASKS = ("central", "random-block", "random-region")
+# Rows of an evaluation: per run, its network and nearest neighbours in its encoder's features;
+# once, the classical references.
+RUN_ROWS = ("network", "nn-features")
+BASELINE_ROWS = ("mean-colour", "telea", "navier-stokes", "nn-hog")
+ROWS = RUN_ROWS + BASELINE_ROWS
+BASELINE_LABELS = {"mean-colour": "mean colour fill", "telea": "OpenCV Telea",
+                   "navier-stokes": "OpenCV Navier-Stokes", "nn-hog": "nearest neighbour, HOG features"}
+GRID_IMAGES = 8
+
+
+class Inpainter:
+    """A trained context encoder (its generator, from the run's checkpoint) ready to fill holes."""
+
+    def __init__(self, run, device="cpu"):
+        run_dir = Path(run)
+        config_path, checkpoint = run_dir / "config.json", run_dir / CHECKPOINT
+        if not config_path.is_file():
+            raise UserError(f"--run {run}: not a `bench pretrain` run folder (no config.json)")
+        config = PretrainConfig(**json.loads(config_path.read_text())["config"])
+        if get_method(config.method) is not ContextEncoder:
+            raise UserError(f"--run {run} is a {config.method} run; inpainting needs a context-encoder run")
+        if not checkpoint.is_file():
+            raise UserError(f"--run {run}: {checkpoint} is missing (it holds the generator)")
+        self.run_dir, self.config, self.device = run_dir.resolve(), config, resolve_device(device)
+        self.name = self.run_dir.name
+        encoder_info = run_dir / "encoder.json"  # written when the run finished
+        self.pretrain_seconds = (json.loads(encoder_info.read_text())["pretrain_seconds"]
+                                 if encoder_info.is_file() else None)
+        # Inference never draws the run's own masks, so do not ask for its mask folder; only the
+        # central choice changes the network (a centre-patch output), and it is kept.
+        build = dataclasses.replace(config, mask="central" if config.mask == "central" else "random-block")
+        self.method = ContextEncoder(build, config.dataset_mean, config.dataset_std)
+        # Memory-mapped: only the network's tensors are read, not the optimiser state beside them.
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["method"]
+        self.method.load_state_dict(state)
+        self.method.to(self.device).eval()
+        self.label = f"context encoder, {config.loss}, {config.arch}"
+        self.mean = torch.tensor(self.method.input_mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.method.input_std).view(1, 3, 1, 1)
+
+    def _batches(self, images, holes, batch_size):
+        for start in range(0, len(images), batch_size):
+            image = torch.stack([normalized_tensor(x, self.mean[0], self.std[0])
+                                 for x in images[start:start + batch_size]]).to(self.device)
+            hole = torch.from_numpy(holes[start:start + batch_size]).float().unsqueeze(1).to(self.device)
+            yield image, hole
+
+    @torch.no_grad()
+    def fill(self, images, holes, batch_size=32):
+        """(N, S, S, 3) uint8 images, (N, S, S) bool holes -> completed (N, S, S, 3) floats in [0, 1]."""
+        filled = [self.method.complete(image, hole).cpu() * self.std + self.mean
+                  for image, hole in self._batches(images, holes, batch_size)]
+        return torch.cat(filled).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+    @torch.no_grad()
+    def features(self, images, hole, batch_size=32):
+        """(N, D) encoder features of `images` with `hole` dropped, as the network saw its inputs;
+        L2-normalised so that distances compare patterns rather than activation scale."""
+        holes = np.repeat(hole[None], len(images), axis=0)
+        out = torch.cat([self.method.encoder(self.method.fill_holes(image, h)).flatten(1).cpu()
+                         for image, h in self._batches(images, holes, batch_size)])
+        return torch.nn.functional.normalize(out, dim=1).numpy()
+
+
+def load_inpainters(runs, device):
+    inpainters = [Inpainter(run, device) for run in runs]
+    first = inpainters[0].config
+    for other in inpainters[1:]:
+        if (other.config.image_size, other.config.load_size) != (first.image_size, first.load_size):
+            raise UserError(f"runs to compare must share image and load sizes: {other.name} has "
+                            f"{other.config.image_size}/{other.config.load_size} px, {inpainters[0].name} "
+                            f"{first.image_size}/{first.load_size} px")
+    return inpainters
+
+
+def hole_sampler(config, mask, mask_dir):
+    """Masks of kind `mask` (default: the run's own) at the run's input size."""
+    mask = mask or config.mask
+    if mask not in INPAINT_MASKS:
+        raise UserError(f"--mask {mask!r} cannot be evaluated; choose from {', '.join(INPAINT_MASKS)}")
+    shapes = None
+    if mask == "random-region":
+        mask_dir = mask_dir or config.mask_dir
+        if not mask_dir or not Path(mask_dir).is_dir():
+            raise UserError(f"random-region holes need --mask-dir, a folder of VOC segmentation PNGs "
+                            f"(the run's {mask_dir} is not there)")
+        shapes = load_region_shapes(mask_dir)
+    # The central hole keeps the run's overlap band, as the network was trained with.
+    return mask, MaskSampler(mask, config.image_size, config.overlap if mask == "central" else 0, shapes)
+
+
+def draw_holes(sampler, count, seed):
+    holes = np.stack([sampler(np.random.default_rng([seed, i])) for i in range(count)])
+    if not holes.any(axis=(1, 2)).all():
+        raise UserError("a drawn hole is empty; use a larger image size or another --mask")
+    return holes
+
+
+def centre_crops(paths, image_size, load_size, progress=True, desc="loading images"):
+    """(N, S, S, 3) uint8: shorter side rescaled to `load_size`, centre `image_size` square."""
+    crops = np.empty((len(paths), image_size, image_size, 3), np.uint8)
+    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=not progress)):
+        image = np.asarray(load_rgb(path, load_size))
+        top, left = (image.shape[0] - image_size) // 2, (image.shape[1] - image_size) // 2
+        crops[i] = image[top:top + image_size, left:left + image_size]
+    return crops
+
+
+def _slug(text):
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def evaluate_inpainting(runs, data_root, split, out_dir, rows=ROWS, year=None, mask=None, mask_dir=None,
+                        database_split="train", seed=0, bad_images="fail", device="cpu", progress=True):
+    """Score every row on the same images and holes; write <out_dir>/<row>/record.json for each
+    and <out_dir>/grid.png (the first images, one column per row). Returns the records."""
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        raise UserError(f"unknown inpainting rows {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    inpainters = load_inpainters(runs, device)
+    config = inpainters[0].config
+    mask, sampler = hole_sampler(config, mask, mask_dir)
+    paths = readable_only(list_images(data_root, split, year), bad_images, f"{data_root} ({split})", progress)
+    images = centre_crops(paths, config.image_size, config.load_size, progress, f"loading {split} images")
+    holes = draw_holes(sampler, len(images), seed)
+    database = None
+    if {"nn-features", "nn-hog"} & set(rows):
+        chosen = set(map(str, paths))
+        database_paths = [p for p in readable_only(list_images(data_root, database_split, year), bad_images,
+                                                   f"{data_root} ({database_split})", progress)
+                          if str(p) not in chosen]  # an image must not find itself
+        if not database_paths:
+            raise UserError(f"nearest-neighbour rows need --database-split images other than the "
+                            f"evaluated ones; {database_split} has none")
+        database = centre_crops(database_paths, config.image_size, config.load_size, progress,
+                                f"loading {database_split} images")
+
+    fillers = []  # (row, label, Inpainter or None, function giving the filled images)
+    for inpainter in inpainters:
+        if "network" in rows:
+            fillers.append(("network", inpainter.label, inpainter,
+                            lambda i=inpainter: i.fill(images, holes)))
+        if "nn-features" in rows:
+            fillers.append(("nn-features", f"nearest neighbour, features of {inpainter.label}", inpainter,
+                            lambda i=inpainter: baselines.nearest_neighbour_fill(
+                                images, holes, database, i.features, progress, f"NN in {i.name} features")))
+    classical = {"mean-colour": lambda: baselines.mean_colour_fill(images, holes),
+                 "telea": lambda: baselines.opencv_fill(images, holes, "telea"),
+                 "navier-stokes": lambda: baselines.opencv_fill(images, holes, "navier-stokes"),
+                 "nn-hog": lambda: baselines.nearest_neighbour_fill(
+                     images, holes, database, baselines.hog_context, progress, "NN in HOG features")}
+    fillers += [(row, BASELINE_LABELS[row], None, classical[row]) for row in BASELINE_ROWS if row in rows]
+
+    original = images.astype(np.float32) / 255
+    setting = {"data_root": str(data_root), "test_split": split, "year": year, "mask": mask, "seed": seed,
+               "image_size": config.image_size, "load_size": config.load_size, "images": len(images),
+               "database_split": database_split if database is not None else None}
+    records, grid_columns = [], []
+    for row, label, run, fill in fillers:
+        started = time.perf_counter()
+        filled = fill()
+        scores = {name: values.mean() for name, values in hole_scores(filled, original, holes).items()}
+        folder = out_dir / (f"{row}-{_slug(run.name)}" if run else row)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {"task": "inpaint", "protocol": row, "pretrain_label": label,
+                  "run": str(run.run_dir) if run else None, "pretrain_seed": run.config.seed if run else None,
+                  "pretrain_seconds": run.pretrain_seconds if run else 0.0, **setting,
+                  "metric": "l1", "value": float(scores["l1"]),
+                  "metrics": {name: _json_number(value) for name, value in scores.items()},
+                  "wall_seconds": round(time.perf_counter() - started, 1), "environment": environment_info()}
+        save_json(record, folder / "record.json")
+        records.append(record)
+        grid_columns.append((label, filled[:GRID_IMAGES]))
+    masked = np.where(holes[:GRID_IMAGES, ..., None], 1.0, original[:GRID_IMAGES])
+    write_atomically(out_dir / "grid.png", lambda tmp: _grid(
+        [("masked input", masked), *grid_columns, ("original", original[:GRID_IMAGES])], tmp))
+    return records
+
+
+def _json_number(value):
+    """inf (an exact fill's PSNR) as the string "inf": JSON has no infinity."""
+    return "inf" if math.isinf(value) else float(value)
+
+
+def _grid(columns, path):
+    """Images in rows, one titled column per entry of `columns` [(title, (N, H, W, 3))]."""
+    count = len(columns[0][1])
+    figure, axes = plt.subplots(count, len(columns), figsize=(1.6 * len(columns), 1.6 * count + 0.6),
+                                squeeze=False)
+    for col, (title, pictures) in enumerate(columns):
+        axes[0, col].set_title("\n".join(_wrap(title)), fontsize=6)
+        for row in range(count):
+            axes[row, col].imshow(pictures[row])
+            axes[row, col].axis("off")
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=110)
+    plt.close(figure)
+
+
+def _wrap(text, width=22):
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + [line]
+
+
+def inpaint_files(runs, images, out_dir, mask=None, mask_dir=None, seed=0, device="cpu", progress=True):
+    """Fill holes in a user's own images at their own size. Each image's largest centred square is
+    rescaled to the network's input size, a hole is drawn there and filled, and the fill is rescaled
+    back and pasted into the hole at full resolution, so the context keeps its original pixels.
+    Writes <out_dir>/<name>.png: masked | each run's fill | original, side by side."""
+    inpainters = load_inpainters(runs, device)
+    config = inpainters[0].config
+    _, sampler = hole_sampler(config, mask, mask_dir)
+    source = Path(images)
+    paths = [source] if source.is_file() else list_images(source)
+    side = config.image_size
+    written = []
+    for i, path in enumerate(tqdm(paths, desc="inpainting", unit="img", disable=not progress)):
+        picture = np.asarray(load_rgb(path))
+        square = min(picture.shape[:2])
+        top, left = (picture.shape[0] - square) // 2, (picture.shape[1] - square) // 2
+        crop = Image.fromarray(picture[top:top + square, left:left + square]).resize((side, side), Image.BICUBIC)
+        hole = sampler(np.random.default_rng([seed, i]))
+        big_hole = np.zeros(picture.shape[:2], bool)
+        big_hole[top:top + square, left:left + square] = np.asarray(
+            Image.fromarray(hole).resize((square, square), Image.NEAREST))
+        panels = [np.where(big_hole[..., None], 255, picture).astype(np.uint8)]
+        for inpainter in inpainters:
+            filled = inpainter.fill(np.asarray(crop)[None], hole[None])[0]
+            big_fill = np.asarray(Image.fromarray((filled * 255).round().astype(np.uint8)).resize(
+                (square, square), Image.BICUBIC))
+            panel = picture.copy()
+            region = panel[top:top + square, left:left + square]
+            region[big_hole[top:top + square, left:left + square]] = big_fill[
+                big_hole[top:top + square, left:left + square]]
+            panels.append(panel)
+        panels.append(picture)
+        # Images of sub-folders keep their relative path in the name, so none is overwritten.
+        name = path.stem if path == source else "__".join(path.relative_to(source).with_suffix("").parts)
+        target = out_dir / f"{name}.png"
+        Image.fromarray(np.concatenate(panels, axis=1)).save(target)
+        written.append(target)
+    return written
