@@ -18,6 +18,12 @@ def default_data_root():
     return root
 
 
+def is_main_process():
+    """False in the processes torchrun starts besides the main one: they print nothing."""
+    from pretrain.distributed import is_main
+    return is_main()
+
+
 def positive_int(text):
     value = int(text)
     if value < 1:
@@ -43,6 +49,17 @@ def add_bad_images_option(p, default):
     p.add_argument("--bad-images", default=default, choices=BAD_IMAGE_POLICIES,
                    help="an image that cannot be decoded: stop the run naming it (fail), or check every image "
                         "first and leave the unreadable ones out with a warning (skip)")
+
+
+def add_scaling_options(p, defaults):
+    """--precision, --compile and --sync-bn, shared by pretrain and transfer."""
+    from pretrain.speedups import PRECISIONS
+    p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
+                   help="autocast dtype of forward passes and losses: bf16 on CUDA or CPUs with bf16 "
+                        "instructions, fp16 on CUDA (with loss scaling)")
+    p.add_argument("--compile", action="store_true", help="compile the networks with torch.compile")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)")
 
 
 def add_pretrain_parser(commands):
@@ -90,6 +107,10 @@ def add_pretrain_parser(commands):
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=non_negative_int, default=defaults.workers, help="DataLoader worker processes")
     add_bad_images_option(p, defaults.bad_images)
+    add_scaling_options(p, defaults)
+    p.add_argument("--no-image-cache", dest="image_cache", action="store_false",
+                   help="decode every image at every use instead of once into the uint8 cache under the "
+                        "cache folder ($BENCH_CACHE_DIR/images)")
     p.add_argument("--overlap", type=non_negative_int, default=defaults.overlap,
                    help="width in px of the band around the hole that is predicted too")
     p.add_argument("--overlap-weight", type=float, default=defaults.overlap_weight,
@@ -127,9 +148,11 @@ def run_pretrain(args):
             seed=args.seed, device=args.device, workers=args.workers, overlap=args.overlap,
             overlap_weight=args.overlap_weight, adv_weight=args.adv_weight,
             preview_every=args.preview_every, checkpoint_every=args.checkpoint_every,
-            bad_images=args.bad_images)
+            bad_images=args.bad_images, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn,
+            image_cache=args.image_cache)
         run_dir = pretrain(config, out, overwrite=args.overwrite)
-    print(f"run folder: {run_dir}  (encoder: {run_dir / 'encoder.pt'}, preview: {run_dir / 'preview.png'})")
+    if is_main_process():
+        print(f"run folder: {run_dir}  (encoder: {run_dir / 'encoder.pt'}, preview: {run_dir / 'preview.png'})")
 
 
 def add_transfer_parser(commands):
@@ -171,6 +194,7 @@ def add_transfer_parser(commands):
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=non_negative_int, default=defaults.workers)
     add_bad_images_option(p, defaults.bad_images)
+    add_scaling_options(p, defaults)
     p.add_argument("--out", default=None,
                    help="run folder (default: runs/transfer/<task>-<protocol>-<init>-seed<seed>)")
     p.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every,
@@ -205,14 +229,15 @@ def run_transfer(args):
         image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
         fc_width=args.fc_width, proposals=args.proposals, rescale=args.rescale,
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, workers=args.workers,
-        bad_images=args.bad_images)
+        bad_images=args.bad_images, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn)
     init_name = "random" if args.init == "random" else Path(args.init).resolve().name.removesuffix(".pt")
     variant = args.proposals if args.task == "det" else args.protocol
     rescaled = "-rescaled" if args.rescale else ""
     out = args.out or f"runs/transfer/{args.task}-{variant}-{init_name}{rescaled}-seed{args.seed}"
     with staged_run_dir(out, args.overwrite, args.resume) as staging:
         record = run_task(config, staging)
-    print(f"{args.task} {record['metric']} = {100 * record['value']:.1f}%  (record: {Path(out) / 'record.json'})")
+    if is_main_process():
+        print(f"{args.task} {record['metric']} = {100 * record['value']:.1f}%  (record: {Path(out) / 'record.json'})")
 
 
 def add_export_parser(commands):
@@ -408,6 +433,49 @@ def run_data_toy(args):
     print(f"toy VOC written to {root} ({args.images} images per year, see toy_voc.json)")
 
 
+def add_speed_parser(commands):
+    from pretrain.speedups import PRECISIONS
+    p = commands.add_parser(
+        "speed", help="measure training throughput against the machine's matmul peak",
+        description="Measure the matmul peak (fp32, bf16), model-only training throughput on random "
+                    "tensors and end-to-end pretraining throughput on real files, for the feature network "
+                    "(AlexNet context encoder, random-region holes) at each --feature-sizes and the "
+                    "inpainting network at 128 px, in each --precisions. Prints a table and writes "
+                    "speed.json, speed.csv and speed.md into --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-root", default=None,
+                   help="images for the end-to-end runs (a VOC root or folder); default: the built-in toy VOC set")
+    p.add_argument("--mask-dir", default=None,
+                   help="VOC segmentation PNGs for random-region holes (default: the data root's SegmentationClass)")
+    p.add_argument("--feature-sizes", type=positive_int, nargs="+", default=[128, 227],
+                   help="input sizes of the feature network")
+    p.add_argument("--feature-batch", type=positive_int, default=32, help="batch size of the feature network")
+    p.add_argument("--inpaint-batch", type=non_negative_int, default=64,
+                   help="batch size of the inpainting network (0: leave it out)")
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32", "bf16"])
+    p.add_argument("--steps", type=positive_int, default=5, help="timed training steps per measurement")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps before them")
+    p.add_argument("--matmul-size", type=positive_int, default=2048, help="side of the square matmuls")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=non_negative_int, default=1, help="DataLoader worker processes")
+    p.add_argument("--out", default=None, help="results folder (default: runs/speed-<date>-<time>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing results folder")
+    p.set_defaults(handler=run_speed_command)
+
+
+def run_speed_command(args):
+    import time
+    from benchmarks.speed import default_cases, run_speed
+    from pretrain.train import resolve_device
+    out = args.out or f"runs/speed-{time.strftime('%Y%m%d-%H%M%S')}"
+    cases = default_cases(args.feature_sizes, args.feature_batch, args.inpaint_batch)
+    out, _ = run_speed(out, args.data_root or default_data_root(), args.mask_dir, cases, args.precisions,
+                       resolve_device(args.device), args.workers, args.warmup, args.steps, args.matmul_size,
+                       args.overwrite)
+    print((out / "speed.md").read_text())
+    print(f"written: {out / 'speed.json'} (+ .csv, .md)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="bench", description="Context-encoder pretraining and PASCAL VOC transfer benchmarks.")
@@ -421,6 +489,7 @@ def build_parser():
     add_suite_parser(commands)
     add_methods_parser(commands)
     add_data_parser(commands)
+    add_speed_parser(commands)
     return parser
 
 
@@ -439,7 +508,13 @@ def main(argv=None):
         load_plugins(plugin_modules(argv))
         args = build_parser().parse_args(argv)
         import torch
-        torch.set_num_threads(len(os.sched_getaffinity(0)))  # all the cores we may use, no more
+        # All the cores we may use, no more; shared between torchrun's processes on this machine.
+        processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // processes_here))
+        if getattr(args, "device", None) is not None:  # under torchrun: join the process group first
+            from pretrain.distributed import setup
+            from pretrain.train import resolve_device
+            setup(resolve_device(args.device))
         args.handler(args)
     except UserError as exc:
         # An error raised in a DataLoader worker arrives wrapped in the worker's traceback;
@@ -450,6 +525,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        from pretrain.distributed import shutdown
+        shutdown()
     return 0
 
 

@@ -79,13 +79,16 @@ class PretrainImages(Dataset):
     {"image": (3, S, S) normalised} plus {"hole": (1, S, S) float} when a mask sampler is given
     and {"label": int64 class index} when labels are given."""
 
-    def __init__(self, paths, image_size, load_size, mean, std, mask_sampler=None, seed=0, labels=None):
+    def __init__(self, paths, image_size, load_size, mean, std, mask_sampler=None, seed=0, labels=None,
+                 cache=None):
         if load_size < image_size:
             raise UserError(f"--load-size {load_size} is smaller than --image-size {image_size}")
         self.paths, self.image_size, self.load_size = list(paths), image_size, load_size
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.mask_sampler, self.seed, self.labels = mask_sampler, seed, labels
+        # An ImageCache of the paths at load_size (the same pixels as decoding them each time).
+        self.cache = cache
 
     def __len__(self):
         return len(self.paths)
@@ -93,7 +96,8 @@ class PretrainImages(Dataset):
     def __getitem__(self, key):
         epoch, index = key
         rng = np.random.default_rng([self.seed, epoch, index])
-        image = np.asarray(load_rgb(self.paths[index], self.load_size))
+        image = (self.cache[index] if self.cache is not None
+                 else np.asarray(load_rgb(self.paths[index], self.load_size)))
         side = self.image_size
         top = int(rng.integers(0, image.shape[0] - side + 1))
         left = int(rng.integers(0, image.shape[1] - side + 1))
@@ -113,18 +117,31 @@ class PretrainImages(Dataset):
 
 class EpochOrder(Sampler):
     """Endless (epoch, index) keys: a fresh seeded permutation per epoch, whole batches only,
-    starting at `start_step` so that a resumed run continues the same sequence."""
+    starting at `start_step` so that a resumed run continues the same sequence.
 
-    def __init__(self, size, batch_size, seed, start_step=0):
+    With `world_size` processes (torchrun) this also does DistributedSampler's job: process `rank`
+    gets items [rank * B / N, (rank + 1) * B / N) of each global batch of B = `batch_size` keys,
+    so the processes' batches (of B / N each) together are exactly the one-process batch; the
+    order, and resuming from a step, do not depend on the number of processes."""
+
+    def __init__(self, size, batch_size, seed, start_step=0, rank=0, world_size=1):
         if size < batch_size:
             raise UserError(f"only {size} images for a batch of {batch_size}; lower --batch-size")
+        if batch_size % world_size:
+            raise UserError(f"--batch-size {batch_size} is not divisible by the {world_size} processes; "
+                            f"the global batch is split evenly between them")
         self.size, self.batch_size, self.seed, self.start_step = size, batch_size, seed, start_step
         self.batches_per_epoch = size // batch_size
+        self.rank, self.world_size = rank, world_size
+        self.share = batch_size // world_size
 
     def __iter__(self):
         epoch, batch = divmod(self.start_step, self.batches_per_epoch)
         while True:
             order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
-            for index in order[batch * self.batch_size:self.batches_per_epoch * self.batch_size]:
-                yield epoch, int(index)
+            for first in range(batch * self.batch_size, self.batches_per_epoch * self.batch_size,
+                               self.batch_size):
+                start = first + self.rank * self.share
+                for index in order[start:start + self.share]:
+                    yield epoch, int(index)
             epoch, batch = epoch + 1, 0

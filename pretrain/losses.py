@@ -2,6 +2,8 @@
 import torch
 import torch.nn.functional as F
 
+from . import distributed
+
 
 def overlap_band(hole, width):
     """Pixels within `width` px outside the hole (B, 1, H, W): the context the generator also
@@ -18,12 +20,20 @@ def reconstruction_weights(hole, overlap=4, overlap_weight=10.0):
 
 
 def masked_l2(prediction, target, weights):
-    """Weighted squared error, averaged over the predicted region (hole + band) and channels."""
+    """Weighted squared error, averaged over the predicted region (hole + band) and channels.
+
+    When training under torchrun (a process group is active and gradients are on), the region is
+    counted over the global batch (divided by the number of processes): holes differ in size, and
+    the processes' losses, averaged as take_step averages their gradients, are then exactly the
+    one-process loss of the whole batch. Evaluation and previews (no gradients) stay local."""
     weights = weights.expand(prediction.shape[0], 1, *prediction.shape[2:])
     region = (weights > 0).to(prediction.dtype)
     channels = prediction.shape[1]
     total = (weights * (prediction - target).pow(2)).sum()
-    return total / (region.sum() * channels).clamp_min(1.0)
+    count = region.sum()
+    if torch.is_grad_enabled() and distributed.active():
+        count = distributed.all_reduce_sum(count) / distributed.world_size()
+    return total / (count * channels).clamp_min(1.0)
 
 
 def adversarial_generator_loss(fake_logits):

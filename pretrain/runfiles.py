@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .errors import UserError
 
 
@@ -59,7 +60,10 @@ def staged_run_dir(out, overwrite=False, resume=False):
     failed or interrupted run never replaces (or half-writes) earlier results.
 
     A run stopped after writing staging/checkpoint.pt leaves its staging folder behind, and
-    `resume` continues in it; a new run refuses to discard it unless overwriting."""
+    `resume` continues in it; a new run refuses to discard it unless overwriting.
+
+    Under torchrun every process enters the block with the same folder; the main process alone
+    creates, removes and renames it, and the others wait for it at barriers."""
     out = check_new_run_dir(out, overwrite)
     staging = staging_dir(out)
     interrupted = has_interrupted_run(out)
@@ -69,18 +73,25 @@ def staged_run_dir(out, overwrite=False, resume=False):
     if interrupted and not resume and not overwrite:
         raise UserError(f"an interrupted run of {out} is in {staging}; pass --resume to continue it "
                         f"or --overwrite to start again")
-    if not resume:
-        shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()
+    distributed.barrier()  # every process has looked at the folders before they change
+    if main:
+        if not resume:
+            shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
     try:
         yield staging
     except BaseException:
-        if not has_interrupted_run(out):
+        if main and not has_interrupted_run(out):
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    distributed.barrier()  # no process reads the staging folder any more
+    if main:
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    distributed.barrier()
 
 
 def check_resumable(out):

@@ -8,12 +8,14 @@ A run folder holds
   encoder.json      what transfer needs to use it: arch, input size and normalisation, pretraining time
   previews/         PNG grids (rows: masked input / prediction / original), and preview.png, the latest
 """
+import contextlib
 import dataclasses
 import json
 import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,10 +23,11 @@ from torch.utils.data import DataLoader
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from . import images
+from . import distributed, images, speedups
 from .backbones import label_with_arch
 from .data import EpochOrder, PretrainImages, channel_stats, readable_only
 from .errors import UserError
+from .imagecache import ImageCache
 from .methods import get_method
 from .runfiles import (CHECKPOINT, check_new_run_dir, check_resumable, create_run_dir, environment_info,
                        save_json, save_torch)
@@ -59,6 +62,10 @@ class PretrainConfig:
     classes: list | None = None  # class names of labelled data, for methods that use labels
     dataset_mean: list | None = None
     dataset_std: list | None = None
+    precision: str = "fp32"     # fp32 | bf16 | fp16 (autocast; see pretrain.speedups)
+    compile: bool = False       # torch.compile the networks
+    sync_bn: bool = False       # SyncBatchNorm across processes under torchrun (CUDA)
+    image_cache: bool = True    # decode and resize each image once into a uint8 memory-mapped cache
 
 
 def resolve_device(name):
@@ -120,9 +127,21 @@ def resolve_config(config):
     if get_method(config.method).uses_labels and config.classes is None:
         config.classes = images.image_labels(paths, config.data_root, config.split, config.year)[1]
     config.device = resolve_device(config.device)
+    check_scaling_options(config)
     if config.dataset_mean is None:
         config.dataset_mean, config.dataset_std = channel_stats(paths)
     return config, paths
+
+
+def check_scaling_options(config):
+    """Validate the precision, SyncBatchNorm and process-count options (pretraining and transfer)."""
+    speedups.check_precision(config.precision, config.device)
+    if config.sync_bn and not config.device.startswith("cuda"):
+        raise UserError("--sync-bn synchronises BatchNorm between GPUs; it needs a CUDA device")
+    processes = distributed.world_size()
+    if config.batch_size % processes:
+        raise UserError(f"--batch-size {config.batch_size} is not divisible by the {processes} processes; "
+                        f"the global batch is split evenly between them")
 
 
 def training_images(config):
@@ -130,16 +149,35 @@ def training_images(config):
                          f"{config.data_root} ({config.split})")
 
 
-def _batches(dataset, config, start_step):
-    loader = DataLoader(dataset, batch_size=config.batch_size,
-                        sampler=EpochOrder(len(dataset), config.batch_size, config.seed, start_step),
+def training_batches(dataset, config, start_step):
+    """This process's share of each global batch (all of it on one process), on the device."""
+    processes = distributed.world_size()
+    sampler = EpochOrder(len(dataset), config.batch_size, config.seed, start_step,
+                         distributed.rank(), processes)
+    loader = DataLoader(dataset, batch_size=config.batch_size // processes, sampler=sampler,
                         num_workers=config.workers, persistent_workers=config.workers > 0,
                         pin_memory=config.device.startswith("cuda"), worker_init_fn=seed_worker,
                         # Its own generator: creating the loader must not advance the global RNG
                         # that dropout draws from, or a resumed run would diverge.
                         generator=torch.Generator().manual_seed(config.seed))
+    channels_last = speedups.use_channels_last(config.device)
     for batch in loader:
-        yield {key: value.to(config.device, non_blocking=True) for key, value in batch.items()}
+        yield {key: speedups.to_device(value, config.device, channels_last) for key, value in batch.items()}
+
+
+def make_optimizers(method, config):
+    """The method's optimisers, each with the GradScaler take_step uses for fp16 (or None)."""
+    optimizers = method.configure_optimizers()
+    for optimizer in optimizers.values():
+        optimizer.grad_scaler = speedups.grad_scaler(config.precision, config.device)
+    return optimizers
+
+
+def training_step(method, batch, optimizers, config):
+    """One step of the method (forwards, backwards, optimiser steps) in config.precision."""
+    # Optimiser steps happen inside train_step, hence no autocast weight cache (see speedups).
+    with speedups.autocast(config.precision, config.device, weight_cache=False):
+        return method.train_step(batch, optimizers)
 
 
 def _save_preview(method, dataset, preview_batch, run_dir, step):
@@ -155,30 +193,47 @@ def _save_preview(method, dataset, preview_batch, run_dir, step):
 
 
 def pretrain(config, out, overwrite=False, progress=True):
-    """Train `config.method` into a new run folder `out` and return it."""
+    """Train `config.method` into a new run folder `out` and return it.
+
+    Under torchrun every process calls this; the main one alone writes the run folder."""
     check_new_run_dir(out, overwrite)
     config, paths = resolve_config(config)
-    method, dataset = _build(config, paths)
-    run_dir = create_run_dir(out, overwrite)
-    save_json({"config": dataclasses.asdict(config), "images": len(paths),
-               "environment": environment_info()}, run_dir / "config.json")
-    return _train(config, method, dataset, run_dir, progress=progress)
+    run_config = dataclasses.replace(config, device=distributed.setup(config.device))
+    method, dataset = build(run_config, paths, progress)
+    distributed.barrier()  # every process has checked `out` before the main one replaces it
+    if distributed.is_main():
+        run_dir = create_run_dir(out, overwrite)
+        save_json({"config": dataclasses.asdict(config), "images": len(paths), "processes": distributed.world_size(),
+                   "environment": environment_info()}, run_dir / "config.json")
+    distributed.barrier()
+    return _train(run_config, method, dataset, Path(out), progress=progress)
 
 
 def resume_pretraining(out, steps=None, progress=True):
-    """Continue the run in `out` from its checkpoint, to `steps` (default: its configured steps)."""
+    """Continue the run in `out` from its checkpoint, to `steps` (default: its configured steps).
+    The number of processes may differ from the interrupted run's: the batches are the same."""
     run_dir = check_resumable(out)
     config = PretrainConfig(**json.loads((run_dir / "config.json").read_text())["config"])
     if steps is not None:
         config.steps = steps
-    method, dataset = _build(config, training_images(config))
+    check_scaling_options(config)
+    config.device = distributed.setup(config.device)
+    method, dataset = build(config, training_images(config), progress)
     state = torch.load(run_dir / CHECKPOINT, map_location=config.device, weights_only=False)
     return _train(config, method, dataset, run_dir, state, progress)
 
 
-def _build(config, paths):
+def build(config, paths, progress=True):
+    """The method (on config.device, with the speed options applied) and its dataset."""
     seed_everything(config.seed)
-    method = get_method(config.method)(config, config.dataset_mean, config.dataset_std).to(config.device)
+    method = get_method(config.method)(config, config.dataset_mean, config.dataset_std)
+    if config.sync_bn and distributed.world_size() > 1:
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    method = method.to(config.device)
+    if speedups.use_channels_last(config.device):
+        method = method.to(memory_format=torch.channels_last)
+    if config.compile:
+        speedups.compile_children(method)
     labels = None
     if method.uses_labels:
         labels, classes = images.image_labels(paths, config.data_root, config.split, config.year)
@@ -186,57 +241,107 @@ def _build(config, paths):
             raise UserError(f"the class folders of {config.data_root} changed since the run started")
     dataset = PretrainImages(paths, config.image_size, config.load_size, method.input_mean,
                              method.input_std, method.mask_sampler, config.seed, labels)
+    if config.image_cache:
+        with distributed.main_first(local=True):  # one process per machine builds it, the others read it
+            dataset.cache = ImageCache(paths, config.load_size, progress=progress and distributed.is_local_main())
     return method, dataset
 
 
 def _train(config, method, dataset, run_dir, state=None, progress=True):
-    optimizers = method.configure_optimizers()
+    main = distributed.is_main()
+    progress = progress and main
+    optimizers = make_optimizers(method, config)
     step, elapsed = 0, 0.0
     if state is not None:
         method.load_state_dict(state["method"])
         for name, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
-        torch.set_rng_state(state["torch_rng"])
+            if optimizer.grad_scaler is not None and name in state.get("grad_scalers", {}):
+                optimizer.grad_scaler.load_state_dict(state["grad_scalers"][name])
+        _restore_rng(state, config)
         step, elapsed = state["step"], state["elapsed"]
-        _truncate_metrics(run_dir / "metrics.jsonl", step)
+        if main:
+            _truncate_metrics(run_dir / "metrics.jsonl", step)
+    elif distributed.rank() > 0:
+        # Model weights came from the same seed everywhere; dropout must differ between processes.
+        torch.manual_seed(_rank_seed(config.seed, distributed.rank()))
 
-    # A fixed batch (keys from an epoch no training step reaches) shows progress on the same holes.
-    preview_keys = [(2**31 - 1, i % len(dataset)) for i in range(PREVIEW_IMAGES)]
-    preview_items = [dataset[k] for k in preview_keys]
-    preview_batch = {key: torch.stack([item[key] for item in preview_items]).to(config.device)
-                     for key in preview_items[0]}
+    preview_batch = _preview_batch(dataset, config) if main else None
 
     def checkpoint():
-        save_torch({"method": method.state_dict(), "step": step, "elapsed": elapsed,
-                    "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-                    "torch_rng": torch.get_rng_state()}, run_dir / CHECKPOINT)
+        # Collective parts first (every process calls this), then the main process writes.
+        distributed.average_buffers(method)
+        rng = distributed.all_gather_objects(_rng_state(config.device))
+        if main:
+            save_torch({"method": method.state_dict(), "step": step, "elapsed": elapsed,
+                        "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
+                        "grad_scalers": {n: o.grad_scaler.state_dict() for n, o in optimizers.items()
+                                         if o.grad_scaler is not None},
+                        "torch_rng": rng[0]["torch"], "rng_by_process": rng}, run_dir / CHECKPOINT)
 
     method.train()
     started = time.perf_counter() - elapsed
     session_start, session_first_step = time.perf_counter(), step
+    metrics_out = open(run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext()
     with tqdm(total=config.steps, initial=step, unit="step", disable=not progress,
-              dynamic_ncols=True) as bar, open(run_dir / "metrics.jsonl", "a") as metrics_file:
-        for batch in _batches(dataset, config, step) if step < config.steps else ():
-            metrics = method.train_step(batch, optimizers)
+              dynamic_ncols=True) as bar, metrics_out as metrics_file:
+        for batch in training_batches(dataset, config, step) if step < config.steps else ():
+            metrics = distributed.average_metrics(training_step(method, batch, optimizers, config))
             if not all(math.isfinite(value) for value in metrics.values()):
                 raise UserError(f"loss became non-finite at step {step + 1} ({metrics}); the last good "
                                 f"checkpoint is kept in {run_dir / 'checkpoint.pt'}")
             step += 1
             elapsed = time.perf_counter() - started
-            images_per_s = ((step - session_first_step) * config.batch_size
-                            / (time.perf_counter() - session_start))
-            metrics_file.write(json.dumps({"step": step, **metrics, "elapsed_s": round(elapsed, 3)}) + "\n")
-            metrics_file.flush()
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{images_per_s:.1f}")
-            bar.update(1)
-            if step % config.preview_every == 0 or step == config.steps:
-                _save_preview(method, dataset, preview_batch, run_dir, step)
+            if main:
+                images_per_s = ((step - session_first_step) * config.batch_size
+                                / (time.perf_counter() - session_start))
+                metrics_file.write(json.dumps({"step": step, **metrics, "elapsed_s": round(elapsed, 3)}) + "\n")
+                metrics_file.flush()
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{images_per_s:.1f}")
+                bar.update(1)
+                if step % config.preview_every == 0 or step == config.steps:
+                    _save_preview(method, dataset, preview_batch, run_dir, step)
             if step % config.checkpoint_every == 0 or step == config.steps:
                 checkpoint()
             if step >= config.steps:
                 break
-    _save_encoder(method, config, run_dir, elapsed, step)
+    distributed.average_buffers(method)
+    if main:
+        _save_encoder(method, config, run_dir, elapsed, step)
+    distributed.barrier()  # the run folder is complete for every process (a suite transfers it next)
     return run_dir
+
+
+def _preview_batch(dataset, config):
+    """A fixed batch (keys from an epoch no training step reaches) shows progress on the same holes."""
+    preview_keys = [(2**31 - 1, i % len(dataset)) for i in range(PREVIEW_IMAGES)]
+    preview_items = [dataset[k] for k in preview_keys]
+    return {key: torch.stack([item[key] for item in preview_items]).to(config.device)
+            for key in preview_items[0]}
+
+
+def _rank_seed(seed, rank):
+    return int(np.random.default_rng([seed, rank]).integers(2**62))
+
+
+def _rng_state(device):
+    """The generators dropout and other in-step draws use: torch's CPU one and the device's."""
+    cuda = torch.device(device).type == "cuda"
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None}
+
+
+def _restore_rng(state, config):
+    saved = state.get("rng_by_process") or [{"torch": state["torch_rng"], "cuda": None}]
+    processes, rank = distributed.world_size(), distributed.rank()
+    if len(saved) != processes:
+        distributed.warn_main(f"resuming with {processes} process(es) a run checkpointed with {len(saved)}: "
+                              f"the batches are the same, the dropout draws are not")
+    if rank < len(saved):
+        torch.set_rng_state(saved[rank]["torch"].cpu())  # map_location may have moved it
+        if saved[rank]["cuda"] is not None and torch.device(config.device).type == "cuda":
+            torch.cuda.set_rng_state(saved[rank]["cuda"].cpu(), config.device)
+    else:
+        torch.manual_seed(_rank_seed(config.seed, rank) + state["step"])
 
 
 def _truncate_metrics(path, step):

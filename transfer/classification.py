@@ -17,8 +17,9 @@ from sklearn.svm import LinearSVC
 from torch import nn
 from tqdm import tqdm
 
+from pretrain import distributed
 from pretrain.backbones import feature_shape
-from .finetune import Crops, fit, seeded_batches, set_up_task
+from .finetune import Crops, evaluation_items, fit, seeded_batches, set_up_task
 from .metrics import classification_ap
 from .records import write_record
 from .voc import VOC_CLASSES, VOCClassification
@@ -42,9 +43,11 @@ class Classifier(nn.Module):
         return self.head(self.encoder(x))
 
 
-def _batched(dataset, batch_size, progress, desc):
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-    return tqdm(loader, desc=desc, unit="batch", disable=not progress)
+def _batched(dataset, transform, config, device, progress, desc):
+    """This process's shard of `dataset` with `transform`, in batches (see evaluation_items)."""
+    dataset.transform = transform
+    loader = evaluation_items(dataset, transform, config, device)
+    return tqdm(loader, desc=desc, unit="batch", disable=not (progress and distributed.is_main()))
 
 
 def run_classification(config, run_dir, progress=True):
@@ -57,6 +60,7 @@ def run_classification(config, run_dir, progress=True):
                              Crops(size, mean, std, (1, 1), flip=False, centre=True), config, device, progress)
     else:
         scores = _finetune_scores(encoder, train_set, test_set, mean, std, config, device, run_dir, progress)
+    # Every process has all the scores (gathered in item order), so each computes the same metric.
     per_class, mean_ap = classification_ap(scores, test_set.labels, test_set.difficult)
     return write_record(run_dir, config, task.init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES, started)
 
@@ -72,30 +76,47 @@ def _finetune_scores(encoder, train_set, test_set, mean, std, config, device, ru
         weights = (~target["difficult"]).float().to(device)
         return F.binary_cross_entropy_with_logits(logits, target["labels"].to(device), weight=weights)
 
-    fit(model, loss_fn, seeded_batches(train_set, train_set.transform, config), config, config.lr or 1e-3,
-        weight_decay=1e-6, desc="cls train", run_dir=run_dir, progress=progress)
-    test_set.transform = Crops(size, mean, std, (1.25, 1.25), count=TEST_CROPS, seed=config.seed)
+    fit(model, loss_fn, seeded_batches(train_set, train_set.transform, config, device=device), config,
+        config.lr or 1e-3, weight_decay=1e-6, desc="cls train", run_dir=run_dir, progress=progress)
+    return classification_scores(model, test_set, mean, std, config, device, progress)
+
+
+def classification_scores(model, test_set, mean, std, config, device, progress=False):
+    """(N, 20) class probabilities of `model` on `test_set`, each the mean over TEST_CROPS random
+    crops (with flips) of the image rescaled to 1.25x the crop size.
+
+    The crops are drawn per image from (seed, index), so they do not depend on how the test set is
+    split between processes; under torchrun each process scores its shard and all get all scores.
+    Evaluation runs in fp32 whatever --precision: bf16 scores would tie and move AP."""
+    crops_of = Crops(config.image_size, mean, std, (1.25, 1.25), count=TEST_CROPS, seed=config.seed)
     scores = []
     with torch.no_grad():
-        for crops, _ in _batched(test_set, config.batch_size, progress, "cls eval"):
-            probs = torch.sigmoid(model(crops.flatten(0, 1).to(device)))
-            scores.append(probs.view(crops.shape[0], TEST_CROPS, -1).mean(1).cpu())
-    return torch.cat(scores)
+        for crops, _ in _batched(test_set, crops_of, config, device, progress, "cls eval"):
+            probs = torch.sigmoid(model(crops.flatten(0, 1).to(device, non_blocking=True)))
+            scores += probs.view(crops.shape[0], TEST_CROPS, -1).mean(1).cpu()
+    return torch.stack(distributed.concat_in_rank_order(scores))
 
 
 def _features(encoder, dataset, transform, config, device, progress, desc):
-    dataset.transform = transform
+    """L2-normalised features of every image (each process computes its shard; all get all)."""
     encoder.eval()
+    features = []
     with torch.no_grad():
-        features = [encoder(images.to(device)).flatten(1).cpu()
-                    for images, _ in _batched(dataset, config.batch_size, progress, desc)]
-    return F.normalize(torch.cat(features), dim=1).numpy()
+        for images, _ in _batched(dataset, transform, config, device, progress, desc):
+            features += encoder(images.to(device, non_blocking=True)).flatten(1).cpu()
+    return F.normalize(torch.stack(distributed.concat_in_rank_order(features)), dim=1).numpy()
 
 
 def _svm_scores(encoder, train_set, test_set, transform, config, device, progress):
     train_x = _features(encoder, train_set, transform, config, device, progress, "svm features (train)")
     test_x = _features(encoder, test_set, transform, config, device, progress, "svm features (test)")
-    scores = np.zeros((len(test_set), len(VOC_CLASSES)))
+    # The SVMs are fitted once, by the main process; the others get its scores.
+    return distributed.all_gather_objects(
+        _fit_svms(train_x, test_x, train_set, config, progress) if distributed.is_main() else None)[0]
+
+
+def _fit_svms(train_x, test_x, train_set, config, progress):
+    scores = np.zeros((len(test_x), len(VOC_CLASSES)))
     for c in tqdm(range(len(VOC_CLASSES)), desc="svm per class", disable=not progress):
         keep = ~train_set.difficult[:, c].numpy()
         y = train_set.labels[keep, c].numpy()

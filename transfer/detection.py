@@ -33,12 +33,13 @@ from torchvision.ops import RoIPool, box_iou
 from torchvision.transforms.functional import to_tensor
 from tqdm import tqdm
 
+from pretrain import distributed
 from pretrain.backbones import TimmBackbone
 from pretrain.data import load_rgb
 from pretrain.errors import UserError
 from pretrain.networks import ALEXNET_POOL5_CHANNELS
 from pretrain.runfiles import cache_dir, write_atomically
-from .finetune import fit, seeded_batches, set_up_task
+from .finetune import fit, loader_options, seeded_batches, set_up_task
 from .metrics import detection_ap
 from .records import write_record
 from .voc import VOC_CLASSES, VOCDetection
@@ -221,9 +222,21 @@ def _forward(model, batch, device):
     images, proposals, targets = batch
     images = [image.to(device) for image in images]
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets] if model.training else None
-    if isinstance(model, FastRCNN):
+    if isinstance(getattr(model, "module", model), FastRCNN):  # (DistributedDataParallel wraps it)
         return model(images, [p.to(device) for p in proposals], targets)
     return model(images, targets)  # Faster R-CNN proposes its own boxes
+
+
+def detect(model, samples, config, device, progress=False):
+    """The detections of `model` (in eval mode) on every item of `samples`, in item order. Under
+    torchrun each process detects in its shard of the images and all get all detections."""
+    loader = DataLoader(Subset(samples, distributed.shard(len(samples))), batch_size=config.batch_size,
+                        collate_fn=_collate, **loader_options(config, device))
+    detections = []
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="det eval", unit="batch", disable=not (progress and distributed.is_main())):
+            detections += [{k: v.cpu() for k, v in found.items()} for found in _forward(model, batch, device)]
+    return distributed.concat_in_rank_order(detections)
 
 
 def run_detection(config, run_dir, progress=True):
@@ -240,24 +253,22 @@ def run_detection(config, run_dir, progress=True):
     train_paths = test_paths = None
     if proposals == "selective-search":
         sizes = model.transform.min_size[0], model.transform.max_size
-        train_paths, test_paths = (cached_proposals(voc, *sizes, progress) for voc in (train_voc, test_voc))
+        with distributed.main_first(local=True):  # one process per machine computes missing ones
+            train_paths, test_paths = (cached_proposals(voc, *sizes, progress and distributed.is_local_main())
+                                       for voc in (train_voc, test_voc))
     # As Fast R-CNN does, train only on images with at least one box to learn from.
     usable = [i for i in range(len(train_voc)) if _positive_area(train_voc.target(i)["boxes"]).any()]
     train_samples = DetectionSamples(train_voc, train_paths, train=True)
 
     fit(model, lambda model, batch: sum(_forward(model, batch, device).values()),
-        seeded_batches(Subset(train_samples, usable), train_samples, config, _collate), config,
+        seeded_batches(Subset(train_samples, usable), train_samples, config, _collate, device), config,
         config.lr or 1e-3, weight_decay=5e-4, desc="det train", run_dir=run_dir, progress=progress)
 
-    test_loader = DataLoader(DetectionSamples(test_voc, test_paths, train=False),
-                             batch_size=config.batch_size, num_workers=config.workers, collate_fn=_collate)
-    detections = []
-    with torch.no_grad():
-        for batch in tqdm(test_loader, desc="det eval", unit="batch", disable=not progress):
-            detections += [{k: v.cpu() for k, v in found.items()} for found in _forward(model, batch, device)]
+    detections = detect(model, DetectionSamples(test_voc, test_paths, train=False), config, device, progress)
     ground_truth = [test_voc.target(i) for i in range(len(test_voc))]
     per_class, mean_ap = detection_ap(detections, ground_truth, len(VOC_CLASSES))
-    _save_detections(run_dir / "detections.json", test_voc.ids, detections)
+    if distributed.is_main():
+        _save_detections(run_dir / "detections.json", test_voc.ids, detections)
     return write_record(run_dir, config, task.init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES, started)
 
 

@@ -1,4 +1,5 @@
 """What the fine-tuning tasks share: their config, normalisation, and the SGD training loop."""
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -10,10 +11,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from pretrain import distributed, speedups
 from pretrain.data import EpochOrder, channel_stats, load_rgb, normalized_tensor, resize_shorter_side
 from pretrain.errors import UserError
 from pretrain.runfiles import CHECKPOINT, save_torch
-from pretrain.train import resolve_device, seed_everything, seed_worker
+from pretrain.train import check_scaling_options, resolve_device, seed_everything, seed_worker
 from .encoders import load_encoder, rescale_to_data
 from .voc import drop_unreadable, image_paths
 
@@ -39,6 +41,9 @@ class TransferConfig:
     seed: int = 0
     device: str = "auto"
     workers: int = 1
+    precision: str = "fp32"     # autocast dtype of training forwards: fp32 | bf16 | fp16
+    compile: bool = False       # torch.compile the model
+    sync_bn: bool = False       # SyncBatchNorm across processes under torchrun (CUDA)
 
 
 @dataclass
@@ -57,6 +62,8 @@ def set_up_task(config, dataset_class):
     datasets, the input normalisation (the encoder's own, or the training images' statistics
     for random init), and with config.rescale the encoder rescaled to the training images."""
     device = resolve_device(config.device)
+    check_scaling_options(dataclasses.replace(config, device=device))
+    device = distributed.setup(device)
     seed_everything(config.seed)
     encoder, init_info = load_encoder(config.init)
     train_set = dataset_class(config.data_root, config.train_split, config.year)
@@ -125,17 +132,38 @@ class SeededItems(Dataset):
         return self.dataset[index]
 
 
-def seeded_batches(dataset, augmenter, config, collate_fn=None):
-    """A function of the start step giving shuffled batches from that step on, forever."""
+# The "epoch" of evaluation items' seeds: no training epoch reaches it.
+EVAL_EPOCH = 2**31 - 2
+
+
+def loader_options(config, device):
+    """DataLoader settings every loader of a task shares: worker processes kept across epochs,
+    pinned memory for non-blocking copies to a GPU."""
+    return {"num_workers": config.workers, "persistent_workers": config.workers > 0,
+            "pin_memory": str(device).startswith("cuda"), "worker_init_fn": seed_worker}
+
+
+def seeded_batches(dataset, augmenter, config, collate_fn=None, device="cpu"):
+    """A function of the start step giving shuffled batches from that step on, forever: this
+    process's share of each global batch of config.batch_size under torchrun."""
+    processes = distributed.world_size()
+
     def batches_from(step):
         return iter(DataLoader(
-            SeededItems(dataset, augmenter, config.seed), batch_size=config.batch_size,
-            sampler=EpochOrder(len(dataset), config.batch_size, config.seed, step),
-            num_workers=config.workers, persistent_workers=config.workers > 0, collate_fn=collate_fn,
-            worker_init_fn=seed_worker,
+            SeededItems(dataset, augmenter, config.seed), batch_size=config.batch_size // processes,
+            sampler=EpochOrder(len(dataset), config.batch_size, config.seed, step, distributed.rank(), processes),
+            collate_fn=collate_fn, **loader_options(config, device),
             # Its own generator: making the loader must not draw from the RNG that dropout uses.
             generator=torch.Generator().manual_seed(config.seed)))
     return batches_from
+
+
+def evaluation_items(dataset, augmenter, config, device, batch_size=None, collate_fn=None):
+    """Batches of this process's shard of `dataset` (all of it on one process), in order, each item
+    augmented from a generator seeded by (seed, index): the same views whichever process scores it."""
+    keys = [(EVAL_EPOCH, index) for index in distributed.shard(len(dataset))]
+    return DataLoader(SeededItems(dataset, augmenter, config.seed), batch_size=batch_size or config.batch_size,
+                      sampler=keys, collate_fn=collate_fn, **loader_options(config, device))
 
 
 def fit(model, loss_fn, batches_from, config, lr, weight_decay, desc, run_dir, progress=True):
@@ -144,43 +172,81 @@ def fit(model, loss_fn, batches_from, config, lr, weight_decay, desc, run_dir, p
     Every config.checkpoint_every steps, and at the end, the training state is written to
     run_dir/checkpoint.pt; when that file is already there (an interrupted run), training
     continues from it and ends with the weights an uninterrupted run would have.
+
+    Under torchrun the model trains wrapped in DistributedDataParallel (each process a share of
+    the global batch, gradients averaged), with --sync-bn its BatchNorms synchronised; forwards
+    and losses run under autocast in config.precision. Returns `model` (unwrapped), in eval mode.
     """
+    device = next(model.parameters()).device
+    main = distributed.is_main()
+    progress = progress and main
+    if config.sync_bn and distributed.active():
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if speedups.use_channels_last(device):
+        model = model.to(memory_format=torch.channels_last)
+    if config.compile:
+        model.compile()
     model.train()
+    trained = model
+    if distributed.active():
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
                                 momentum=0.9, weight_decay=weight_decay)
+    scaler = speedups.grad_scaler(config.precision, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: (1 - step / config.steps) ** 0.9)
     path, step = Path(run_dir) / CHECKPOINT, 0
     if path.is_file():
-        state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["torch_rng"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        rng = state.get("rng_by_process") or [state["torch_rng"]]
+        if len(rng) != distributed.world_size():
+            distributed.warn_main(f"resuming with {distributed.world_size()} process(es) a run checkpointed "
+                                  f"with {len(rng)}: the batches are the same, the dropout draws are not")
+        torch.set_rng_state(rng[min(distributed.rank(), len(rng) - 1)].cpu())
         step = state["step"]
+    elif distributed.rank() > 0:
+        torch.manual_seed(config.seed * 1000 + distributed.rank())  # its own dropout draws
 
     def checkpoint():
-        save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(), "step": step}, path)
+        rng = distributed.all_gather_objects(torch.get_rng_state())
+        if main:
+            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "torch_rng": rng[0], "rng_by_process": rng,
+                        "step": step, **({"scaler": scaler.state_dict()} if scaler is not None else {})}, path)
 
     started, first_step = time.perf_counter(), step
     with tqdm(total=config.steps, initial=step, desc=desc, unit="step", disable=not progress,
               dynamic_ncols=True) as bar:
         for batch in batches_from(step) if step < config.steps else ():
-            loss = loss_fn(model, batch)
-            if not math.isfinite(loss.item()):
-                raise UserError(f"{desc}: loss became {loss.item()} at step {step + 1}; lower --lr")
+            with speedups.autocast(config.precision, device):
+                loss = loss_fn(trained, batch)
+            # Each process checks the mean over the global batch, so all stop together.
+            loss_value = distributed.average_metrics({"loss": loss.item()})["loss"]
+            if not math.isfinite(loss_value):
+                raise UserError(f"{desc}: loss became {loss_value} at step {step + 1}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             schedule.step()
             step += 1
             rate = (step - first_step) * config.batch_size / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{rate:.1f}")
+            bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.1f}")
             bar.update(1)
             if step % config.checkpoint_every == 0 or step == config.steps:
                 checkpoint()
             if step >= config.steps:
                 break
+    distributed.average_buffers(model)  # without --sync-bn each process kept its own statistics
     model.eval()
     return model

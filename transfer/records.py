@@ -3,11 +3,12 @@ import dataclasses
 import math
 import time
 
+from pretrain import distributed
 from pretrain.runfiles import environment_info, save_json
 
 
 def write_record(run_dir, config, init_info, metric_name, metric, per_class, class_names, started):
-    """Write run_dir/record.json and return the record."""
+    """Write run_dir/record.json (the main process, under torchrun) and return the record."""
     record = {
         "task": config.task, "protocol": config.protocol,
         "init": init_info.get("init"), "pretrain_method": init_info.get("method"),
@@ -20,7 +21,8 @@ def write_record(run_dir, config, init_info, metric_name, metric, per_class, cla
         "wall_seconds": round(time.perf_counter() - started, 1),
         "config": dataclasses.asdict(config), "environment": environment_info(),
     }
-    save_json(record, run_dir / "record.json")
+    if distributed.is_main():
+        save_json(record, run_dir / "record.json")
     return record
 
 

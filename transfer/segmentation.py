@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from pretrain import distributed
 from pretrain.backbones import backbone_channels
 from pretrain.data import normalized_tensor, resize_shorter_side
 from pretrain.runfiles import save_json
@@ -68,6 +69,20 @@ class SegmentationPairs:
         return image, mask
 
 
+def evaluate_segmentation(model, test_set, device, progress=False):
+    """The (21, 21) confusion matrix of `model` on `test_set`, each image scored at its original
+    size. Under torchrun each process scores its shard of the images and the matrices are summed."""
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    with torch.no_grad():
+        for index in tqdm(distributed.shard(len(test_set)), desc="seg eval", unit="img",
+                          disable=not (progress and distributed.is_main())):
+            image, target = test_set[index]
+            scores = model(image.unsqueeze(0).to(device))
+            scores = F.interpolate(scores, size=target.shape, mode="bilinear", align_corners=False)
+            confusion += confusion_matrix(scores.argmax(1)[0], target, NUM_CLASSES)
+    return distributed.all_reduce_sum(confusion)
+
+
 def run_segmentation(config, run_dir, progress=True):
     started = time.perf_counter()
     task = set_up_task(config, VOCSegmentation)
@@ -81,17 +96,12 @@ def run_segmentation(config, run_dir, progress=True):
         images, masks = (t.to(device) for t in batch)
         return F.cross_entropy(model(images), masks, ignore_index=255)
 
-    fit(model, loss_fn, seeded_batches(train_set, train_set.transform, config), config, config.lr or 0.01,
-        weight_decay=5e-4, desc="seg train", run_dir=run_dir, progress=progress)
+    fit(model, loss_fn, seeded_batches(train_set, train_set.transform, config, device=device), config,
+        config.lr or 0.01, weight_decay=5e-4, desc="seg train", run_dir=run_dir, progress=progress)
 
-    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    with torch.no_grad():
-        for index in tqdm(range(len(test_set)), desc="seg eval", unit="img", disable=not progress):
-            image, target = test_set[index]
-            scores = model(image.unsqueeze(0).to(device))
-            scores = F.interpolate(scores, size=target.shape, mode="bilinear", align_corners=False)
-            confusion += confusion_matrix(scores.argmax(1)[0], target, NUM_CLASSES)
+    confusion = evaluate_segmentation(model, test_set, device, progress)
     scores = segmentation_scores(confusion)
-    save_json({"confusion": confusion.tolist(), "classes": list(CLASS_NAMES)}, run_dir / "confusion.json")
+    if distributed.is_main():
+        save_json({"confusion": confusion.tolist(), "classes": list(CLASS_NAMES)}, run_dir / "confusion.json")
     return write_record(run_dir, config, task.init_info, "mean_iu", scores["mean_iu"],
                         scores["per_class_iu"].tolist(), CLASS_NAMES, started)

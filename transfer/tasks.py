@@ -2,8 +2,10 @@
 import dataclasses
 import json
 
+from pretrain import distributed
 from pretrain.errors import UserError
 from pretrain.runfiles import CHECKPOINT, save_json
+from pretrain.train import resolve_device
 from .classification import run_classification
 from .detection import run_detection
 from .segmentation import run_segmentation
@@ -18,19 +20,24 @@ TASK_DATA = {
 
 
 def run_task(config, run_dir, progress=True):
+    distributed.setup(resolve_device(config.device))  # under torchrun: join the process group
     if config.task not in TASKS:
         raise UserError(f"unknown task {config.task!r}; choose from {', '.join(sorted(TASKS))}")
     if config.protocol == "svm" and config.task != "cls":
         raise UserError("--protocol svm applies to --task cls only")
     _check_same_run(config, run_dir / "config.json")
-    save_json(dataclasses.asdict(config), run_dir / "config.json")
+    distributed.barrier()  # every process has compared before the main one rewrites it
+    if distributed.is_main():
+        save_json(dataclasses.asdict(config), run_dir / "config.json")
     record = TASKS[config.task](config, run_dir, progress=progress)
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the record is the run's result now
+    distributed.barrier()  # every process is done with the checkpoint
+    if distributed.is_main():
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the record is the run's result now
     return record
 
 
 # Options that may differ between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {"device", "workers"}
+RESUMABLE_CHANGES = {"device", "workers", "compile"}
 
 
 def _check_same_run(config, saved_path):

@@ -1,0 +1,165 @@
+"""The fast paths: the uint8 image cache, --precision, --compile and --sync-bn validation, and a
+tiny `bench speed`."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.cli import build_parser
+from helpers import bench
+from pretrain import speedups
+from pretrain.data import PretrainImages, load_rgb
+from pretrain.errors import UserError
+from pretrain.imagecache import ImageCache
+from pretrain.images import list_images
+from pretrain.masks import MaskSampler
+
+FAST_PRETRAIN = ["--image-size", 64, "--batch-size", 4, "--steps", 2, "--workers", 0, "--mask", "central",
+                 "--preview-every", 100]
+
+
+def one_line_error(capsys):
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), lines
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------ image cache
+
+def test_cache_holds_the_decoded_pixels_and_is_reused(toy_voc_root, tmp_path):
+    paths = list_images(toy_voc_root, "train", "2012")
+    cache = ImageCache(paths, 70, folder=tmp_path, progress=False)
+    for index, path in enumerate(paths):
+        np.testing.assert_array_equal(cache[index], np.asarray(load_rgb(path, 70)))
+    files = sorted((tmp_path / "images").iterdir())
+    assert [f.suffix for f in files] == [".json", ".u8"]  # nothing temporary left
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = ImageCache(paths, 70, folder=tmp_path, progress=False)  # another method, seed, epoch: reused
+    assert [f.stat().st_mtime_ns for f in files] == stamps and len(again) == len(paths)
+    ImageCache(paths, 80, folder=tmp_path, progress=False)  # another size: another cache
+    assert len(list((tmp_path / "images").glob("*.json"))) == 2
+
+
+def test_dataset_items_are_the_same_with_and_without_cache(toy_voc_root, tmp_path):
+    paths = list_images(toy_voc_root, "train", "2012")
+    args = (paths, 64, 74, [0.5] * 3, [0.25] * 3, MaskSampler("random-block", 64), 3)
+    plain = PretrainImages(*args)
+    cached = PretrainImages(*args, cache=ImageCache(paths, 74, folder=tmp_path, progress=False))
+    for key in [(0, 0), (0, 5), (7, 3)]:
+        for name, value in plain[key].items():
+            assert torch.equal(cached[key][name], value)
+
+
+def test_a_failed_build_leaves_no_cache(toy_voc_root, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    paths = [*list_images(toy_voc_root, "train", "2012")[:3], broken]
+    with pytest.raises(UserError, match="broken.jpg"):
+        ImageCache(paths, 64, folder=tmp_path / "cache", progress=False)
+    assert list((tmp_path / "cache" / "images").iterdir()) == []
+
+
+def test_a_changed_file_makes_a_new_cache(toy_voc_root, tmp_path):
+    source = list_images(toy_voc_root, "train", "2012")[0]
+    path = tmp_path / "image.jpg"
+    path.write_bytes(source.read_bytes())
+    first = ImageCache([path], 64, folder=tmp_path, progress=False)
+    os.utime(path, ns=(0, 0))
+    second = ImageCache([path], 64, folder=tmp_path, progress=False)
+    assert first.index_path != second.index_path
+
+
+def test_pretraining_without_cache_matches_with_cache(toy_voc_root, tmp_path):
+    for name, extra in (("cached", []), ("plain", ["--no-image-cache"])):
+        assert bench("pretrain", "--data-root", toy_voc_root, "--out", tmp_path / name, *FAST_PRETRAIN, *extra) == 0
+    cached, plain = (torch.load(tmp_path / name / "encoder.pt", weights_only=True) for name in ("cached", "plain"))
+    assert all(torch.equal(cached[key], plain[key]) for key in cached)
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["config"]["image_cache"] is False
+
+
+# ---------------------------------------------------------------------- precision and options
+
+def test_fp16_on_cpu_is_a_user_error(toy_voc_root, tmp_path, capsys):
+    assert bench("pretrain", "--data-root", toy_voc_root, "--out", tmp_path / "run", "--device", "cpu",
+                 "--precision", "fp16", *FAST_PRETRAIN) == 2
+    assert "fp16 needs a CUDA device" in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_sync_bn_needs_cuda(toy_voc_root, tmp_path, capsys):
+    assert bench("transfer", "--task", "cls", "--data-root", toy_voc_root, "--out", tmp_path / "cls",
+                 "--device", "cpu", "--sync-bn", "--steps", 1) == 2
+    assert "--sync-bn" in one_line_error(capsys)
+
+
+def test_bf16_without_cpu_support_is_a_user_error(monkeypatch):
+    monkeypatch.setattr(speedups, "cpu_has_bf16", lambda: False)
+    with pytest.raises(UserError, match="no bf16 instructions"):
+        speedups.check_precision("bf16", "cpu")
+
+
+def test_unknown_precision_is_refused(capsys):
+    assert bench("pretrain", "--precision", "fp8") == 2
+    assert "--precision" in capsys.readouterr().err
+
+
+def test_compile_and_precision_options_reach_the_configs():
+    args = build_parser().parse_args(["pretrain", "--compile", "--precision", "bf16", "--sync-bn"])
+    assert (args.compile, args.precision, args.sync_bn, args.image_cache) == (True, "bf16", True, True)
+    args = build_parser().parse_args(["transfer", "--task", "seg", "--compile"])
+    assert (args.compile, args.precision, args.sync_bn) == (True, "fp32", False)
+
+
+@pytest.mark.skipif(not speedups.cpu_has_bf16(), reason="this CPU has no bf16 instructions")
+def test_bf16_pretraining_and_transfer_on_cpu(toy_voc_root, tmp_path):
+    run = tmp_path / "bf16"
+    assert bench("pretrain", "--data-root", toy_voc_root, "--out", run, "--precision", "bf16", *FAST_PRETRAIN) == 0
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(np.isfinite(line["loss"]) for line in lines)
+    # (At 64 px the decoder's maps are 1x1, where CPU bf16 weight gradients need the fp32 fallback.)
+    assert all(torch.isfinite(w).all() for w in torch.load(run / "encoder.pt", weights_only=True).values())
+    assert bench("transfer", "--task", "cls", "--data-root", toy_voc_root, "--out", tmp_path / "cls", "--init", run,
+                 "--precision", "bf16", "--steps", 2, "--batch-size", 4, "--fc-width", 16, "--workers", 0) == 0
+    assert json.loads((tmp_path / "cls" / "record.json").read_text())["config"]["precision"] == "bf16"
+
+
+def test_autocast_weight_cache_follows_optimiser_steps():
+    """A step inside the autocast region must be seen by the next forward (the pretext methods
+    step their optimisers inside train_step)."""
+    if not speedups.cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 instructions")
+    layer = torch.nn.Linear(4, 4)
+    x = torch.ones(1, 4)
+    with speedups.autocast("bf16", "cpu", weight_cache=False):
+        before = layer(x)
+        with torch.no_grad():
+            layer.weight.add_(1.0)
+        after = layer(x)
+    assert not torch.equal(before, after)
+
+
+# ------------------------------------------------------------------------------ bench speed
+
+def test_bench_speed_writes_its_record(toy_voc_root, tmp_path, capsys):
+    out = tmp_path / "speed"
+    options = ["speed", "--data-root", toy_voc_root, "--feature-sizes", 64, "--feature-batch", 2,
+               "--inpaint-batch", 0, "--precisions", "fp32", "--steps", 1, "--warmup", 1,
+               "--matmul-size", 64, "--workers", 0, "--device", "cpu", "--out", out]
+    assert bench(*options) == 0
+    record = json.loads((out / "speed.json").read_text())
+    assert set(record["matmul_peak_gflop_s"]) == {"fp32"} and record["matmul_peak_gflop_s"]["fp32"] > 0
+    (row,) = record["rows"]
+    assert (row["case"], row["precision"], row["image_size"], row["batch_size"]) == ("feature-64", "fp32", 64, 2)
+    for key in ("model_only_img_s", "end_to_end_img_s", "e2e_over_model_only", "gflop_per_step",
+                "model_only_gflop_s", "model_only_fraction_of_peak", "end_to_end_fraction_of_peak",
+                "end_to_end_mean_loss"):
+        assert row[key] > 0, key
+    assert row["end_to_end_speedup_over_fp32"] == 1.0
+    assert "feature-64" in (out / "speed.md").read_text()
+    assert (out / "speed.csv").read_text().startswith("case,")
+    assert "feature-64" in capsys.readouterr().out
+    # An existing result is never overwritten.
+    assert bench(*options) == 2
+    assert "already exists" in one_line_error(capsys)
