@@ -13,6 +13,7 @@ import os
 import warnings
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -185,6 +186,11 @@ def shard(count):
 def concat_in_rank_order(items):
     """Every process's list of results joined in rank order (see `shard`)."""
     return [item for part in all_gather_objects(list(items)) for item in part]
+
+
+def process_seed(seed, rank):
+    """The seed of process `rank`'s own draws (dropout): every process a different stream."""
+    return int(np.random.default_rng([seed, rank]).integers(2**62))
 
 
 def warn_main(message):

@@ -264,7 +264,7 @@ def _train(config, method, dataset, run_dir, state=None, progress=True):
             _truncate_metrics(run_dir / "metrics.jsonl", step)
     elif distributed.rank() > 0:
         # Model weights came from the same seed everywhere; dropout must differ between processes.
-        torch.manual_seed(_rank_seed(config.seed, distributed.rank()))
+        torch.manual_seed(distributed.process_seed(config.seed, distributed.rank()))
 
     preview_batch = _preview_batch(dataset, config) if main else None
 
@@ -320,10 +320,6 @@ def _preview_batch(dataset, config):
             for key in preview_items[0]}
 
 
-def _rank_seed(seed, rank):
-    return int(np.random.default_rng([seed, rank]).integers(2**62))
-
-
 def _rng_state(device):
     """The generators dropout and other in-step draws use: torch's CPU one and the device's."""
     cuda = torch.device(device).type == "cuda"
@@ -341,7 +337,7 @@ def _restore_rng(state, config):
         if saved[rank]["cuda"] is not None and torch.device(config.device).type == "cuda":
             torch.cuda.set_rng_state(saved[rank]["cuda"].cpu(), config.device)
     else:
-        torch.manual_seed(_rank_seed(config.seed, rank) + state["step"])
+        torch.manual_seed(distributed.process_seed(config.seed, rank) + state["step"])
 
 
 def _truncate_metrics(path, step):

@@ -211,7 +211,7 @@ def fit(model, loss_fn, batches_from, config, lr, weight_decay, desc, run_dir, p
         torch.set_rng_state(rng[min(distributed.rank(), len(rng) - 1)].cpu())
         step = state["step"]
     elif distributed.rank() > 0:
-        torch.manual_seed(config.seed * 1000 + distributed.rank())  # its own dropout draws
+        torch.manual_seed(distributed.process_seed(config.seed, distributed.rank()))  # its own dropout draws
 
     def checkpoint():
         rng = distributed.all_gather_objects(torch.get_rng_state())
