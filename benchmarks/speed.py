@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
 from pretrain import speedups
 from pretrain.errors import UserError
@@ -146,15 +147,15 @@ def run_speed(out, data_root, mask_dir=None, cases=None, precisions=("fp32", "bf
         if progress:
             print(f"matmul peak {precision}: {peaks[precision]:.1f} GFLOP/s")
     rows = []
-    for case in cases:
-        for precision in precisions:
-            row = measure_case(case, precision, data_root, mask_dir, device, workers, warmup, steps, progress)
-            row["peak_gflop_s"] = peaks[precision]
-            row["model_only_fraction_of_peak"] = row["model_only_gflop_s"] / peaks[precision]
-            row["end_to_end_fraction_of_peak"] = row["end_to_end_gflop_s"] / peaks[precision]
-            rows.append(row)
-            if progress:
-                print(format_row(row))
+    measurements = [(case, precision) for case in cases for precision in precisions]
+    for case, precision in tqdm(measurements, desc="measuring", unit="case", disable=not progress):
+        row = measure_case(case, precision, data_root, mask_dir, device, workers, warmup, steps, progress)
+        row["peak_gflop_s"] = peaks[precision]
+        row["model_only_fraction_of_peak"] = row["model_only_gflop_s"] / peaks[precision]
+        row["end_to_end_fraction_of_peak"] = row["end_to_end_gflop_s"] / peaks[precision]
+        rows.append(row)
+        if progress:
+            tqdm.write(format_row(row))
     for row in rows:  # bf16 (or fp16) against fp32 on the same case
         fp32 = next((r for r in rows if r["case"] == row["case"] and r["precision"] == "fp32"), None)
         row["end_to_end_speedup_over_fp32"] = row["end_to_end_img_s"] / fp32["end_to_end_img_s"] if fp32 else None
