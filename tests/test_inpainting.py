@@ -101,9 +101,9 @@ def test_nearest_neighbour_pastes_the_image_with_the_same_context():
     database = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     database[2] = query[0]  # same context and same centre: an exact fill
     holes = centre_hole(1, 64, 24, 40)  # HOG blocks away from the centre still see context
-    for describe in (baselines.hog_context,
-                     lambda images, hole: (images * ~hole[..., None]).reshape(len(images), -1).astype(float)):
-        filled = baselines.nearest_neighbour_fill(query, holes, database, describe, progress=False)
+    pixels = lambda images, hole: (images * ~hole[..., None]).reshape(len(images), -1).astype(float)  # noqa: E731
+    for describe, prepare in ((baselines.hog_context, baselines.hog_blocks), (pixels, None)):
+        filled = baselines.nearest_neighbour_fill(query, holes, database, describe, prepare, progress=False)
         assert np.allclose(filled, query / 255)
 
 
@@ -111,8 +111,9 @@ def test_hog_descriptors_leave_out_the_blocks_touching_the_hole():
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     hole = np.zeros((32, 32), bool)
     hole[0, 0] = True  # only cell (0, 0): only block (0, 0) touches it
-    with_hole = baselines.hog_context(images, hole).reshape(2, 3, 3, 2, 2, 9)
-    without = baselines.hog_context(images, np.zeros((32, 32), bool)).reshape(2, 3, 3, 2, 2, 9)
+    blocks = baselines.hog_blocks(images)
+    with_hole = baselines.hog_context(blocks, hole).reshape(2, 3, 3, 2, 2, 9)
+    without = baselines.hog_context(blocks, np.zeros((32, 32), bool)).reshape(2, 3, 3, 2, 2, 9)
     assert (with_hole[:, 0, 0] == 0).all()
     assert np.array_equal(with_hole[:, 1:], without[:, 1:]) and np.array_equal(with_hole[:, 0, 1:], without[:, 0, 1:])
 
@@ -142,7 +143,7 @@ def test_eval_inpaint_writes_a_record_per_row_a_grid_and_the_table(inpaint_runs,
         assert record["task"] == "inpaint" and record["mask"] == "central" and record["image_size"] == 128
         assert 0 < metrics["l1"] < 1 and 0 < metrics["l2"] < metrics["l1"] and 0 < metrics["psnr"] < 60
         assert -1 <= metrics["ssim"] <= 1
-    assert records["network-l2-adv"]["pretrain_label"] == "context encoder, l2+adv, inpaint"
+    assert records["network-l2-adv"]["pretrain_label"] == "context encoder (central), l2+adv, inpaint"
     assert records["telea"]["run"] is None and records["network-l2"]["run"] == str(inpaint_runs[0].resolve())
     assert Image.open(out / "grid.png").size[0] > 1000  # 11 columns: masked, 8 rows, original
 

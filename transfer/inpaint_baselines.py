@@ -38,30 +38,40 @@ def opencv_fill(images, holes, method):
     return _composite(images, holes, filled)
 
 
-def hog_context(images, hole):
-    """(N, D) HOG descriptors of `images` (N, S, S, 3) uint8 with the blocks that touch `hole`
-    zeroed, so distances between two descriptors compare context pixels only."""
-    blocks = np.stack([hog(image, orientations=9, pixels_per_cell=(HOG_CELL, HOG_CELL), cells_per_block=(2, 2),
-                           channel_axis=-1, feature_vector=False) for image in images])
+def hog_blocks(images):
+    """(N, R, C, 2, 2, 9) HOG blocks of (N, S, S, 3) uint8 images (8 px cells, 2x2-cell blocks)."""
+    return np.stack([hog(image, orientations=9, pixels_per_cell=(HOG_CELL, HOG_CELL), cells_per_block=(2, 2),
+                         channel_axis=-1, feature_vector=False) for image in images])
+
+
+def hog_context(blocks, hole):
+    """(N, D) descriptors from `hog_blocks` output with the blocks that touch `hole` zeroed, so
+    distances between two descriptors compare context pixels only."""
     rows, cols = blocks.shape[1:3]
     # Block (r, c) covers cells r..r+1, c..c+1: pixels [8r, 8r + 16) x [8c, 8c + 16).
     cells = hole[:(rows + 1) * HOG_CELL, :(cols + 1) * HOG_CELL].reshape(
         rows + 1, HOG_CELL, cols + 1, HOG_CELL).any(axis=(1, 3))
     touched = cells[:-1, :-1] | cells[1:, :-1] | cells[:-1, 1:] | cells[1:, 1:]
+    blocks = blocks.copy()
     blocks[:, touched] = 0
-    return blocks.reshape(len(images), -1)
+    return blocks.reshape(len(blocks), -1)
 
 
-def nearest_neighbour_fill(images, holes, database, describe, progress=True, desc="nearest neighbours"):
-    """Fill each hole with the pixels of the database image nearest in `describe(images, hole)`
-    space, where database images are described under the query's own hole."""
+def nearest_neighbour_fill(images, holes, database, describe, prepare=None, progress=True,
+                           desc="nearest neighbours"):
+    """Fill each hole with the pixels of the database image nearest in `describe(prepare(images),
+    hole)` space, where database images are described under the query's own hole. `prepare`
+    (default: none) is the part of the description that does not depend on the hole, done once
+    for the database."""
+    prepare = prepare or (lambda x: x)
+    prepared_database = prepare(database)
     filled = np.empty(images.shape, np.float32)
     cached_hole, database_features = None, None
     for i in tqdm(range(len(images)), desc=desc, unit="img", disable=not progress):
         hole = holes[i]
         if cached_hole is None or not np.array_equal(hole, cached_hole):  # central holes: described once
-            cached_hole, database_features = hole, describe(database, hole)
-        query = describe(images[i:i + 1], hole)
+            cached_hole, database_features = hole, describe(prepared_database, hole)
+        query = describe(prepare(images[i:i + 1]), hole)
         nearest = int(((database_features - query) ** 2).sum(axis=1).argmin())
         filled[i] = _composite(images[i:i + 1], hole[None], database[nearest:nearest + 1])[0]
     return filled

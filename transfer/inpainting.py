@@ -70,7 +70,9 @@ class Inpainter:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["method"]
         self.method.load_state_dict(state)
         self.method.to(self.device).eval()
-        self.label = f"context encoder, {config.loss}, {config.arch}"
+        # Runs that differ only in their seed share a label, so the table averages over them.
+        precision = "" if config.precision == "fp32" else f", {config.precision}"
+        self.label = f"context encoder ({config.mask}), {config.loss}, {config.arch}{precision}"
         self.mean = torch.tensor(self.method.input_mean).view(1, 3, 1, 1)
         self.std = torch.tensor(self.method.input_std).view(1, 3, 1, 1)
 
@@ -179,12 +181,14 @@ def evaluate_inpainting(runs, data_root, split, out_dir, rows=ROWS, year=None, m
         if "nn-features" in rows:
             fillers.append(("nn-features", f"nearest neighbour, features of {inpainter.label}", inpainter,
                             lambda i=inpainter: baselines.nearest_neighbour_fill(
-                                images, holes, database, i.features, progress, f"NN in {i.name} features")))
+                                images, holes, database, i.features, progress=progress,
+                                desc=f"NN in {i.name} features")))
     classical = {"mean-colour": lambda: baselines.mean_colour_fill(images, holes),
                  "telea": lambda: baselines.opencv_fill(images, holes, "telea"),
                  "navier-stokes": lambda: baselines.opencv_fill(images, holes, "navier-stokes"),
                  "nn-hog": lambda: baselines.nearest_neighbour_fill(
-                     images, holes, database, baselines.hog_context, progress, "NN in HOG features")}
+                     images, holes, database, baselines.hog_context, baselines.hog_blocks, progress,
+                     "NN in HOG features")}
     fillers += [(row, BASELINE_LABELS[row], None, classical[row]) for row in BASELINE_ROWS if row in rows]
 
     original = images.astype(np.float32) / 255
