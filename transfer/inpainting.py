@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import re
+import textwrap
 import time
 from pathlib import Path
 
@@ -222,30 +223,24 @@ def _json_number(value):
     return "inf" if math.isinf(value) else float(value)
 
 
+GRID_DPI = 100
+
+
 def _grid(columns, path):
-    """Images in rows, one titled column per entry of `columns` [(title, (N, H, W, 3))]."""
-    count = len(columns[0][1])
-    figure, axes = plt.subplots(count, len(columns), figsize=(1.6 * len(columns), 1.6 * count + 0.6),
+    """Images in rows, one titled column per entry of `columns` [(title, (N, H, W, 3))], each
+    picture at about its own pixel size (no upscaling, so the PNG stays small)."""
+    count, side = len(columns[0][1]), columns[0][1].shape[1]
+    cell = side / GRID_DPI
+    figure, axes = plt.subplots(count, len(columns), figsize=(cell * len(columns), cell * count + 0.6),
                                 squeeze=False)
     for col, (title, pictures) in enumerate(columns):
-        axes[0, col].set_title("\n".join(_wrap(title)), fontsize=6)
+        axes[0, col].set_title("\n".join(textwrap.wrap(title, 22)), fontsize=6)
         for row in range(count):
             axes[row, col].imshow(pictures[row])
             axes[row, col].axis("off")
     figure.tight_layout()
-    figure.savefig(path, format="png", dpi=110)
+    figure.savefig(path, format="png", dpi=GRID_DPI)
     plt.close(figure)
-
-
-def _wrap(text, width=22):
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return lines + [line]
 
 
 def inpaint_files(runs, images, out_dir, mask=None, mask_dir=None, seed=0, device="cpu", progress=True):
