@@ -32,8 +32,9 @@ from tqdm import tqdm
 from pretrain import speedups
 from pretrain.errors import UserError
 from pretrain.runfiles import create_run_dir, environment_info, save_json, write_atomically
+from pretrain.data import channel_stats
 from pretrain.train import (PretrainConfig, build, make_optimizers, resolve_config, training_batches,
-                            training_step)
+                            training_images, training_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,11 +89,14 @@ def _timed_steps(step, warmup, steps, device):
     return (time.perf_counter() - started) / steps, losses
 
 
-def measure_case(case, precision, data_root, mask_dir, device, workers, warmup, steps, progress=True):
-    """One row: model-only and end-to-end throughput of `case` in `precision`."""
+def measure_case(case, precision, data_root, mask_dir, device, workers, warmup, steps, progress=True,
+                 dataset_stats=(None, None)):
+    """One row: model-only and end-to-end throughput of `case` in `precision`. `dataset_stats`:
+    the images' (mean, std) when already known (they do not depend on the case)."""
     config = PretrainConfig(method="context-encoder", arch=case.arch, mask=case.mask, data_root=str(data_root),
                             mask_dir=mask_dir, image_size=case.image_size, batch_size=case.batch_size,
-                            steps=warmup + steps, seed=0, device=device, workers=workers, precision=precision)
+                            steps=warmup + steps, seed=0, device=device, workers=workers, precision=precision,
+                            dataset_mean=dataset_stats[0], dataset_std=dataset_stats[1])
     config, paths = resolve_config(config)
     row = {"case": case.name, "arch": case.arch, "mask": case.mask, "image_size": case.image_size,
            "batch_size": case.batch_size, "precision": precision}
@@ -148,8 +152,10 @@ def run_speed(out, data_root, mask_dir=None, cases=None, precisions=("fp32", "bf
             print(f"matmul peak {precision}: {peaks[precision]:.1f} GFLOP/s")
     rows = []
     measurements = [(case, precision) for case in cases for precision in precisions]
+    # The pixel statistics are the same for every case: read the images for them once.
+    stats = channel_stats(training_images(PretrainConfig(data_root=str(data_root))))
     for case, precision in tqdm(measurements, desc="measuring", unit="case", disable=not progress):
-        row = measure_case(case, precision, data_root, mask_dir, device, workers, warmup, steps, progress)
+        row = measure_case(case, precision, data_root, mask_dir, device, workers, warmup, steps, progress, stats)
         row["peak_gflop_s"] = peaks[precision]
         row["model_only_fraction_of_peak"] = row["model_only_gflop_s"] / peaks[precision]
         row["end_to_end_fraction_of_peak"] = row["end_to_end_gflop_s"] / peaks[precision]
