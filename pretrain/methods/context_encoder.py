@@ -9,6 +9,15 @@ from ..networks import Discriminator, FeatureContextEncoder, InpaintingGenerator
 from . import PretextMethod, register, take_step
 
 LOSSES = ("l2", "l2+adv")
+OPTIMIZERS = ("adam", "sgd")
+
+
+def default_overlap(arch):
+    """The overlap band's default width: the inpainting network's 4 px (released code); none for
+    the feature networks, whose L2 covers only the dropped pixels (the paper's Eq. 1). There the
+    band would lie on visible pixels and make most of the loss copying the input (86% of the L2
+    weight at 128 px with random-region holes)."""
+    return 4 if arch == "inpaint" else 0
 
 
 @register
@@ -23,10 +32,13 @@ class ContextEncoder(PretextMethod):
             raise UserError(f"unknown --arch {config.arch!r}; choose alexnet, inpaint or timm:<model name>")
         if config.loss not in LOSSES:
             raise UserError(f"unknown --loss {config.loss!r}; choose from {', '.join(LOSSES)}")
+        if config.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown --optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         self.config = config
         side = config.image_size
+        self.overlap = default_overlap(config.arch) if config.overlap is None else config.overlap
         shapes = load_region_shapes(config.mask_dir) if config.mask == "random-region" else None
-        self.mask_sampler = MaskSampler(config.mask, side, config.overlap, shapes)
+        self.mask_sampler = MaskSampler(config.mask, side, self.overlap, shapes)
 
         # The inpainting network outputs only the centre quarter for central holes (§3b).
         self.patch = None
@@ -63,7 +75,11 @@ class ContextEncoder(PretextMethod):
     def configure_optimizers(self):
         lr = self.config.lr or self.default_lr()
         betas = (0.5, 0.999) if (self.adversarial or self.config.arch == "inpaint") else (0.9, 0.999)
-        optimizers = {"generator": torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas)}
+        if self.config.optimizer == "sgd":
+            generator = torch.optim.SGD(self.generator.parameters(), lr=lr, momentum=0.9)
+        else:
+            generator = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas)
+        optimizers = {"generator": generator}
         if self.adversarial:
             optimizers["discriminator"] = torch.optim.Adam(
                 self.discriminator.parameters(), lr=lr / 10, betas=betas)
@@ -72,6 +88,10 @@ class ContextEncoder(PretextMethod):
     def fill_holes(self, image, hole):
         """The network's input: `image` with the dataset mean colour in its holes."""
         return image * (1 - hole) + self.fill * hole
+
+    def loss_weights(self, hole):
+        """Per-pixel L2 weights: the hole, and the overlap band around it at overlap_weight x."""
+        return losses.reconstruction_weights(hole, self.overlap, self.config.overlap_weight)
 
     def _predict(self, masked):
         """Prediction in the image frame; outside the predicted patch it is the masked input."""
@@ -90,8 +110,7 @@ class ContextEncoder(PretextMethod):
         image, hole = batch["image"], batch["hole"]
         masked = self.fill_holes(image, hole)
         prediction = self._predict(masked)
-        weights = losses.reconstruction_weights(hole, self.config.overlap, self.config.overlap_weight)
-        l2 = losses.masked_l2(prediction, image, weights)
+        l2 = losses.masked_l2(prediction, image, self.loss_weights(hole))
         metrics = {}
         if not self.adversarial:
             loss = l2
