@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from pretrain import distributed
 from pretrain.backbones import feature_shape
-from .finetune import Crops, evaluation_items, fit, seeded_batches, set_up_task
+from .encoders import calibrate_fresh_head
+from .finetune import Crops, evaluation_items, fit, head_features, seeded_batches, set_up_task
 from .metrics import classification_ap
 from .records import write_record
 from .voc import VOC_CLASSES, VOCClassification
@@ -59,16 +60,17 @@ def run_classification(config, run_dir, progress=True):
         scores = _svm_scores(encoder.to(device), train_set, test_set,
                              Crops(size, mean, std, (1, 1), flip=False, centre=True), config, device, progress)
     else:
-        scores = _finetune_scores(encoder, train_set, test_set, mean, std, config, device, run_dir, progress)
+        model = Classifier(encoder, size, config.fc_width)
+        calibrate_fresh_head(model.head, head_features(encoder, task.calibration_images))
+        scores = _finetune_scores(model.to(device), train_set, test_set, mean, std, config, device, run_dir,
+                                  progress)
     # Every process has all the scores (gathered in item order), so each computes the same metric.
     per_class, mean_ap = classification_ap(scores, test_set.labels, test_set.difficult)
     return write_record(run_dir, config, task.init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES, started)
 
 
-def _finetune_scores(encoder, train_set, test_set, mean, std, config, device, run_dir, progress):
-    size = config.image_size
-    model = Classifier(encoder, size, config.fc_width).to(device)
-    train_set.transform = Crops(size, mean, std, (1.0, 2.0), seed=config.seed)
+def _finetune_scores(model, train_set, test_set, mean, std, config, device, run_dir, progress):
+    train_set.transform = Crops(config.image_size, mean, std, (1.0, 2.0), seed=config.seed)
 
     def loss_fn(model, batch):
         images, target = batch

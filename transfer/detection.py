@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -39,7 +40,8 @@ from pretrain.data import load_rgb
 from pretrain.errors import UserError
 from pretrain.networks import ALEXNET_POOL5_CHANNELS
 from pretrain.runfiles import cache_dir, write_atomically
-from .finetune import fit, loader_options, seeded_batches, set_up_task
+from .encoders import calibrate_fresh_head
+from .finetune import fit, head_features, loader_options, seeded_batches, set_up_task
 from .metrics import detection_ap
 from .records import write_record
 from .voc import VOC_CLASSES, VOCDetection
@@ -177,6 +179,15 @@ def build_detector(encoder, config, mean, std, proposals="selective-search"):
     return GeneralizedRCNN(backbone, rpn, heads, transform)
 
 
+def _calibrate_box_head(model, images):
+    """Data-dependent init of the fresh fc6/fc7 (see calibrate_fresh_head) on each image's conv5
+    features max-pooled to 6x6, as RoI pooling does for a box covering the whole image."""
+    box_head = model.roi_heads.box_head
+    pooled = F.adaptive_max_pool2d(head_features(model.backbone, images), 6).flatten(1)
+    calibrate_fresh_head([box_head.fc6, nn.ReLU(), box_head.fc7, nn.ReLU(), model.roi_heads.box_predictor.cls_score],
+                         pooled)
+
+
 def _positive_area(boxes):
     return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
@@ -249,7 +260,9 @@ def run_detection(config, run_dir, progress=True):
     started = time.perf_counter()
     task = set_up_task(config, VOCDetection)
     device, train_voc, test_voc = task.device, task.train_set, task.test_set
-    model = build_detector(task.encoder, config, task.mean, task.std, proposals).to(device)
+    model = build_detector(task.encoder, config, task.mean, task.std, proposals)
+    _calibrate_box_head(model, task.calibration_images)
+    model = model.to(device)
     train_paths = test_paths = None
     if proposals == "selective-search":
         sizes = model.transform.min_size[0], model.transform.max_size

@@ -9,6 +9,12 @@ from pretrain.backbones import TIMM_PREFIX, build_backbone, is_backbone_arch, la
 from pretrain.errors import UserError
 
 RANDOM = "random"
+# No pretraining, three ways (AlexNet): He-normal; the paper's "Random Gaussian" (Caffe's AlexNet
+# definitions: N(0, 0.01^2) weights, zero biases); Krähenbühl et al.'s data-dependent init (He-normal,
+# then every unit standardised on the training images, see standardize_units).
+RANDOM_GAUSSIAN, RANDOM_KRAEHENBUEHL = "random-gaussian", "random-kraehenbuehl"
+RANDOM_INITS = {RANDOM: "random", RANDOM_GAUSSIAN: "random Gaussian (0.01)",
+                RANDOM_KRAEHENBUEHL: "random + Krähenbühl init"}
 TORCHVISION_PREFIX = "torchvision-alexnet:"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -19,7 +25,10 @@ def load_encoder(init):
     `init` is one of
       a run folder written by `bench pretrain`, or an encoder.pt with its encoder.json beside it;
       "random" or "random:<arch>" (e.g. random:timm:resnet18): freshly initialised, no
-          pretraining (for AlexNet He-Gaussian weights: the paper's random-init row);
+          pretraining (for AlexNet He-normal weights);
+      "random-gaussian": AlexNet with the paper's Random Gaussian init (N(0, 0.01^2), zero biases);
+      "random-kraehenbuehl": AlexNet, He-normal, marked for Krähenbühl's data-dependent init
+          (info["data_init"]; the task standardises every unit on its training images);
       "torchvision-alexnet:PATH": a torchvision AlexNet state_dict file (its ImageNet weights, or
           `bench export --to torchvision`), whose `features.*` weights are used;
       "timm:<model>:PATH": a timm model's state_dict file (its ImageNet weights, or
@@ -28,6 +37,16 @@ def load_encoder(init):
     pretrain_seconds and the source path.
     """
     init = str(init)
+    if init in (RANDOM_GAUSSIAN, RANDOM_KRAEHENBUEHL):
+        encoder = build_backbone("alexnet")
+        if init == RANDOM_GAUSSIAN:
+            for layer in encoder.modules():
+                if isinstance(layer, torch.nn.Conv2d):
+                    torch.nn.init.normal_(layer.weight, 0.0, 0.01)
+                    torch.nn.init.zeros_(layer.bias)
+        return encoder, {"init": init, "method": init, "label": RANDOM_INITS[init], "arch": "alexnet",
+                         "input_mean": None, "input_std": None, "pretrain_seconds": 0.0,
+                         "data_init": init == RANDOM_KRAEHENBUEHL}
     if init == RANDOM or init.startswith(f"{RANDOM}:"):
         arch = init.removeprefix(RANDOM).removeprefix(":") or "alexnet"
         return build_backbone(arch), {"init": init, "method": RANDOM, "label": label_with_arch(RANDOM, arch),
@@ -112,26 +131,65 @@ def _few(keys, shown=8):
     return ", ".join(keys[:shown]) + more
 
 
-def rescale_to_data(encoder, images):
-    """Krähenbühl et al. (2016)'s within-layer rescaling of an AlexNet encoder, in place: each convolution's output
-    channels get zero mean and unit standard deviation over `images` (layer by layer, on the
-    already rescaled layers below). It keeps what each filter responds to but undoes the scale
-    drift of pretraining, and it revives channels whose ReLU never fires on these images.
-    A channel constant over the images keeps its weights and only loses its mean."""
-    was_training = encoder.training
-    encoder.eval()
-    x = images
-    with torch.no_grad():
-        for layer in encoder:
-            if isinstance(layer, torch.nn.Conv2d):
-                out = layer(x).transpose(0, 1).flatten(1)
-                mean, std = out.mean(1), out.std(1)
-                std = torch.where(std > 1e-6, std, torch.ones_like(std))
-                layer.weight.div_(std.view(-1, 1, 1, 1))
+def pretrained_image_size(init):
+    """The input size an encoder was pretrained at (its encoder.json), or None (random inits,
+    downloaded weights)."""
+    path = Path(str(init))
+    meta = (path if path.is_dir() else path.parent) / "encoder.json"
+    if str(init) in RANDOM_INITS or str(init).startswith((f"{RANDOM}:", TORCHVISION_PREFIX, TIMM_PREFIX)) \
+            or not meta.is_file():
+        return None
+    return json.loads(meta.read_text()).get("image_size")
+
+
+def _affine_layers(layers):
+    return [layer for layer in layers if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear))]
+
+
+@torch.no_grad()
+def standardize_units(layers, inputs, per_layer=False):
+    """Data-dependent scaling of the convolutions and linear layers in `layers` (applied in order,
+    in eval mode, to `inputs`), in place, each measured on the already scaled layers below it.
+
+    per_layer=False: Krähenbühl et al. (2016)'s within-layer init. Every output unit gets zero mean
+        and unit standard deviation over the inputs (weights divided by its std, its mean removed
+        from the bias). For layers that have no learned weights: fresh heads and random networks.
+    per_layer=True: one factor per layer (between-layer calibration). Weights and bias are divided
+        by the std of the layer's output over all its units, so each unit keeps its mean and its
+        scale relative to the others: what a pretrained layer learned survives, only its overall
+        scale changes (through ReLUs and max pooling the features above change by the same factor).
+    A unit or layer constant over the inputs keeps its scale.
+    """
+    training = [(module, module.training) for module in layers]
+    for module in layers:
+        module.eval()
+    x = inputs
+    for layer in layers:
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+            out = layer(x).transpose(0, 1).flatten(1)  # (units, samples)
+            mean, std = (out.mean(), out.std()) if per_layer else (out.mean(1), out.std(1))
+            std = torch.where(std > 1e-6, std, torch.ones_like(std))
+            shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+            layer.weight.div_(std.view(shape) if std.dim() else std)
+            if per_layer:
+                layer.bias.div_(std)
+            else:
                 layer.bias.sub_(mean).div_(std)
-            x = layer(x)
-    encoder.train(was_training)
-    return encoder
+        x = layer(x)
+    for module, was_training in training:
+        module.train(was_training)
+    return x
+
+
+def calibrate_fresh_head(layers, features):
+    """Krähenbühl's data-dependent init for the fresh layers of a task head (fc6, fc7 and their
+    convolutional forms), on the encoder's features of training images: whatever the encoder's
+    output scale (a pretrained pool5 is often far smaller than a He-initialised one's), fc6 and
+    fc7 start with unit-variance pre-activations. The last (class) layer keeps its default init."""
+    affine = _affine_layers(layers)
+    if affine:
+        last = list(layers).index(affine[-1])
+        standardize_units(list(layers)[:last], features)
 
 
 def _key_mismatch(expected, given):

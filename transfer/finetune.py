@@ -16,7 +16,7 @@ from pretrain.data import EpochOrder, channel_stats, load_rgb, normalized_tensor
 from pretrain.errors import UserError
 from pretrain.runfiles import CHECKPOINT, save_torch
 from pretrain.train import check_scaling_options, resolve_device, seed_everything, seed_worker
-from .encoders import load_encoder, rescale_to_data
+from .encoders import load_encoder, standardize_units
 from .voc import drop_unreadable, image_paths
 
 
@@ -29,7 +29,8 @@ class TransferConfig:
     year: str | None = None
     train_split: str = "train"
     test_split: str = "val"
-    image_size: int = 96
+    image_size: int | None = None   # None: the encoder's pretraining size (encoder.json), else 96
+    image_size_from: str | None = None  # set by run_task: "option", "encoder.json" or "default"
     batch_size: int = 16
     lr: float | None = None
     steps: int = 300
@@ -55,12 +56,25 @@ class TaskSetup:
     test_set: Any
     mean: list
     std: list
+    calibration_images: torch.Tensor  # centre crops of training images, for data-dependent inits
+
+
+def head_features(encoder, images):
+    """The encoder's output on `images` (in eval mode, no gradients): what a fresh head sees."""
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        features = encoder(images)
+    encoder.train(was_training)
+    return features
 
 
 def set_up_task(config, dataset_class):
     """What every task starts from: device, seeded RNG, the --init encoder, the train and test
     datasets, the input normalisation (the encoder's own, or the training images' statistics
-    for random init), and with config.rescale the encoder rescaled to the training images."""
+    for random init), and 64 centre crops of training images for the data-dependent inits.
+    Krähenbühl's init (--init random-kraehenbuehl) standardises every unit of the encoder on them;
+    config.rescale scales each encoder layer by one factor (see standardize_units)."""
     device = resolve_device(config.device)
     check_scaling_options(dataclasses.replace(config, device=device))
     device = distributed.setup(device)
@@ -74,14 +88,17 @@ def set_up_task(config, dataset_class):
         mean, std = init_info["input_mean"], init_info["input_std"]
     else:
         mean, std = channel_stats(image_paths(train_set))
+    crops = _centre_crops(image_paths(train_set), config.image_size, mean, std)
+    if init_info.get("data_init"):
+        standardize_units(list(encoder), crops)
     if config.rescale:
         if init_info["arch"] != "alexnet":
             raise UserError(f"--rescale is for AlexNet encoders; {init_info['arch']} has BatchNorm, which "
                             f"normalises its activations already")
-        rescale_to_data(encoder, _centre_crops(image_paths(train_set), config.image_size, mean, std))
+        standardize_units(list(encoder), crops, per_layer=True)
         label = init_info.get("label", init_info["method"])
         init_info = {**init_info, "label": f"{label} + rescaled"}
-    return TaskSetup(device, encoder, init_info, train_set, test_set, mean, std)
+    return TaskSetup(device, encoder, init_info, train_set, test_set, mean, std, crops)
 
 
 def _centre_crops(paths, size, mean, std, count=64):

@@ -15,6 +15,7 @@ def write_record(run_dir, config, init_info, metric_name, metric, per_class, cla
         "pretrain_label": init_info.get("label", init_info.get("method")),
         "pretrain_seconds": init_info.get("pretrain_seconds"), "seed": config.seed,
         "data_root": config.data_root, "year": config.year,
+        "image_size": config.image_size, "image_size_from": config.image_size_from,
         "train_split": config.train_split, "test_split": config.test_split,
         "metric": metric_name, "value": _finite_or_none(metric),
         "per_class": {name: _finite_or_none(value) for name, value in zip(class_names, per_class)},

@@ -8,8 +8,10 @@ from pretrain.runfiles import CHECKPOINT, save_json
 from pretrain.train import resolve_device
 from .classification import run_classification
 from .detection import run_detection
+from .encoders import pretrained_image_size
 from .segmentation import run_segmentation
 
+DEFAULT_IMAGE_SIZE = 96
 TASKS = {"cls": run_classification, "det": run_detection, "seg": run_segmentation}
 # The paper's data for each task (DESIGN §4).
 TASK_DATA = {
@@ -25,6 +27,7 @@ def run_task(config, run_dir, progress=True):
         raise UserError(f"unknown task {config.task!r}; choose from {', '.join(sorted(TASKS))}")
     if config.protocol == "svm" and config.task != "cls":
         raise UserError("--protocol svm applies to --task cls only")
+    config = with_image_size(config)
     _check_same_run(config, run_dir / "config.json")
     distributed.barrier()  # every process has compared before the main one rewrites it
     if distributed.is_main():
@@ -34,6 +37,19 @@ def run_task(config, run_dir, progress=True):
     if distributed.is_main():
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the record is the run's result now
     return record
+
+
+def with_image_size(config):
+    """`config` with its image size resolved: the one given, else the size the encoder was
+    pretrained at (its encoder.json), else DEFAULT_IMAGE_SIZE; image_size_from says which."""
+    if config.image_size_from is not None:
+        return config
+    if config.image_size is not None:
+        return dataclasses.replace(config, image_size_from="option")
+    pretrained = pretrained_image_size(config.init)
+    if pretrained is not None:
+        return dataclasses.replace(config, image_size=pretrained, image_size_from="encoder.json")
+    return dataclasses.replace(config, image_size=DEFAULT_IMAGE_SIZE, image_size_from="default")
 
 
 # Options that may differ between an interrupted run and its resumption.
