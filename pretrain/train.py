@@ -2,7 +2,8 @@
 
 A run folder holds
   config.json       the resolved configuration (and the environment it ran in)
-  metrics.jsonl     one JSON line per step
+  metrics.jsonl     one JSON line per step (and one per probe, with probe_knn_map)
+  loss.png          the loss curves; probe.png, the probe's mAP against steps (with --probe-data)
   checkpoint.pt     everything needed to --resume
   encoder.pt        the transferable encoder's state_dict (plain, torchvision key names for AlexNet)
   encoder.json      what transfer needs to use it: arch, input size and normalisation, pretraining time
@@ -26,9 +27,12 @@ from tqdm import tqdm
 from . import distributed, images, speedups
 from .backbones import label_with_arch
 from .data import EpochOrder, PretrainImages, channel_stats, readable_only
+from .curves import plot_curves
 from .errors import UserError
 from .imagecache import ImageCache
 from .methods import get_method
+from .methods.context_encoder import default_overlap
+from .probe import KNNProbe
 from .runfiles import (CHECKPOINT, check_new_run_dir, check_resumable, create_run_dir, environment_info,
                        save_json, save_torch)
 
@@ -53,9 +57,12 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     workers: int = 1
-    overlap: int = 4
+    # Band around the hole predicted too, at overlap_weight x. None: 0 for the feature networks
+    # (the paper's Eq. 1, L2 over the dropped pixels only), 4 for --arch inpaint (released code).
+    overlap: int | None = None
     overlap_weight: float = 10.0
     adv_weight: float = 0.001
+    optimizer: str = "adam"     # the context encoder's generator: adam, or sgd with momentum 0.9
     preview_every: int = 100
     checkpoint_every: int = 100
     bad_images: str = "fail"
@@ -66,6 +73,10 @@ class PretrainConfig:
     compile: bool = False       # torch.compile the networks
     sync_bn: bool = False       # SyncBatchNorm across processes under torchrun (CUDA)
     image_cache: bool = True    # decode and resize each image once into a uint8 memory-mapped cache
+    probe_data: str | None = None   # labelled VOC root: kNN probe of the encoder (see pretrain.probe)
+    probe_every: int = 100          # steps between probes (and step 0 and the last step)
+    probe_train_split: str = "train"
+    probe_test_split: str = "val"
 
 
 def resolve_device(name):
@@ -102,19 +113,24 @@ def resolve_config(config):
             ("--image-size", config.image_size, config.image_size >= 1, "at least 1"),
             ("--workers", config.workers, config.workers >= 0, "0 or more"),
             ("--lr", config.lr, config.lr is None or config.lr > 0, "positive"),
-            ("--overlap", config.overlap, config.overlap >= 0, "0 or more"),
+            ("--overlap", config.overlap, config.overlap is None or config.overlap >= 0, "0 or more"),
             ("--overlap-weight", config.overlap_weight, config.overlap_weight >= 0, "0 or more"),
             ("--adv-weight", config.adv_weight, 0 <= config.adv_weight <= 1, "in [0, 1]"),
             ("--preview-every", config.preview_every, config.preview_every >= 1, "at least 1"),
-            ("--checkpoint-every", config.checkpoint_every, config.checkpoint_every >= 1, "at least 1")]:
+            ("--checkpoint-every", config.checkpoint_every, config.checkpoint_every >= 1, "at least 1"),
+            ("--probe-every", config.probe_every, config.probe_every >= 1, "at least 1")]:
         if not ok:
             raise UserError(f"{name} must be {rule}, got {value}")
+    if config.probe_data is not None and not images.is_voc_root(config.probe_data):
+        raise UserError(f"--probe-data {config.probe_data} is not a VOC root (it needs ImageSets/Main labels)")
     paths = training_images(config)
     if len(paths) < config.batch_size:
         raise UserError(f"only {len(paths)} images in {config.data_root} ({config.split}) for a batch "
                         f"of {config.batch_size}; lower --batch-size")
     if config.load_size is None:
         config.load_size = round(config.image_size * 1.15)
+    if config.overlap is None:
+        config.overlap = default_overlap(config.arch)  # recorded as used, in config.json and encoder.json
     needs_shapes = get_method(config.method).uses_masks and config.mask == "random-region"
     if needs_shapes and config.mask_dir is None:
         # Shapes from other images of the same VOC root; their image never matches the hole.
@@ -267,6 +283,8 @@ def _train(config, method, dataset, run_dir, state=None, progress=True):
         torch.manual_seed(distributed.process_seed(config.seed, distributed.rank()))
 
     preview_batch = _preview_batch(dataset, config) if main else None
+    probe = KNNProbe(config.probe_data, config.image_size, method.input_mean, method.input_std,
+                     config.probe_train_split, config.probe_test_split) if main and config.probe_data else None
 
     def checkpoint():
         # Collective parts first (every process calls this), then the main process writes.
@@ -283,8 +301,20 @@ def _train(config, method, dataset, run_dir, state=None, progress=True):
     started = time.perf_counter() - elapsed
     session_start, session_first_step = time.perf_counter(), step
     metrics_out = open(run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext()
+    def run_probe():
+        nonlocal started
+        probe_started = time.perf_counter()
+        score = probe(method.encoder, config.device)
+        started += time.perf_counter() - probe_started  # probing is not pretraining time
+        metrics_file.write(json.dumps({"step": step, "probe_knn_map": score, "elapsed_s": round(elapsed, 3)}) + "\n")
+        metrics_file.flush()
+        plot_curves(run_dir)
+        bar.write(f"step {step}: probe kNN mAP {100 * score:.1f}%")
+
     with tqdm(total=config.steps, initial=step, unit="step", disable=not progress,
               dynamic_ncols=True) as bar, metrics_out as metrics_file:
+        if probe is not None and step == 0:
+            run_probe()  # the curve starts at the initialisation
         for batch in training_batches(dataset, config, step) if step < config.steps else ():
             metrics = distributed.average_metrics(training_step(method, batch, optimizers, config))
             if not all(math.isfinite(value) for value in metrics.values()):
@@ -301,12 +331,15 @@ def _train(config, method, dataset, run_dir, state=None, progress=True):
                 bar.update(1)
                 if step % config.preview_every == 0 or step == config.steps:
                     _save_preview(method, dataset, preview_batch, run_dir, step)
+                if probe is not None and (step % config.probe_every == 0 or step == config.steps):
+                    run_probe()
             if step % config.checkpoint_every == 0 or step == config.steps:
                 checkpoint()
             if step >= config.steps:
                 break
     distributed.average_buffers(method)
     if main:
+        plot_curves(run_dir)
         _save_encoder(method, config, run_dir, elapsed, step)
     distributed.barrier()  # the run folder is complete for every process (a suite transfers it next)
     return run_dir
@@ -347,12 +380,22 @@ def _truncate_metrics(path, step):
         path.write_text("".join(line + "\n" for line in lines))
 
 
+def pretraining_label(config, method):
+    """A table row's name: the method, its mask and overlap band when it has holes, its backbone."""
+    if not method.uses_masks:
+        return label_with_arch(config.method, method.encoder_arch)
+    band = f", overlap {config.overlap} px x{config.overlap_weight:g}" if config.overlap else ""
+    return label_with_arch(f"{config.method} ({config.mask}{band})", method.encoder_arch)
+
+
 def _save_encoder(method, config, run_dir, elapsed, step):
     state = {key: value.detach().cpu() for key, value in method.encoder.state_dict().items()}
     save_torch(state, run_dir / "encoder.pt")
-    label = label_with_arch(f"{config.method} ({config.mask})" if method.uses_masks else config.method,
-                            method.encoder_arch)
-    save_json({"method": config.method, "label": label, "arch": method.encoder_arch, "image_size": config.image_size,
+    loss_terms = {}
+    if method.uses_masks:
+        loss_terms = {"mask": config.mask, "overlap": config.overlap, "overlap_weight": config.overlap_weight}
+    save_json({"method": config.method, "label": pretraining_label(config, method), "arch": method.encoder_arch,
+               "image_size": config.image_size, **loss_terms,
                "input_mean": method.input_mean, "input_std": method.input_std,
                "steps": step, "pretrain_seconds": round(elapsed, 1), "seed": config.seed,
                "data_root": config.data_root, "split": config.split}, run_dir / "encoder.json")

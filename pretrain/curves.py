@@ -1,0 +1,54 @@
+"""Curves of a pretraining run from its metrics.jsonl: loss.png (every loss term, smoothed, the raw
+values faint) and, when the run was probed, probe.png (kNN mAP against steps)."""
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import pandas as pd  # noqa: E402
+
+PROBE_KEY = "probe_knn_map"
+
+
+def read_metrics(run_dir):
+    """(training steps, probe rows) of a run as two DataFrames indexed by step."""
+    path = Path(run_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    probes = pd.DataFrame([r for r in rows if PROBE_KEY in r], columns=["step", PROBE_KEY])
+    steps = pd.DataFrame([r for r in rows if PROBE_KEY not in r])
+    return steps.set_index("step") if len(steps) else steps, probes.set_index("step")
+
+
+def plot_curves(run_dir):
+    """Write loss.png (and probe.png if the run has probes) into run_dir; return their paths."""
+    run_dir = Path(run_dir)
+    steps, probes = read_metrics(run_dir)
+    written = []
+    losses = [c for c in steps.columns if c != "elapsed_s" and ("loss" in c or c in ("l2", "adv"))]
+    if losses:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        span = max(1, len(steps) // 20)
+        for column in losses:
+            raw = ax.plot(steps.index, steps[column], alpha=0.25, linewidth=0.8)[0]
+            ax.plot(steps.index, steps[column].ewm(span=span).mean(), color=raw.get_color(), label=column)
+        ax.set(xlabel="step", ylabel="loss", title=f"{run_dir.name}: training loss (smoothed, raw faint)")
+        ax.legend()
+        written.append(_save(fig, run_dir / "loss.png"))
+    if len(probes):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(probes.index, 100 * probes[PROBE_KEY], marker="o")
+        ax.set(xlabel="pretraining step", ylabel="kNN mAP (%)", title=f"{run_dir.name}: frozen pool5 kNN probe")
+        ax.grid(alpha=0.3)
+        written.append(_save(fig, run_dir / "probe.png"))
+    return written
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
