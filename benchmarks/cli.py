@@ -65,7 +65,7 @@ def add_scaling_options(p, defaults):
 def add_pretrain_parser(commands):
     from pretrain.masks import MASK_KINDS
     from pretrain.methods import METHODS
-    from pretrain.methods.context_encoder import LOSSES
+    from pretrain.methods.context_encoder import LOSSES, OPTIMIZERS
     from pretrain.train import PretrainConfig
     defaults = PretrainConfig()
     p = commands.add_parser(
@@ -112,11 +112,21 @@ def add_pretrain_parser(commands):
                    help="decode every image at every use instead of once into the uint8 cache under the "
                         "cache folder ($BENCH_CACHE_DIR/images)")
     p.add_argument("--overlap", type=non_negative_int, default=defaults.overlap,
-                   help="width in px of the band around the hole that is predicted too")
+                   help="width in px of the band around the hole that is predicted too, at --overlap-weight "
+                        "(default: 0 for the feature networks, the paper's L2 over the dropped pixels only; "
+                        "4 for --arch inpaint, as the released inpainting code)")
     p.add_argument("--overlap-weight", type=float, default=defaults.overlap_weight,
                    help="L2 weight of the overlap band relative to the hole")
+    p.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS,
+                   help="context encoder: the generator's optimiser (sgd: momentum 0.9; give --lr)")
     p.add_argument("--adv-weight", type=float, default=defaults.adv_weight,
                    help="weight of the adversarial term with --loss l2+adv")
+    p.add_argument("--probe-data", default=None,
+                   help="a labelled VOC root: every --probe-every steps (and at step 0) score the encoder's "
+                        "frozen pool5 features by kNN on its --probe-splits (mAP into metrics.jsonl and probe.png)")
+    p.add_argument("--probe-every", type=positive_int, default=defaults.probe_every, help="steps between probes")
+    p.add_argument("--probe-splits", nargs=2, default=[defaults.probe_train_split, defaults.probe_test_split],
+                   metavar=("TRAIN", "TEST"), help="image sets of --probe-data: kNN neighbours, scored images")
     p.add_argument("--preview-every", type=positive_int, default=defaults.preview_every,
                    help="write a preview grid every N steps")
     p.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every,
@@ -146,10 +156,11 @@ def run_pretrain(args):
             mask_dir=args.mask_dir, image_size=args.image_size, load_size=args.load_size,
             batch_size=args.batch_size, lr=args.lr, steps=args.steps or PretrainConfig.steps,
             seed=args.seed, device=args.device, workers=args.workers, overlap=args.overlap,
-            overlap_weight=args.overlap_weight, adv_weight=args.adv_weight,
+            overlap_weight=args.overlap_weight, adv_weight=args.adv_weight, optimizer=args.optimizer,
             preview_every=args.preview_every, checkpoint_every=args.checkpoint_every,
             bad_images=args.bad_images, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn,
-            image_cache=args.image_cache)
+            image_cache=args.image_cache, probe_data=args.probe_data, probe_every=args.probe_every,
+            probe_train_split=args.probe_splits[0], probe_test_split=args.probe_splits[1])
         run_dir = pretrain(config, out, overwrite=args.overwrite)
     if is_main_process():
         print(f"run folder: {run_dir}  (encoder: {run_dir / 'encoder.pt'}, preview: {run_dir / 'preview.png'})")
@@ -182,8 +193,9 @@ def add_transfer_parser(commands):
                    help="VOC year (default: 2012 for seg, 2007 for cls/det, else the newest present)")
     p.add_argument("--train-split", default=None, help="default: train (seg), trainval (cls, det)")
     p.add_argument("--test-split", default=None, help="default: val (seg), test (cls, det)")
-    p.add_argument("--image-size", type=positive_int, default=defaults.image_size,
-                   help="crop side in px (the paper: 227)")
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="crop side in px (the paper: 227); default: the size the --init encoder was "
+                        "pretrained at (its encoder.json), else 96")
     p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
     p.add_argument("--lr", type=float, default=None,
                    help="SGD learning rate (default: 0.01 seg, 1e-3 cls and det), polynomial decay")
@@ -373,9 +385,10 @@ def add_suite_parser(commands):
                     "then the table. Finished work (encoder.pt / record.json present) is skipped.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="quick", help="quick, methods, cpu, paper, or a YAML file")
-    p.add_argument("--data-root", default=None,
+    p.add_argument("--pretrain-data", "--data-root", dest="data_root", default=None,
                    help="pretraining images (VOC root or folder); default: the built-in toy VOC set")
-    p.add_argument("--transfer-data-root", default=None, help="VOC root for the tasks (default: --data-root)")
+    p.add_argument("--transfer-data", "--transfer-data-root", dest="transfer_data_root", default=None,
+                   help="VOC root for the tasks (and the pretraining probe); default: --pretrain-data")
     p.add_argument("--mask-dir", default=None, help="VOC segmentation PNGs for random-region masks")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     p.add_argument("--device", default="auto")
@@ -405,6 +418,10 @@ def run_methods(args):
 def run_suite_command(args):
     from benchmarks.suite import load_preset, run_suite
     preset = load_preset(args.preset)
+    given = {"pretrain-data": args.data_root, "transfer-data": args.transfer_data_root, "mask-dir": args.mask_dir}
+    for option, hint in (preset.get("needs") or {}).items():
+        if given.get(option) is None:
+            raise UserError(f"preset {args.preset} needs --{option} ({hint})")
     data_root = args.data_root or preset.get("data_root") or default_data_root()
     out = args.out or f"runs/suite-{Path(args.preset).stem}"
     table = run_suite(preset, out, data_root, args.mask_dir or preset.get("mask_dir"),

@@ -46,12 +46,17 @@ def _check_preset(preset):
         if key not in preset:
             raise UserError(f"preset has no {key!r} section")
     for name, options in preset["methods"].items():
-        if options is not None:
+        if options is not None and not _no_pretraining(options):
             _with_known_fields(PretrainConfig, {**preset["pretrain"], **options}, f"methods.{name}")
     for name, options in preset["tasks"].items():
         options = _with_known_fields(TransferConfig, {**preset["transfer"], **options}, f"tasks.{name}")
         if options.get("task") not in TASK_DATA:
             raise UserError(f"preset tasks.{name}: task must be one of {', '.join(sorted(TASK_DATA))}")
+
+
+def _no_pretraining(options):
+    """A method entry that is only an --init (e.g. {init: random-gaussian}); null means random."""
+    return options is None or set(options) == {"init"}
 
 
 def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, year_of=None,
@@ -64,8 +69,8 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, ye
     encoders = {}
     for name, options in preset["methods"].items():
         for seed in seeds:
-            if options is None:  # no pretraining: the random-init row
-                encoders[name, seed] = "random"
+            if _no_pretraining(options):  # a random-init row
+                encoders[name, seed] = (options or {}).get("init", "random")
                 continue
             run_dir = out / "pretrain" / f"{name}-seed{seed}"
             encoders[name, seed] = str(run_dir)
@@ -81,6 +86,8 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, ye
             # A method may name its own data (e.g. supervised: {data_root: labelled/class/folders}).
             config = dataclasses.replace(config, data_root=config.data_root or str(data_root),
                                          mask_dir=mask_dir or config.mask_dir, seed=seed, device=device)
+            if preset.get("probe") and config.probe_data is None:  # the probe curve on the transfer data
+                config = dataclasses.replace(config, probe_data=str(transfer_root))
             print(f"pretraining {name}, seed {seed} -> {run_dir}")
             pretrain(config, run_dir, overwrite=True, progress=progress)
     for task_name, task_options in preset["tasks"].items():

@@ -170,12 +170,12 @@ def write_table(records_folder, out_folder):
 
 def _write(stem, table, summary, out):
     write_atomically(out / f"{stem}.csv", lambda tmp: table.to_csv(tmp, index=False))
-    write_atomically(out / f"{stem}.md", lambda tmp: tmp.write_text(_markdown(table)))
+    write_atomically(out / f"{stem}.md", lambda tmp: tmp.write_text(markdown_table(table)))
     save_json({"rows": table.to_dict(orient="records"),
                "measured": summary.to_dict(orient="records")}, out / f"{stem}.json")
 
 
-def _markdown(table):
+def markdown_table(table):
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from pretrain.networks import alexnet_encoder, he_init
-from transfer.encoders import rescale_to_data
+from transfer.encoders import standardize_units
 from transfer.voc import VOC_CLASSES
 from helpers import bench
 
@@ -92,7 +92,7 @@ def test_rescaled_svm_record_is_its_own_row(toy_voc_root, tmp_path, pretrain_run
     assert record["pretrain_label"].endswith(" + rescaled") and 0 <= record["value"] <= 1
 
 
-def test_rescaling_gives_unit_channels_and_revives_dead_ones():
+def test_kraehenbuehl_init_gives_unit_channels_and_revives_dead_ones():
     torch.manual_seed(0)
     encoder = alexnet_encoder()
     he_init(encoder, linear_output=False)
@@ -100,7 +100,7 @@ def test_rescaling_gives_unit_channels_and_revives_dead_ones():
         encoder[3].bias[:5] = -1e3  # five conv2 channels that never fire
         encoder[6].weight[:3] = 0   # three conv3 channels constant over every input
     images = torch.randn(8, 3, 96, 96)
-    rescale_to_data(encoder, images)
+    standardize_units(list(encoder), images)
     x = images
     with torch.no_grad():
         for layer in encoder:
