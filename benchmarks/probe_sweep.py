@@ -7,25 +7,21 @@ are skipped, so a stopped sweep continues.
         --probe-data ../shared/data/pets-voc --mask-dir ../shared/data/voc-masks/SegmentationClassAug \
         --out runs/probe-sweep --results results/imagenet-subset-pets/probe-sweep
 
-Writes into --results: probe_curves.csv (variant, step, mAP), probe_sweep.md/.csv (start, best, final
-and the share of pool5 channels silent on the probe images at the end) and probe_curves.png.
+Writes into --results: probe_curves.png and .csv (variant, step, mAP), probe_sweep.md/.csv (start,
+best, final and the share of pool5 channels silent on the probe images at the end).
 """
 import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from benchmarks.cli import main as bench  # noqa: E402
-from pretrain.curves import PROBE_KEY, read_metrics  # noqa: E402
-from pretrain.probe import KNNProbe  # noqa: E402
-from transfer.encoders import load_encoder  # noqa: E402
-from .table import markdown_table  # noqa: E402
+from benchmarks.cli import main as bench
+from pretrain.curves import PROBE_KEY, probe_comparison, read_metrics
+from pretrain.probe import KNNProbe
+from transfer.encoders import load_encoder
+from .table import markdown_table
 
 BASE = ["--method", "context-encoder", "--mask", "random-region", "--image-size", "128", "--batch-size", "32",
         "--lr", "1e-4", "--seed", "0"]
@@ -58,23 +54,15 @@ def silent_channels(run_dir, probe_root):
 
 def summarise(runs, probe_root, results):
     results.mkdir(parents=True, exist_ok=True)
-    curves, rows = [], []
-    fig, ax = plt.subplots(figsize=(7, 4))
+    probe_comparison({name: [run_dir] for name, run_dir in runs.items()}, results / "probe_curves.png",
+                     "Context encoder variants, seed 0: frozen pool5 kNN probe")
+    rows = []
     for name, run_dir in runs.items():
         probes = read_metrics(run_dir)[1][PROBE_KEY]
-        curves += [{"variant": name, "step": step, "knn_map": value} for step, value in probes.items()]
         rows.append({"variant": name, "step 0": 100 * probes.iloc[0], "best": 100 * probes.max(),
                      "best at step": int(probes.idxmax()), "final": 100 * probes.iloc[-1],
                      "final step": int(probes.index[-1]),
                      "silent pool5 channels (%)": 100 * silent_channels(run_dir, probe_root)})
-        ax.plot(probes.index, 100 * probes.values, marker=".", label=name)
-    ax.set(xlabel="pretraining step", ylabel="kNN mAP on the probe data (%)",
-           title="Context encoder variants, seed 0: frozen pool5 kNN probe")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(results / "probe_curves.png", dpi=100)
-    pd.DataFrame(curves).to_csv(results / "probe_curves.csv", index=False)
     table = pd.DataFrame(rows).round(1)
     table.to_csv(results / "probe_sweep.csv", index=False)
     (results / "probe_sweep.md").write_text(markdown_table(table))

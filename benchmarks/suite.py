@@ -7,12 +7,14 @@ Layout under --out:
     pretrain/<method>-seed<k>/        bench pretrain run folders
     transfer/<task>-<method>-seed<k>/ bench transfer run folders (record.json)
     table.csv, table.md, table.json, table.png
+    probe_curves.png, probe_curves.csv   when the pretraining runs were probed (mean +- std over seeds)
 """
 import dataclasses
 from pathlib import Path
 
 import yaml
 
+from pretrain.curves import probe_comparison
 from pretrain.errors import UserError
 from pretrain.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir
 from pretrain.train import PretrainConfig, pretrain, resume_pretraining
@@ -40,7 +42,7 @@ def _with_known_fields(cls, options, where):
     return options
 
 
-def _check_preset(preset):
+def check_preset(preset):
     """Fail on a misspelt option before hours of work, not after."""
     for key in ("seeds", "pretrain", "methods", "transfer", "tasks"):
         if key not in preset:
@@ -62,7 +64,7 @@ def _no_pretraining(options):
 def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, year_of=None,
               seeds=None, device="auto", progress=True):
     """Run the preset; return the table. `year_of(root, wanted)` picks a VOC year present in root."""
-    _check_preset(preset)
+    check_preset(preset)
     out = Path(out)
     seeds = seeds or preset["seeds"]
     transfer_root = transfer_data_root or data_root
@@ -109,4 +111,16 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, ye
             with staged_run_dir(run_dir, overwrite=True, resume=has_interrupted_run(run_dir)) as staging:
                 record = run_task(config, staging, progress=progress)
             print(f"  {record['metric']} = {100 * record['value']:.1f}%")
+    _probe_curves(encoders, out)
     return write_table(out / "transfer", out)
+
+
+def _probe_curves(encoders, out):
+    """probe_curves.png/.csv: every probed pretraining run's curve, mean +- std over seeds per method."""
+    runs = {}
+    for (name, _seed), init in encoders.items():
+        if (Path(init) / "metrics.jsonl").is_file():
+            runs.setdefault(name, []).append(init)
+    if probe_comparison(runs, out / "probe_curves.png", "kNN probe of the encoders during pretraining").empty:
+        return
+    print(f"probe curves: {out / 'probe_curves.png'} (+ .csv)")

@@ -45,6 +45,33 @@ def plot_curves(run_dir):
     return written
 
 
+def probe_comparison(runs, path, title):
+    """Probe curves of several runs in one plot: `runs` maps a name to its run folders (e.g. one
+    per seed); each name is drawn as the mean over its runs with a +-1 std band. Writes `path`
+    (PNG) and the curves beside it as CSV (name, run, step, mAP); returns the CSV rows as a
+    DataFrame (empty when no run was probed)."""
+    rows = [{"name": name, "run": Path(run_dir).name, "step": step, PROBE_KEY: value}
+            for name, run_dirs in runs.items() for run_dir in run_dirs
+            for step, value in read_metrics(run_dir)[1][PROBE_KEY].items()]
+    curves = pd.DataFrame(rows, columns=["name", "run", "step", PROBE_KEY])
+    if curves.empty:
+        return curves
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, part in curves.groupby("name", sort=False):
+        stats = part.groupby("step")[PROBE_KEY].agg(["mean", "std", "count"]) * [100, 100, 1]
+        runs_drawn = int(stats["count"].max())
+        line = ax.plot(stats.index, stats["mean"], marker=".", label=f"{name} (n={runs_drawn})")[0]
+        if runs_drawn > 1:
+            ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
+                            color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="pretraining step", ylabel="kNN mAP (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, Path(path))
+    curves.to_csv(Path(path).with_suffix(".csv"), index=False)
+    return curves
+
+
 def _save(fig, path):
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")

@@ -1,10 +1,12 @@
 """`bench suite` on a tiny preset: every method x task x seed gets a record, the table is built,
 and a second call skips finished work."""
+import json
+
 import pandas as pd
 import yaml
 
 from benchmarks.cli import main
-from benchmarks.suite import PRESETS, _check_preset, load_preset
+from benchmarks.suite import PRESETS, check_preset, load_preset
 from pretrain.methods import METHODS
 
 TINY = {
@@ -49,11 +51,40 @@ def test_unknown_preset_and_option(tmp_path, capsys):
 
 
 def test_builtin_presets_parse():
-    assert {p.stem for p in PRESETS.glob("*.yaml")} == {"quick", "cpu", "paper", "methods"}
-    for name in ("quick", "cpu", "paper", "methods"):
-        preset = load_preset(name)
-        assert preset["methods"]["random"] is None and preset["tasks"]
-        _check_preset(preset)
+    names = {p.stem for p in PRESETS.glob("*.yaml")}
+    assert {"quick", "cpu", "paper", "methods", "imagenet-subset"} <= names
+    for name in names:
+        check_preset(load_preset(name))
+
+
+def test_preset_refuses_to_run_without_the_data_it_needs(capsys):
+    assert main(["suite", "--preset", "imagenet-subset", "--transfer-data", "x", "--mask-dir", "y"]) == 2
+    assert "needs --pretrain-data" in capsys.readouterr().err
+
+
+def test_separate_pretraining_and_transfer_data_init_rows_and_probe_curves(toy_voc_root, tmp_path):
+    """Pretraining reads a plain image folder, transfer a VOC root; init-only rows need no
+    pretraining; `probe: true` probes each run on the transfer data."""
+    images = toy_voc_root / "VOCdevkit" / "VOC2012" / "JPEGImages"
+    preset = tmp_path / "split.yaml"
+    preset.write_text(yaml.safe_dump({
+        **TINY, "probe": True, "pretrain": {**TINY["pretrain"], "probe_every": 1},
+        "methods": {"ce": {"method": "context-encoder", "mask": "random-block"},
+                    "gaussian": {"init": "random-gaussian"}},
+        "transfer": {**TINY["transfer"], "train_split": "train", "test_split": "val", "year": "2012"},
+        "tasks": {"cls-svm": TINY["tasks"]["cls-svm"]}}))
+    out = tmp_path / "suite"
+    assert main(["suite", "--preset", str(preset), "--pretrain-data", str(images),
+                 "--transfer-data", str(toy_voc_root), "--out", str(out)]) == 0
+    config = json.loads((out / "pretrain" / "ce-seed0" / "config.json").read_text())["config"]
+    assert (config["data_root"], config["probe_data"]) == (str(images), str(toy_voc_root))
+    record = json.loads((out / "transfer" / "cls-svm-gaussian-seed0" / "record.json").read_text())
+    assert record["init"] == "random-gaussian" and record["data_root"] == str(toy_voc_root)
+    curves = pd.read_csv(out / "probe_curves.csv")
+    assert set(curves["name"]) == {"ce"} and list(curves["step"]) == [0, 1, 2]
+    assert (out / "probe_curves.png").read_bytes()[:4] == b"\x89PNG"
+    table = pd.read_csv(out / "table.csv", keep_default_na=False).set_index("Pretraining")
+    assert table.loc["random Gaussian (0.01)", "Classification (SVM)"].endswith("(n=1)")
 
 
 def test_methods_preset_gives_a_row_per_built_in_method(toy_voc_root, tmp_path):
