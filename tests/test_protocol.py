@@ -108,7 +108,7 @@ def test_random_gaussian_init_is_the_papers():
     encoder, info = load_encoder("random-gaussian")
     for layer in encoder:
         if isinstance(layer, nn.Conv2d):
-            assert abs(float(layer.weight.std()) - 0.01) < 0.001 and not layer.bias.any()
+            assert abs(float(layer.weight.detach().std()) - 0.01) < 0.001 and not layer.bias.any()
     assert not info["data_init"] and info["label"] == "random Gaussian (0.01)"
 
 

@@ -66,8 +66,11 @@ def test_classification_svm_from_pretrained_run(toy_voc_root, tmp_path, pretrain
 
 @pytest.mark.parametrize("task", ["cls", "seg"])
 def test_same_seed_same_metrics(toy_voc_root, tmp_path, task):
+    # At lr 1e-3: with seg's default 1e-2, three steps from the calibrated head already predict
+    # background everywhere on the toy images, whatever the seed.
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        assert transfer(toy_voc_root, tmp_path / name, "--task", task, "--workers", 1, "--seed", seed) == 0
+        assert transfer(toy_voc_root, tmp_path / name, "--task", task, "--workers", 1, "--seed", seed,
+                        "--lr", 1e-3) == 0
     first, second, other = (read_record(tmp_path / name) for name in ("a", "b", "c"))
     assert first["value"] == second["value"] and first["per_class"] == second["per_class"]
     assert other["per_class"] != first["per_class"]
