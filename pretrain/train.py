@@ -301,6 +301,7 @@ def _train(config, method, dataset, run_dir, state=None, progress=True):
     started = time.perf_counter() - elapsed
     session_start, session_first_step = time.perf_counter(), step
     metrics_out = open(run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext()
+
     def run_probe():
         nonlocal started
         probe_started = time.perf_counter()
