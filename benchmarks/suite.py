@@ -10,6 +10,7 @@ Layout under --out:
     probe_curves.png, probe_curves.csv   when the pretraining runs were probed (mean +- std over seeds)
 """
 import dataclasses
+import sys
 from pathlib import Path
 
 import yaml
@@ -68,7 +69,7 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, ye
     out = Path(out)
     seeds = seeds or preset["seeds"]
     transfer_root = transfer_data_root or data_root
-    encoders = {}
+    encoders, failures = {}, []
     for name, options in preset["methods"].items():
         for seed in seeds:
             if _no_pretraining(options):  # a random-init row
@@ -108,11 +109,20 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, ye
                 train_split=options.get("train_split", data["train_split"]),
                 test_split=options.get("test_split", data["test_split"]))
             print(f"transfer {task_name} from {name}, seed {seed} -> {run_dir}")
-            with staged_run_dir(run_dir, overwrite=True, resume=has_interrupted_run(run_dir)) as staging:
-                record = run_task(config, staging, progress=progress)
+            try:
+                with staged_run_dir(run_dir, overwrite=True, resume=has_interrupted_run(run_dir)) as staging:
+                    record = run_task(config, staging, progress=progress)
+            except UserError as exc:  # e.g. a diverging fine-tuning: the other runs still count
+                failures.append(f"{run_dir.name}: {exc}")
+                print(f"  failed: {exc}", file=sys.stderr)
+                continue
             print(f"  {record['metric']} = {100 * record['value']:.1f}%")
     _probe_curves(encoders, out)
-    return write_table(out / "transfer", out)
+    table = write_table(out / "transfer", out)
+    if failures:
+        raise UserError(f"{len(failures)} transfer run(s) failed and are missing from the table in {out}: "
+                        + "; ".join(failures))
+    return table
 
 
 def _probe_curves(encoders, out):

@@ -40,6 +40,20 @@ def test_suite_runs_everything_then_skips(toy_voc_root, tmp_path, capsys):
     assert capsys.readouterr().out.count("skip") == 2 + 6
 
 
+def test_a_failed_transfer_is_reported_and_the_others_still_run(toy_voc_root, tmp_path, capsys):
+    preset = tmp_path / "failing.yaml"
+    preset.write_text(yaml.safe_dump({
+        **TINY, "methods": {"random": None},
+        "tasks": {"bad": {"task": "seg", "protocol": "svm"}, "cls-svm": TINY["tasks"]["cls-svm"]}}))
+    out = tmp_path / "suite"
+    assert main(["suite", "--preset", str(preset), "--data-root", str(toy_voc_root), "--out", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: 1 transfer run(s) failed") and "bad-random-seed0" in error
+    assert (out / "transfer" / "cls-svm-random-seed0" / "record.json").is_file()
+    assert not (out / "transfer" / "bad-random-seed0").exists()
+    assert (out / "table.csv").is_file()
+
+
 def test_unknown_preset_and_option(tmp_path, capsys):
     assert main(["suite", "--preset", "nosuch"]) == 2
     assert "quick" in capsys.readouterr().err

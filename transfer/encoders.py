@@ -147,7 +147,7 @@ def _affine_layers(layers):
 
 
 @torch.no_grad()
-def standardize_units(layers, inputs, per_layer=False):
+def standardize_units(layers, inputs, per_layer=False, max_gain=None):
     """Data-dependent scaling of the convolutions and linear layers in `layers` (applied in order,
     in eval mode, to `inputs`), in place, each measured on the already scaled layers below it.
 
@@ -158,7 +158,8 @@ def standardize_units(layers, inputs, per_layer=False):
         by the std of the layer's output over all its units, so each unit keeps its mean and its
         scale relative to the others: what a pretrained layer learned survives, only its overall
         scale changes (through ReLUs and max pooling the features above change by the same factor).
-    A unit or layer constant over the inputs keeps its scale.
+    A unit or layer constant over the inputs keeps its scale; with `max_gain` no weight is
+    multiplied by more than that.
     """
     training = [(module, module.training) for module in layers]
     for module in layers:
@@ -169,6 +170,8 @@ def standardize_units(layers, inputs, per_layer=False):
             out = layer(x).transpose(0, 1).flatten(1)  # (units, samples)
             mean, std = (out.mean(), out.std()) if per_layer else (out.mean(1), out.std(1))
             std = torch.where(std > 1e-6, std, torch.ones_like(std))
+            if max_gain is not None:
+                std = std.clamp(min=1 / max_gain)
             shape = (-1,) + (1,) * (layer.weight.dim() - 1)
             layer.weight.div_(std.view(shape) if std.dim() else std)
             if per_layer:
@@ -181,15 +184,23 @@ def standardize_units(layers, inputs, per_layer=False):
     return x
 
 
+# The most a fresh head's init is scaled up. On pets-voc at 128 px the pretrained and He-initialised
+# encoders need at most 23x (cls, seg and det heads); the Random Gaussian encoder's vanishing pool5
+# (rms 0.005) would need ~2,000x, and a head that loud amplifies the gradients into the encoder
+# until fine-tuning diverges.
+MAX_HEAD_GAIN = 100.0
+
+
 def calibrate_fresh_head(layers, features):
     """Krähenbühl's data-dependent init for the fresh layers of a task head (fc6, fc7 and their
     convolutional forms), on the encoder's features of training images: whatever the encoder's
     output scale (a pretrained pool5 is often far smaller than a He-initialised one's), fc6 and
-    fc7 start with unit-variance pre-activations. The last (class) layer keeps its default init."""
+    fc7 start with unit-variance pre-activations, up to a gain of MAX_HEAD_GAIN. The last (class)
+    layer keeps its default init."""
     affine = _affine_layers(layers)
     if affine:
         last = list(layers).index(affine[-1])
-        standardize_units(list(layers)[:last], features)
+        standardize_units(list(layers)[:last], features, max_gain=MAX_HEAD_GAIN)
 
 
 def _key_mismatch(expected, given):
