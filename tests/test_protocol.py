@@ -14,7 +14,7 @@ from pretrain.curves import PROBE_KEY
 from pretrain.methods.context_encoder import ContextEncoder
 from pretrain.probe import knn_class_scores, multilabel_map
 from pretrain.train import PretrainConfig
-from transfer.encoders import calibrate_fresh_head, load_encoder, standardize_units
+from transfer.encoders import MAX_HEAD_GAIN, calibrate_fresh_head, load_encoder, standardize_units
 from transfer.finetune import TransferConfig, set_up_task
 from transfer.voc import VOCClassification
 
@@ -86,12 +86,16 @@ def test_per_layer_calibration_gives_unit_layer_outputs():
                 assert abs(float(x.std()) - 1) < 1e-3
 
 
+def fresh_head():
+    return nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(256 * 9, 32), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 20))
+
+
 def test_fresh_head_starts_at_unit_variance_whatever_the_feature_scale():
     torch.manual_seed(0)
-    for scale in (1e-3, 1.0, 50.0):
+    for scale in (0.5, 1.0, 50.0):
         features = scale * torch.rand(64, 256, 3, 3)
-        head = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(256 * 9, 32), nn.ReLU(), nn.Dropout(0.5),
-                             nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 20))
+        head = fresh_head()
         last = head[-1].weight.clone()
         calibrate_fresh_head(head, features)
         with torch.no_grad():
@@ -102,6 +106,15 @@ def test_fresh_head_starts_at_unit_variance_whatever_the_feature_scale():
             assert torch.allclose(pre_activation.mean(0), torch.zeros(32), atol=1e-3)
         assert torch.equal(head[-1].weight, last)  # the class layer keeps its own init
         assert head.training  # dropout is on again for training
+
+
+def test_fresh_head_does_not_amplify_a_vanishing_input_without_bound():
+    torch.manual_seed(0)
+    features = 1e-5 * torch.rand(64, 256, 3, 3)  # like a Random Gaussian encoder's pool5, smaller
+    head = fresh_head()
+    default = head[2].weight.detach().std()
+    calibrate_fresh_head(head, features)
+    assert float(head[2].weight.detach().std() / default) == pytest.approx(MAX_HEAD_GAIN, rel=1e-3)
 
 
 def test_random_gaussian_init_is_the_papers():
