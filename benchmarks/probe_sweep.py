@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from benchmarks.cli import main as bench
+from pretrain.backbones import frozen_features
 from pretrain.curves import PROBE_KEY, probe_comparison, read_metrics
 from pretrain.probe import KNNProbe
 from transfer.encoders import load_encoder
@@ -47,8 +47,7 @@ def silent_channels(run_dir, probe_root):
     """Share of the encoder's output channels that are zero on every probe image and position."""
     encoder, info = load_encoder(run_dir)
     probe = KNNProbe(probe_root, info["image_size"], info["input_mean"], info["input_std"])
-    with torch.no_grad():
-        features = encoder.eval()(probe.images[probe.test_split])
+    features = frozen_features(encoder, probe.images[probe.test_split])
     return float((features.amax(dim=(0, 2, 3)) <= 0).float().mean())
 
 

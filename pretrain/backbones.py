@@ -5,6 +5,7 @@
                stage (timm's features_only): its channels and output stride come from timm.
 Both return one (B, C, h, w) feature map; feature_shape() says C and h for an input size.
 """
+import torch
 from torch import nn
 
 from .errors import UserError
@@ -49,6 +50,17 @@ def build_backbone(arch):
     if arch.startswith(TIMM_PREFIX):
         return TimmBackbone(arch.removeprefix(TIMM_PREFIX))
     raise UserError(f"unknown --arch {arch!r}; use alexnet or timm:<model name> (e.g. timm:resnet18)")
+
+
+def frozen_features(encoder, images, batch_size=64):
+    """The encoder's output on `images` in eval mode without gradients, in batches; the encoder's
+    train/eval mode is restored. What a frozen-feature probe or a fresh head sees."""
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        features = torch.cat([encoder(batch) for batch in images.split(batch_size)])
+    encoder.train(was_training)
+    return features
 
 
 def backbone_channels(encoder):

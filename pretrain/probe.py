@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
+from .backbones import frozen_features
 from .data import load_rgb, normalized_tensor
 from .images import find_voc_dir, read_class_labels
 
 NEIGHBOURS = 20
 TEMPERATURE = 0.07
-BATCH = 64
 
 
 def knn_class_scores(train_features, train_labels, test_features, k=NEIGHBOURS, temperature=TEMPERATURE):
@@ -56,17 +56,13 @@ class KNNProbe:
             self.labels[split] = labels
         self.train_split, self.test_split = train_split, test_split
 
-    @torch.no_grad()
     def features(self, encoder, split, device):
-        batches = self.images[split].split(BATCH)
-        return F.normalize(torch.cat([encoder(b.to(device)).flatten(1).float().cpu() for b in batches]), dim=1)
+        features = frozen_features(encoder, self.images[split].to(device)).flatten(1).float().cpu()
+        return F.normalize(features, dim=1)
 
     def __call__(self, encoder, device):
         """The encoder's kNN mAP (in eval mode; its train/eval mode is restored)."""
-        was_training = encoder.training
-        encoder.eval()
         train, test = (self.features(encoder, s, device) for s in (self.train_split, self.test_split))
-        encoder.train(was_training)
         positives = torch.from_numpy(self.labels[self.train_split] != -1).float()  # difficult counts as present
         scores = knn_class_scores(train, positives, test)
         return multilabel_map(scores.numpy(), self.labels[self.test_split])

@@ -18,9 +18,9 @@ from torch import nn
 from tqdm import tqdm
 
 from pretrain import distributed
-from pretrain.backbones import feature_shape
+from pretrain.backbones import feature_shape, frozen_features
 from .encoders import calibrate_fresh_head
-from .finetune import Crops, evaluation_items, fit, head_features, seeded_batches, set_up_task
+from .finetune import Crops, evaluation_items, fit, seeded_batches, set_up_task
 from .metrics import classification_ap
 from .records import write_record
 from .voc import VOC_CLASSES, VOCClassification
@@ -61,7 +61,7 @@ def run_classification(config, run_dir, progress=True):
                              Crops(size, mean, std, (1, 1), flip=False, centre=True), config, device, progress)
     else:
         model = Classifier(encoder, size, config.fc_width)
-        calibrate_fresh_head(model.head, head_features(encoder, task.calibration_images))
+        calibrate_fresh_head(model.head, frozen_features(encoder, task.calibration_images))
         scores = _finetune_scores(model.to(device), train_set, test_set, mean, std, config, device, run_dir,
                                   progress)
     # Every process has all the scores (gathered in item order), so each computes the same metric.

@@ -35,13 +35,13 @@ from torchvision.transforms.functional import to_tensor
 from tqdm import tqdm
 
 from pretrain import distributed
-from pretrain.backbones import TimmBackbone
+from pretrain.backbones import TimmBackbone, frozen_features
 from pretrain.data import load_rgb
 from pretrain.errors import UserError
 from pretrain.networks import ALEXNET_POOL5_CHANNELS
 from pretrain.runfiles import cache_dir, write_atomically
 from .encoders import calibrate_fresh_head
-from .finetune import fit, head_features, loader_options, seeded_batches, set_up_task
+from .finetune import fit, loader_options, seeded_batches, set_up_task
 from .metrics import detection_ap
 from .records import write_record
 from .voc import VOC_CLASSES, VOCDetection
@@ -183,7 +183,7 @@ def _calibrate_box_head(model, images):
     """Data-dependent init of the fresh fc6/fc7 (see calibrate_fresh_head) on each image's conv5
     features max-pooled to 6x6, as RoI pooling does for a box covering the whole image."""
     box_head = model.roi_heads.box_head
-    pooled = F.adaptive_max_pool2d(head_features(model.backbone, images), 6).flatten(1)
+    pooled = F.adaptive_max_pool2d(frozen_features(model.backbone, images), 6).flatten(1)
     calibrate_fresh_head([box_head.fc6, nn.ReLU(), box_head.fc7, nn.ReLU(), model.roi_heads.box_predictor.cls_score],
                          pooled)
 

@@ -59,16 +59,6 @@ class TaskSetup:
     calibration_images: torch.Tensor  # centre crops of training images, for data-dependent inits
 
 
-def head_features(encoder, images):
-    """The encoder's output on `images` (in eval mode, no gradients): what a fresh head sees."""
-    was_training = encoder.training
-    encoder.eval()
-    with torch.no_grad():
-        features = encoder(images)
-    encoder.train(was_training)
-    return features
-
-
 def set_up_task(config, dataset_class):
     """What every task starts from: device, seeded RNG, the --init encoder, the train and test
     datasets, the input normalisation (the encoder's own, or the training images' statistics

@@ -16,11 +16,11 @@ from torch import nn
 from tqdm import tqdm
 
 from pretrain import distributed
-from pretrain.backbones import backbone_channels
+from pretrain.backbones import backbone_channels, frozen_features
 from pretrain.data import normalized_tensor, resize_shorter_side
 from pretrain.runfiles import save_json
 from .encoders import calibrate_fresh_head
-from .finetune import fit, head_features, seeded_batches, set_up_task
+from .finetune import fit, seeded_batches, set_up_task
 from .metrics import confusion_matrix, segmentation_scores
 from .records import write_record
 from .voc import VOC_CLASSES, VOCSegmentation
@@ -92,7 +92,7 @@ def run_segmentation(config, run_dir, progress=True):
     test_set.transform = SegmentationPairs(config.image_size, mean, std, train=False)
 
     model = FCN32s(task.encoder, config.fc_width)
-    calibrate_fresh_head(model.head, head_features(task.encoder, task.calibration_images))
+    calibrate_fresh_head(model.head, frozen_features(task.encoder, task.calibration_images))
     model = model.to(device)
 
     def loss_fn(model, batch):
