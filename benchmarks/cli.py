@@ -4,23 +4,12 @@ import os
 import sys
 from pathlib import Path
 
-from pretrain.errors import UserError
-
-DEFAULT_TOY = {"n_images": 200, "size": 96, "seed": 0}
-
-
-def default_data_root():
-    """The built-in toy VOC set, generated into the cache folder the first time."""
-    from pretrain.runfiles import cache_dir
-    from transfer.toy_voc import ensure_toy_voc
-    root = ensure_toy_voc(cache_dir(), **DEFAULT_TOY)
-    print(f"no --data-root given: using the built-in toy VOC set at {root}", file=sys.stderr)
-    return root
+from runtime.errors import UserError
 
 
 def is_main_process():
     """False in the processes torchrun starts besides the main one: they print nothing."""
-    from pretrain.distributed import is_main
+    from runtime.distributed import is_main
     return is_main()
 
 
@@ -45,7 +34,7 @@ def add_plugin_option(p):
 
 
 def add_bad_images_option(p, default):
-    from pretrain.data import BAD_IMAGE_POLICIES
+    from data.pixels import BAD_IMAGE_POLICIES
     p.add_argument("--bad-images", default=default, choices=BAD_IMAGE_POLICIES,
                    help="an image that cannot be decoded: stop the run naming it (fail), or check every image "
                         "first and leave the unreadable ones out with a warning (skip)")
@@ -53,7 +42,7 @@ def add_bad_images_option(p, default):
 
 def add_scaling_options(p, defaults):
     """--precision, --compile and --sync-bn, shared by pretrain and transfer."""
-    from pretrain.speedups import PRECISIONS
+    from runtime.speedups import PRECISIONS
     p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
                    help="autocast dtype of forward passes and losses: bf16 on CUDA or CPUs with bf16 "
                         "instructions, fp16 on CUDA (with loss scaling)")
@@ -63,7 +52,7 @@ def add_scaling_options(p, defaults):
 
 
 def add_pretrain_parser(commands):
-    from pretrain.masks import MASK_KINDS
+    from data.masks import MASK_KINDS
     from pretrain.methods import METHODS
     from pretrain.methods.context_encoder import LOSSES, OPTIMIZERS
     from pretrain.train import PretrainConfig
@@ -141,8 +130,9 @@ def add_pretrain_parser(commands):
 
 
 def run_pretrain(args):
-    from pretrain.train import PretrainConfig, pretrain, resume_pretraining
+    from data.toy_voc import default_data_root
     from pretrain.methods import get_method
+    from pretrain.train import PretrainConfig, pretrain, resume_pretraining
     mask = f"-{args.mask}" if get_method(args.method).uses_masks else ""
     out = args.out or f"runs/{args.method}-{args.arch}{mask}-{args.image_size}px-seed{args.seed}"
     if args.resume:
@@ -219,7 +209,7 @@ def add_transfer_parser(commands):
 
 def voc_year(root, wanted):
     """`wanted` if the root has that VOC year, else the newest year it has."""
-    from pretrain.images import find_voc_dir
+    from data.images import find_voc_dir
     try:
         return find_voc_dir(root, wanted).name[3:]
     except UserError:
@@ -227,7 +217,8 @@ def voc_year(root, wanted):
 
 
 def run_transfer(args):
-    from pretrain.runfiles import staged_run_dir
+    from data.toy_voc import default_data_root
+    from runtime.runfiles import staged_run_dir
     from transfer.finetune import TransferConfig
     from transfer.tasks import TASK_DATA, run_task
     if args.lr is not None and args.lr <= 0:
@@ -276,7 +267,7 @@ def run_export(args):
 
 
 def add_inpaint_options(p):
-    from transfer.inpainting import INPAINT_MASKS
+    from evaluation.inpainting import INPAINT_MASKS
     p.add_argument("--run", required=True, action="append",
                    help="a context-encoder `bench pretrain` run folder; repeat to compare runs on the same holes")
     p.add_argument("--mask", default=None, choices=INPAINT_MASKS, help="hole kind (default: the run's own)")
@@ -302,8 +293,8 @@ def add_inpaint_parser(commands):
 
 
 def run_inpaint(args):
-    from pretrain.runfiles import staged_run_dir
-    from transfer.inpainting import inpaint_files
+    from evaluation.inpainting import inpaint_files
+    from runtime.runfiles import staged_run_dir
     if not Path(args.images).exists():
         raise UserError(f"--images {args.images} does not exist")
     with staged_run_dir(args.out, args.overwrite) as staging:
@@ -312,7 +303,7 @@ def run_inpaint(args):
 
 
 def add_eval_inpaint_parser(commands):
-    from transfer.inpainting import ROWS
+    from evaluation.inpainting import ROWS
     p = commands.add_parser(
         "eval-inpaint", help="score inpainting against the truth, with baselines (the paper's Table 1)",
         description="Fill the same holes in the images of --split with each --run's network and the "
@@ -335,8 +326,9 @@ def add_eval_inpaint_parser(commands):
 
 
 def run_eval_inpaint(args):
-    from pretrain.runfiles import staged_run_dir
-    from transfer.inpainting import evaluate_inpainting
+    from data.toy_voc import default_data_root
+    from evaluation.inpainting import evaluate_inpainting
+    from runtime.runfiles import staged_run_dir
     data_root = str(args.data_root or default_data_root())
     mask = f"-{args.mask}" if args.mask else ""
     out = args.out or f"runs/transfer/inpaint-{Path(args.run[0]).resolve().name}{mask}-{args.split}-seed{args.seed}"
@@ -417,6 +409,7 @@ def run_methods(args):
 
 def run_suite_command(args):
     from benchmarks.suite import load_preset, run_suite
+    from data.toy_voc import default_data_root
     preset = load_preset(args.preset)
     given = {"pretrain-data": args.data_root, "transfer-data": args.transfer_data_root, "mask-dir": args.mask_dir}
     for option, hint in (preset.get("needs") or {}).items():
@@ -430,6 +423,7 @@ def run_suite_command(args):
 
 
 def add_data_parser(commands):
+    from data.toy_voc import DEFAULT_TOY
     p = commands.add_parser("data", help="make data sets")
     kinds = p.add_subparsers(dest="kind", required=True)
     toy = kinds.add_parser("toy", help="write the synthetic toy VOCdevkit (VOC2007 + VOC2012)",
@@ -442,7 +436,7 @@ def add_data_parser(commands):
 
 
 def run_data_toy(args):
-    from transfer.toy_voc import write_toy_voc
+    from data.toy_voc import write_toy_voc
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; choose a new folder")
@@ -451,7 +445,7 @@ def run_data_toy(args):
 
 
 def add_speed_parser(commands):
-    from pretrain.speedups import PRECISIONS
+    from runtime.speedups import PRECISIONS
     p = commands.add_parser(
         "speed", help="measure training throughput against the machine's matmul peak",
         description="Measure the matmul peak (fp32, bf16), model-only training throughput on random "
@@ -482,8 +476,10 @@ def add_speed_parser(commands):
 
 def run_speed_command(args):
     import time
+
     from benchmarks.speed import default_cases, run_speed
-    from pretrain.train import resolve_device
+    from data.toy_voc import default_data_root
+    from runtime.device import resolve_device
     out = args.out or f"runs/speed-{time.strftime('%Y%m%d-%H%M%S')}"
     cases = default_cases(args.feature_sizes, args.feature_batch, args.inpaint_batch)
     out, _ = run_speed(out, args.data_root or default_data_root(), args.mask_dir, cases, args.precisions,
@@ -529,8 +525,8 @@ def main(argv=None):
         processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // processes_here))
         if getattr(args, "device", None) is not None:  # under torchrun: join the process group first
-            from pretrain.distributed import setup
-            from pretrain.train import resolve_device
+            from runtime.device import resolve_device
+            from runtime.distributed import setup
             setup(resolve_device(args.device))
         args.handler(args)
     except UserError as exc:
@@ -543,7 +539,7 @@ def main(argv=None):
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        from pretrain.distributed import shutdown
+        from runtime.distributed import shutdown
         shutdown()
     return 0
 

@@ -29,12 +29,19 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from pretrain import speedups
-from pretrain.errors import UserError
-from pretrain.runfiles import create_run_dir, environment_info, save_json, write_atomically
-from pretrain.data import channel_stats
-from pretrain.train import (PretrainConfig, build, make_optimizers, resolve_config, training_batches,
-                            training_images, training_step)
+from data.pixels import channel_stats
+from pretrain.train import (
+    PretrainConfig,
+    build,
+    make_optimizers,
+    resolve_config,
+    training_batches,
+    training_images,
+    training_step,
+)
+from runtime import speedups
+from runtime.errors import UserError
+from runtime.runfiles import create_run_dir, environment_info, save_json, write_atomically
 
 
 @dataclasses.dataclass(frozen=True)

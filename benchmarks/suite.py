@@ -16,9 +16,9 @@ from pathlib import Path
 import yaml
 
 from pretrain.curves import probe_comparison
-from pretrain.errors import UserError
-from pretrain.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir
 from pretrain.train import PretrainConfig, pretrain, resume_pretraining
+from runtime.errors import UserError
+from runtime.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir
 from transfer.finetune import TransferConfig
 from transfer.tasks import TASK_DATA, run_task
 from .table import write_table

@@ -4,7 +4,7 @@ images (`bench inpaint`) and score fills against the truth next to baselines (`b
 Evaluation images are prepared as in pretraining, without the randomness: the shorter side is
 rescaled to the run's load size and the centre image_size square is kept. Hole i is drawn from a
 generator seeded by (seed, i), so every row of one evaluation is scored on the same pixels.
-Scores are over the hole only, with pixels in [0, 1] (see metrics.hole_scores).
+Scores are over the hole only, with pixels in [0, 1] (see transfer.metrics.hole_scores).
 """
 import dataclasses
 import json
@@ -20,16 +20,17 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pretrain.data import load_rgb, normalized_tensor, readable_only
-from pretrain.errors import UserError
-from pretrain.images import list_images
-from pretrain.masks import MaskSampler, load_region_shapes
+from data.images import list_images
+from data.masks import MaskSampler, load_region_shapes
+from data.pixels import load_rgb, normalized_tensor, readable_only
 from pretrain.methods import get_method
 from pretrain.methods.context_encoder import ContextEncoder
-from pretrain.runfiles import CHECKPOINT, environment_info, save_json, write_atomically
-from pretrain.train import PretrainConfig, resolve_device
+from pretrain.train import PretrainConfig
+from runtime.device import resolve_device
+from runtime.errors import UserError
+from runtime.runfiles import CHECKPOINT, environment_info, save_json, write_atomically
+from transfer.metrics import hole_scores
 from . import inpaint_baselines as baselines
-from .metrics import hole_scores
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)

@@ -13,28 +13,36 @@ import contextlib
 import dataclasses
 import json
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from . import distributed, images, speedups
+from data import images
+from data.imagecache import ImageCache
+from data.pixels import channel_stats, readable_only
+from data.pretrain_items import PretrainImages
+from data.sampling import EpochOrder
+from runtime import distributed, speedups
+from runtime.errors import UserError
+from runtime.runfiles import (
+    CHECKPOINT,
+    check_new_run_dir,
+    check_resumable,
+    create_run_dir,
+    environment_info,
+    save_json,
+    save_torch,
+)
 from .backbones import label_with_arch
-from .data import EpochOrder, PretrainImages, channel_stats, readable_only
 from .curves import plot_curves
-from .errors import UserError
-from .imagecache import ImageCache
 from .methods import get_method
 from .methods.context_encoder import default_overlap
 from .probe import KNNProbe
-from .runfiles import (CHECKPOINT, check_new_run_dir, check_resumable, create_run_dir, environment_info,
-                       save_json, save_torch)
 
 PREVIEW_IMAGES = 8
 
@@ -77,30 +85,6 @@ class PretrainConfig:
     probe_every: int = 100          # steps between probes (and step 0 and the last step)
     probe_train_split: str = "train"
     probe_test_split: str = "val"
-
-
-def resolve_device(name):
-    """"auto" -> cuda when there is a GPU, else cpu; a CUDA device that is absent is a user error."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for, but no CUDA device is available")
-    return name
-
-
-def seed_everything(seed):
-    """Seed every global generator a method might draw from: Python's, NumPy's and torch's.
-    (DataLoader workers get their seeds from the loader's own generator; see seed_worker.)"""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def seed_worker(_worker_id):
-    """DataLoader worker_init_fn: seed Python and NumPy from the seed torch gave this worker."""
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 def resolve_config(config):
@@ -147,17 +131,6 @@ def resolve_config(config):
     if config.dataset_mean is None:
         config.dataset_mean, config.dataset_std = channel_stats(paths)
     return config, paths
-
-
-def check_scaling_options(config):
-    """Validate the precision, SyncBatchNorm and process-count options (pretraining and transfer)."""
-    speedups.check_precision(config.precision, config.device)
-    if config.sync_bn and not config.device.startswith("cuda"):
-        raise UserError("--sync-bn synchronises BatchNorm between GPUs; it needs a CUDA device")
-    processes = distributed.world_size()
-    if config.batch_size % processes:
-        raise UserError(f"--batch-size {config.batch_size} is not divisible by the {processes} processes; "
-                        f"the global batch is split evenly between them")
 
 
 def training_images(config):

@@ -2,8 +2,8 @@
 tiny pretraining run."""
 import pytest
 
+from data.toy_voc import write_toy_voc
 from helpers import bench
-from transfer.toy_voc import write_toy_voc
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from helpers import bench
 
+from helpers import bench
 
 FAST_PRETRAIN = ["--image-size", 64, "--batch-size", 4, "--workers", 0, "--mask", "random-block"]
 FAST_TRANSFER = ["--image-size", 64, "--batch-size", 4, "--steps", 2, "--fc-width", 16, "--workers", 0]

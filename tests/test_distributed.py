@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import pretrain.methods
+from data.sampling import EpochOrder
+from runtime import distributed
+from runtime.errors import UserError
 from helpers import bench
-from pretrain import distributed
-from pretrain.data import EpochOrder
-from pretrain.errors import UserError
 
 TESTS = Path(__file__).resolve().parent
 PLUGIN = TESTS / "deterministic_methods.py"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from data.masks import central_mask
 from pretrain import losses
-from pretrain.masks import central_mask
 
 
 def _square_hole(size=32, top=10, left=12, side=8, batch=1):

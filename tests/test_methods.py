@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import pretrain.methods
-from pretrain.errors import UserError
-from pretrain.images import image_labels
+from data.images import image_labels
 from pretrain.methods import ENTRY_POINT_GROUP, METHODS
+from runtime.errors import UserError
 from transfer.classification import Classifier
 from transfer.detection import build_detector
 from transfer.encoders import load_encoder

@@ -12,8 +12,8 @@ from PIL import Image
 
 from benchmarks.cli import main
 from pretrain.methods import get_method
-from pretrain.runfiles import save_torch
 from pretrain.train import PretrainConfig
+from runtime.runfiles import save_torch
 
 # The main alexnet run on the toy VOC set.
 STEPS = 20

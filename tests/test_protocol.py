@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import bench
+from data.voc import VOCClassification
 from pretrain.curves import PROBE_KEY
 from pretrain.methods.context_encoder import ContextEncoder
 from pretrain.probe import knn_class_scores, multilabel_map
 from pretrain.train import PretrainConfig
 from transfer.encoders import MAX_HEAD_GAIN, calibrate_fresh_head, load_encoder, standardize_units
 from transfer.finetune import TransferConfig, set_up_task
-from transfer.voc import VOCClassification
+from helpers import bench
 
 MEAN, STD = [0.5] * 3, [0.25] * 3
 

@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from benchmarks.cli import build_parser
+from data.imagecache import ImageCache
+from data.images import list_images
+from data.masks import MaskSampler
+from data.pixels import load_rgb
+from data.pretrain_items import PretrainImages
+from runtime import speedups
+from runtime.errors import UserError
 from helpers import bench
-from pretrain import speedups
-from pretrain.data import PretrainImages, load_rgb
-from pretrain.errors import UserError
-from pretrain.imagecache import ImageCache
-from pretrain.images import list_images
-from pretrain.masks import MaskSampler
 
 FAST_PRETRAIN = ["--image-size", 64, "--batch-size", 4, "--steps", 2, "--workers", 0, "--mask", "central",
                  "--preview-every", 100]

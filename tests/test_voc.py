@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.errors import UserError
-from transfer.toy_voc import SPLITS, YEARS, ensure_toy_voc, write_toy_voc
-from transfer.voc import (VOC_CLASSES, VOCClassification, VOCDetection, VOCSegmentation,
-                          parse_annotation, read_class_labels)
+from data.images import VOC_CLASSES, read_class_labels
+from data.toy_voc import SPLITS, YEARS, ensure_toy_voc, write_toy_voc
+from data.voc import VOCClassification, VOCDetection, VOCSegmentation, parse_annotation
+from runtime.errors import UserError
 
 
 @pytest.fixture(scope="module")

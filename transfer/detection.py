@@ -34,17 +34,18 @@ from torchvision.ops import RoIPool, box_iou
 from torchvision.transforms.functional import to_tensor
 from tqdm import tqdm
 
-from pretrain import distributed
+from data.images import VOC_CLASSES
+from data.pixels import load_rgb
+from data.voc import VOCDetection
 from pretrain.backbones import TimmBackbone, frozen_features
-from pretrain.data import load_rgb
-from pretrain.errors import UserError
 from pretrain.networks import ALEXNET_POOL5_CHANNELS
-from pretrain.runfiles import cache_dir, write_atomically
+from runtime import distributed
+from runtime.errors import UserError
+from runtime.runfiles import cache_dir, write_atomically
 from .encoders import calibrate_fresh_head
 from .finetune import fit, loader_options, seeded_batches, set_up_task
 from .metrics import detection_ap
 from .records import write_record
-from .voc import VOC_CLASSES, VOCDetection
 
 PROPOSAL_KINDS = ("selective-search", "rpn")
 MAX_PROPOSALS = 2000        # selective-search boxes kept per image (its own ranking order)

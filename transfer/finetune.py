@@ -8,16 +8,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pretrain import distributed, speedups
-from pretrain.data import EpochOrder, channel_stats, load_rgb, normalized_tensor, resize_shorter_side
-from pretrain.errors import UserError
-from pretrain.runfiles import CHECKPOINT, save_torch
-from pretrain.train import check_scaling_options, resolve_device, seed_everything, seed_worker
+from data.pixels import channel_stats, load_rgb, normalized_tensor, resize_shorter_side
+from data.sampling import EpochOrder
+from data.voc import drop_unreadable, image_paths
+from runtime import distributed, speedups
+from runtime.device import check_scaling_options, resolve_device, seed_everything, seed_worker
+from runtime.errors import UserError
+from runtime.runfiles import CHECKPOINT, save_torch
 from .encoders import load_encoder, standardize_units
-from .voc import drop_unreadable, image_paths
 
 
 @dataclass
@@ -119,28 +120,6 @@ class Crops:
             crop = array[:, top:top + self.size, left:left + self.size]
             crops.append(crop.flip(-1) if self.flip and self.rng.random() < 0.5 else crop)
         return torch.stack(crops) if self.count > 1 else crops[0]
-
-
-class SeededItems(Dataset):
-    """`dataset` looked up by the (epoch, index) keys of EpochOrder. Before each item,
-    `augmenter.rng` (the numpy Generator its random crops and flips come from) is reseeded from
-    (seed, epoch, index): an item is the same in whichever worker loads it, and a resumed run
-    sees exactly the batches the interrupted one would have."""
-
-    def __init__(self, dataset, augmenter, seed):
-        self.dataset, self.augmenter, self.seed = dataset, augmenter, seed
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        epoch, index = key
-        self.augmenter.rng = np.random.default_rng([self.seed, epoch, index])
-        return self.dataset[index]
-
-
-# The "epoch" of evaluation items' seeds: no training epoch reaches it.
-EVAL_EPOCH = 2**31 - 2
 
 
 def loader_options(config, device):

@@ -2,10 +2,10 @@
 import dataclasses
 import json
 
-from pretrain import distributed
-from pretrain.errors import UserError
-from pretrain.runfiles import CHECKPOINT, save_json
-from pretrain.train import resolve_device
+from runtime import distributed
+from runtime.device import resolve_device
+from runtime.errors import UserError
+from runtime.runfiles import CHECKPOINT, save_json
 from .classification import run_classification
 from .detection import run_detection
 from .encoders import pretrained_image_size

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from runtime.errors import UserError
 from .base import PretextMethod, classification_metrics, take_step
 
 ENTRY_POINT_GROUP = "context_encoder_bench.methods"
@@ -66,8 +66,7 @@ def get_method(name):
 
 
 # Built-ins register themselves on import.
-from . import (autoencoder, context_encoder, denoising_autoencoder, relative_context,  # noqa: E402,F401
-               rotation, supervised)
+from . import autoencoder, context_encoder, denoising_autoencoder, relative_context, rotation, supervised  # noqa: E402,F401
 
 __all__ = ["ENTRY_POINT_GROUP", "METHODS", "PretextMethod", "classification_metrics", "get_method",
            "load_plugins", "register", "take_step"]

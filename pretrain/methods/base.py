@@ -2,7 +2,7 @@
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed
+from runtime import distributed
 
 
 class PretextMethod(nn.Module):

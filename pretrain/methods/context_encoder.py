@@ -1,10 +1,10 @@
 """Context encoder (Pathak et al., CVPR 2016): predict dropped pixels from their surroundings."""
 import torch
 
+from data.masks import MaskSampler, load_region_shapes
+from runtime.errors import UserError
 from .. import losses
 from ..backbones import build_backbone, is_backbone_arch
-from ..errors import UserError
-from ..masks import MaskSampler, load_region_shapes
 from ..networks import Discriminator, FeatureContextEncoder, InpaintingGenerator
 from . import PretextMethod, register, take_step
 

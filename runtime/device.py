@@ -1,0 +1,43 @@
+"""The device, the seeds, and the options that depend on the device and the process count."""
+import random
+
+import numpy as np
+import torch
+
+from . import distributed, speedups
+from .errors import UserError
+
+
+def resolve_device(name):
+    """"auto" -> cuda when there is a GPU, else cpu; a CUDA device that is absent is a user error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but no CUDA device is available")
+    return name
+
+
+def seed_everything(seed):
+    """Seed every global generator a method might draw from: Python's, NumPy's and torch's.
+    (DataLoader workers get their seeds from the loader's own generator; see seed_worker.)"""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def seed_worker(_worker_id):
+    """DataLoader worker_init_fn: seed Python and NumPy from the seed torch gave this worker."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def check_scaling_options(config):
+    """Validate the precision, SyncBatchNorm and process-count options (pretraining and transfer)."""
+    speedups.check_precision(config.precision, config.device)
+    if config.sync_bn and not config.device.startswith("cuda"):
+        raise UserError("--sync-bn synchronises BatchNorm between GPUs; it needs a CUDA device")
+    processes = distributed.world_size()
+    if config.batch_size % processes:
+        raise UserError(f"--batch-size {config.batch_size} is not divisible by the {processes} processes; "
+                        f"the global batch is split evenly between them")
