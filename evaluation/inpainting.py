@@ -6,7 +6,6 @@ rescaled to the run's load size and the centre image_size square is kept. Hole i
 generator seeded by (seed, i), so every row of one evaluation is scored on the same pixels.
 Scores are over the hole only, with pixels in [0, 1] (see transfer.metrics.hole_scores).
 """
-import dataclasses
 import json
 import math
 import re
@@ -27,6 +26,7 @@ from pretrain.methods import get_method
 from pretrain.methods.context_encoder import ContextEncoder
 from pretrain.train import PretrainConfig
 from runtime.device import resolve_device
+from runtime.engine import read_checkpoint
 from runtime.errors import UserError
 from runtime.runfiles import CHECKPOINT, environment_info, save_json, write_atomically
 from transfer.metrics import hole_scores
@@ -64,13 +64,9 @@ class Inpainter:
         encoder_info = run_dir / "encoder.json"  # written when the run finished
         self.pretrain_seconds = (json.loads(encoder_info.read_text())["pretrain_seconds"]
                                  if encoder_info.is_file() else None)
-        # Inference never draws the run's own masks, so do not ask for its mask folder; only the
-        # central choice changes the network (a centre-patch output), and it is kept.
-        build = dataclasses.replace(config, mask="central" if config.mask == "central" else "random-block")
-        self.method = ContextEncoder(build, config.dataset_mean, config.dataset_std)
+        self.method = ContextEncoder(config, config.dataset_mean, config.dataset_std)
         # Memory-mapped: only the network's tensors are read, not the optimiser state beside them.
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["method"]
-        self.method.load_state_dict(state)
+        self.method.load_state_dict(read_checkpoint(checkpoint, mmap=True)["model"])
         self.method.to(self.device).eval()
         # Runs that differ only in their seed share a label, so the table averages over them.
         precision = "" if config.precision == "fp32" else f", {config.precision}"

@@ -9,11 +9,8 @@ A run folder holds
   encoder.json      what transfer needs to use it: arch, input size and normalisation, pretraining time
   previews/         PNG grids (rows: masked input / prediction / original), and preview.png, the latest
 """
-import contextlib
 import dataclasses
 import json
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,20 +21,15 @@ from tqdm import tqdm
 
 from data import images
 from data.imagecache import ImageCache
+from data.masks import MaskSampler, load_region_shapes
 from data.pixels import channel_stats, readable_only
 from data.pretrain_items import PretrainImages
 from data.sampling import EpochOrder
 from runtime import distributed, speedups
+from runtime.device import check_scaling_options, resolve_device, seed_everything, seed_worker
+from runtime.engine import Engine, prepare_model
 from runtime.errors import UserError
-from runtime.runfiles import (
-    CHECKPOINT,
-    check_new_run_dir,
-    check_resumable,
-    create_run_dir,
-    environment_info,
-    save_json,
-    save_torch,
-)
+from runtime.runfiles import check_new_run_dir, check_resumable, create_run_dir, environment_info, save_json, save_torch
 from .backbones import label_with_arch
 from .curves import plot_curves
 from .methods import get_method
@@ -154,21 +146,6 @@ def training_batches(dataset, config, start_step):
         yield {key: speedups.to_device(value, config.device, channels_last) for key, value in batch.items()}
 
 
-def make_optimizers(method, config):
-    """The method's optimisers, each with the GradScaler take_step uses for fp16 (or None)."""
-    optimizers = method.configure_optimizers()
-    for optimizer in optimizers.values():
-        optimizer.grad_scaler = speedups.grad_scaler(config.precision, config.device)
-    return optimizers
-
-
-def training_step(method, batch, optimizers, config):
-    """One step of the method (forwards, backwards, optimiser steps) in config.precision."""
-    # Optimiser steps happen inside train_step, hence no autocast weight cache (see speedups).
-    with speedups.autocast(config.precision, config.device, weight_cache=False):
-        return method.train_step(batch, optimizers)
-
-
 def _save_preview(method, dataset, preview_batch, run_dir, step):
     was_training = method.training
     method.eval()
@@ -208,113 +185,64 @@ def resume_pretraining(out, steps=None, progress=True):
     check_scaling_options(config)
     config.device = distributed.setup(config.device)
     method, dataset = build(config, training_images(config), progress)
-    state = torch.load(run_dir / CHECKPOINT, map_location=config.device, weights_only=False)
-    return _train(config, method, dataset, run_dir, state, progress)
+    return _train(config, method, dataset, run_dir, progress)
 
 
 def build(config, paths, progress=True):
     """The method (on config.device, with the speed options applied) and its dataset."""
     seed_everything(config.seed)
-    method = get_method(config.method)(config, config.dataset_mean, config.dataset_std)
-    if config.sync_bn and distributed.world_size() > 1:
-        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    method = method.to(config.device)
-    if speedups.use_channels_last(config.device):
-        method = method.to(memory_format=torch.channels_last)
-    if config.compile:
-        speedups.compile_children(method)
+    method = prepare_model(get_method(config.method)(config, config.dataset_mean, config.dataset_std),
+                           config.device, config.compile, config.sync_bn)
     labels = None
     if method.uses_labels:
         labels, classes = images.image_labels(paths, config.data_root, config.split, config.year)
         if classes != config.classes:
             raise UserError(f"the class folders of {config.data_root} changed since the run started")
+    holes = None
+    if method.uses_masks:  # a data-side transform, drawn per item in the loader's workers
+        shapes = load_region_shapes(config.mask_dir) if config.mask == "random-region" else None
+        holes = MaskSampler(config.mask, config.image_size, getattr(method, "overlap", 0), shapes)
     dataset = PretrainImages(paths, config.image_size, config.load_size, method.input_mean,
-                             method.input_std, method.mask_sampler, config.seed, labels)
+                             method.input_std, holes, config.seed, labels)
     if config.image_cache:
         with distributed.main_first(local=True):  # one process per machine builds it, the others read it
             dataset.cache = ImageCache(paths, config.load_size, progress=progress and distributed.is_local_main())
     return method, dataset
 
 
-def _train(config, method, dataset, run_dir, state=None, progress=True):
-    main = distributed.is_main()
-    progress = progress and main
-    optimizers = make_optimizers(method, config)
-    step, elapsed = 0, 0.0
-    if state is not None:
-        method.load_state_dict(state["method"])
-        for name, optimizer in optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-            if optimizer.grad_scaler is not None and name in state.get("grad_scalers", {}):
-                optimizer.grad_scaler.load_state_dict(state["grad_scalers"][name])
-        _restore_rng(state, config)
-        step, elapsed = state["step"], state["elapsed"]
-        if main:
-            _truncate_metrics(run_dir / "metrics.jsonl", step)
-    elif distributed.rank() > 0:
-        # Model weights came from the same seed everywhere; dropout must differ between processes.
-        torch.manual_seed(distributed.process_seed(config.seed, distributed.rank()))
+def pretraining_engine(method, config, run_dir, progress=True):
+    """(the engine that trains `method` in run_dir, resuming from its checkpoint when there is one;
+    the step it runs: the method's own train_step with the method's optimisers)."""
+    optimizers = method.configure_optimizers()
+    engine = Engine(method, optimizers, run_dir, steps=config.steps, batch_size=config.batch_size, seed=config.seed,
+                    device=config.device, precision=config.precision, checkpoint_every=config.checkpoint_every,
+                    desc=f"pretraining {config.method}", progress=progress)
+    return engine, lambda trained, batch: trained.train_step(batch, optimizers)
 
+
+def _train(config, method, dataset, run_dir, progress=True):
+    """Train through the engine (which resumes from run_dir's checkpoint when there is one), with
+    previews, probes and the loss curves from the main process, then write the encoder."""
+    main = distributed.is_main()
+    engine, train_step = pretraining_engine(method, config, run_dir, progress)
     preview_batch = _preview_batch(dataset, config) if main else None
     probe = KNNProbe(config.probe_data, config.image_size, method.input_mean, method.input_std,
                      config.probe_train_split, config.probe_test_split) if main and config.probe_data else None
 
-    def checkpoint():
-        # Collective parts first (every process calls this), then the main process writes.
-        distributed.average_buffers(method)
-        rng = distributed.all_gather_objects(_rng_state(config.device))
-        if main:
-            save_torch({"method": method.state_dict(), "step": step, "elapsed": elapsed,
-                        "optimizers": {n: o.state_dict() for n, o in optimizers.items()},
-                        "grad_scalers": {n: o.grad_scaler.state_dict() for n, o in optimizers.items()
-                                         if o.grad_scaler is not None},
-                        "torch_rng": rng[0]["torch"], "rng_by_process": rng}, run_dir / CHECKPOINT)
+    def after_step(step, metrics):
+        if metrics is not None and (step % config.preview_every == 0 or step == config.steps):
+            _save_preview(method, dataset, preview_batch, run_dir, step)
+        # The probe curve starts at the initialisation (the call before the first step).
+        if probe is not None and (step % config.probe_every == 0 or step == config.steps):
+            score = probe(method.encoder, config.device)
+            engine.log({"step": step, "probe_knn_map": score, "elapsed_s": round(engine.elapsed, 3)})
+            plot_curves(run_dir)
+            tqdm.write(f"step {step}: probe kNN mAP {100 * score:.1f}%")
 
-    method.train()
-    started = time.perf_counter() - elapsed
-    session_start, session_first_step = time.perf_counter(), step
-    metrics_out = open(run_dir / "metrics.jsonl", "a") if main else contextlib.nullcontext()
-
-    def run_probe():
-        nonlocal started
-        probe_started = time.perf_counter()
-        score = probe(method.encoder, config.device)
-        started += time.perf_counter() - probe_started  # probing is not pretraining time
-        metrics_file.write(json.dumps({"step": step, "probe_knn_map": score, "elapsed_s": round(elapsed, 3)}) + "\n")
-        metrics_file.flush()
-        plot_curves(run_dir)
-        bar.write(f"step {step}: probe kNN mAP {100 * score:.1f}%")
-
-    with tqdm(total=config.steps, initial=step, unit="step", disable=not progress,
-              dynamic_ncols=True) as bar, metrics_out as metrics_file:
-        if probe is not None and step == 0:
-            run_probe()  # the curve starts at the initialisation
-        for batch in training_batches(dataset, config, step) if step < config.steps else ():
-            metrics = distributed.average_metrics(training_step(method, batch, optimizers, config))
-            if not all(math.isfinite(value) for value in metrics.values()):
-                raise UserError(f"loss became non-finite at step {step + 1} ({metrics}); the last good "
-                                f"checkpoint is kept in {run_dir / 'checkpoint.pt'}")
-            step += 1
-            elapsed = time.perf_counter() - started
-            if main:
-                images_per_s = ((step - session_first_step) * config.batch_size
-                                / (time.perf_counter() - session_start))
-                metrics_file.write(json.dumps({"step": step, **metrics, "elapsed_s": round(elapsed, 3)}) + "\n")
-                metrics_file.flush()
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{images_per_s:.1f}")
-                bar.update(1)
-                if step % config.preview_every == 0 or step == config.steps:
-                    _save_preview(method, dataset, preview_batch, run_dir, step)
-                if probe is not None and (step % config.probe_every == 0 or step == config.steps):
-                    run_probe()
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                checkpoint()
-            if step >= config.steps:
-                break
-    distributed.average_buffers(method)
+    engine.run(train_step, lambda start: training_batches(dataset, config, start), after_step)
     if main:
         plot_curves(run_dir)
-        _save_encoder(method, config, run_dir, elapsed, step)
+        _save_encoder(method, config, run_dir, engine.elapsed, engine.step)
     distributed.barrier()  # the run folder is complete for every process (a suite transfers it next)
     return run_dir
 
@@ -325,33 +253,6 @@ def _preview_batch(dataset, config):
     preview_items = [dataset[k] for k in preview_keys]
     return {key: torch.stack([item[key] for item in preview_items]).to(config.device)
             for key in preview_items[0]}
-
-
-def _rng_state(device):
-    """The generators dropout and other in-step draws use: torch's CPU one and the device's."""
-    cuda = torch.device(device).type == "cuda"
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None}
-
-
-def _restore_rng(state, config):
-    saved = state.get("rng_by_process") or [{"torch": state["torch_rng"], "cuda": None}]
-    processes, rank = distributed.world_size(), distributed.rank()
-    if len(saved) != processes:
-        distributed.warn_main(f"resuming with {processes} process(es) a run checkpointed with {len(saved)}: "
-                              f"the batches are the same, the dropout draws are not")
-    if rank < len(saved):
-        torch.set_rng_state(saved[rank]["torch"].cpu())  # map_location may have moved it
-        if saved[rank]["cuda"] is not None and torch.device(config.device).type == "cuda":
-            torch.cuda.set_rng_state(saved[rank]["cuda"].cpu(), config.device)
-    else:
-        torch.manual_seed(distributed.process_seed(config.seed, rank) + state["step"])
-
-
-def _truncate_metrics(path, step):
-    """Drop metric lines past the checkpoint: those steps run again after a resume."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
 
 
 def pretraining_label(config, method):

@@ -14,17 +14,8 @@ from torch import nn
 from data.images import VOC_CLASSES
 from data.voc import VOCDetection
 from runtime.errors import UserError
-from transfer.detection import (
-    MAX_PROPOSALS,
-    DetectionSamples,
-    FastRCNN,
-    cached_proposals,
-    drop_easy_background,
-    proposal_dir,
-    run_detection,
-    selective_search,
-    shared_parts,
-)
+from transfer.detection import (MAX_PROPOSALS, DetectionSamples, FastRCNN, cached_proposals, drop_easy_background,
+                                proposal_dir, run_detection, selective_search, shared_parts)
 from transfer.encoders import load_encoder
 from transfer.finetune import TransferConfig
 

@@ -11,14 +11,8 @@ from PIL import Image
 from benchmarks.cli import main
 
 # Importing the two modules registers "relative-context" and "rotation" for the CLI tests below.
-from pretrain.methods.relative_context import (
-    NEIGHBOUR_OFFSETS,
-    RelativeContext,
-    crop_patches,
-    drop_colours,
-    patch_grid,
-    patch_pair_positions,
-)
+from pretrain.methods.relative_context import (NEIGHBOUR_OFFSETS, RelativeContext, crop_patches, drop_colours,
+                                               patch_grid, patch_pair_positions)
 from pretrain.methods.rotation import RotationPrediction, rotated_batch
 from pretrain.train import PretrainConfig
 from runtime.errors import UserError

@@ -3,14 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.networks import (
-    ChannelwiseFC,
-    Discriminator,
-    FeatureContextEncoder,
-    InpaintingGenerator,
-    alexnet_encoder,
-    alexnet_pool5_side,
-)
+from pretrain.networks import (ChannelwiseFC, Discriminator, FeatureContextEncoder, InpaintingGenerator,
+                               alexnet_encoder, alexnet_pool5_side)
 from runtime.errors import UserError
 
 

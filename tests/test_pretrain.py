@@ -12,7 +12,8 @@ from PIL import Image
 
 from benchmarks.cli import main
 from pretrain.methods import get_method
-from pretrain.train import PretrainConfig
+from pretrain.train import PretrainConfig, build, training_images
+from runtime.engine import read_checkpoint
 from runtime.runfiles import save_torch
 
 # The main alexnet run on the toy VOC set.
@@ -50,8 +51,8 @@ def fresh_method(run_dir, seed):
 def load_method(run_dir, seed=0):
     """A fresh method with the run's checkpoint.pt loaded, in eval mode; and the checkpoint."""
     method = fresh_method(run_dir, seed)
-    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    method.load_state_dict(state["method"])
+    state = read_checkpoint(run_dir / "checkpoint.pt")
+    method.load_state_dict(state["model"])
     return method, state
 
 
@@ -337,7 +338,8 @@ def test_random_region_run(toy_voc_root, tmp_path):
     method, _ = load_method(out)
     assert method.configure_optimizers()["generator"].param_groups[0]["lr"] == 1e-4
     # Holes cover at most a quarter and differ between images.
-    holes = [method.mask_sampler(np.random.default_rng(seed)) for seed in range(4)]
+    _, dataset = build(PretrainConfig(**cfg), training_images(PretrainConfig(**cfg)), progress=False)
+    holes = [dataset.mask_sampler(np.random.default_rng(seed)) for seed in range(4)]
     assert all(0 < h.mean() <= 0.25 for h in holes)
     assert not np.array_equal(holes[0], holes[1])
 
@@ -377,7 +379,7 @@ def test_inpaint_adversarial_run(toy_voc_root, inpaint_out):
     assert state["optimizers"]["generator"]["param_groups"][0]["lr"] == pytest.approx(2e-3)
     assert state["optimizers"]["discriminator"]["param_groups"][0]["lr"] == pytest.approx(2e-4)
     assert state["optimizers"]["generator"]["param_groups"][0]["betas"] == (0.5, 0.999)
-    assert any(key.startswith("discriminator.") for key in state["method"])
+    assert any(key.startswith("discriminator.") for key in state["model"])
     encoder_state = torch.load(out / "encoder.pt", weights_only=True)
     assert [v.shape for v in encoder_state.values()].count((4000, 512, 4, 4)) == 1  # 4000-d bottleneck
 

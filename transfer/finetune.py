@@ -1,23 +1,19 @@
 """What the fine-tuning tasks share: their config, normalisation, and the SGD training loop."""
 import dataclasses
-import math
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from data.pixels import channel_stats, load_rgb, normalized_tensor, resize_shorter_side
-from data.sampling import EpochOrder
+from data.sampling import EVAL_EPOCH, EpochOrder, SeededItems
 from data.voc import drop_unreadable, image_paths
-from runtime import distributed, speedups
+from runtime import distributed
 from runtime.device import check_scaling_options, resolve_device, seed_everything, seed_worker
+from runtime.engine import Engine, prepare_model, take_step
 from runtime.errors import UserError
-from runtime.runfiles import CHECKPOINT, save_torch
 from .encoders import load_encoder, standardize_units
 
 
@@ -153,86 +149,24 @@ def evaluation_items(dataset, augmenter, config, device, batch_size=None, collat
 
 
 def fit(model, loss_fn, batches_from, config, lr, weight_decay, desc, run_dir, progress=True):
-    """SGD with momentum 0.9 and polynomial decay (power 0.9) over `config.steps` steps.
-
-    Every config.checkpoint_every steps, and at the end, the training state is written to
-    run_dir/checkpoint.pt; when that file is already there (an interrupted run), training
-    continues from it and ends with the weights an uninterrupted run would have.
-
-    Under torchrun the model trains wrapped in DistributedDataParallel (each process a share of
-    the global batch, gradients averaged), with --sync-bn its BatchNorms synchronised; forwards
-    and losses run under autocast in config.precision. Returns `model` (unwrapped), in eval mode.
-    """
-    device = next(model.parameters()).device
-    main = distributed.is_main()
-    progress = progress and main
-    if config.sync_bn and distributed.active():
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if speedups.use_channels_last(device):
-        model = model.to(memory_format=torch.channels_last)
-    if config.compile:
-        model.compile()
-    model.train()
-    trained = model
-    if distributed.active():
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None)
+    """SGD with momentum 0.9 and polynomial decay (power 0.9) over `config.steps` steps, through the
+    training engine (runtime.engine): checkpoints in run_dir and exact resume, data parallelism
+    under torchrun, autocast in config.precision, --sync-bn and --compile. `loss_fn(model, batch)`
+    is the task's loss on one batch. Returns `model`, in eval mode."""
+    model = prepare_model(model, next(model.parameters()).device, config.compile, config.sync_bn)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
                                 momentum=0.9, weight_decay=weight_decay)
-    scaler = speedups.grad_scaler(config.precision, device)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: (1 - step / config.steps) ** 0.9)
-    path, step = Path(run_dir) / CHECKPOINT, 0
-    if path.is_file():
-        state = torch.load(path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        rng = state.get("rng_by_process") or [state["torch_rng"]]
-        if len(rng) != distributed.world_size():
-            distributed.warn_main(f"resuming with {distributed.world_size()} process(es) a run checkpointed "
-                                  f"with {len(rng)}: the batches are the same, the dropout draws are not")
-        torch.set_rng_state(rng[min(distributed.rank(), len(rng) - 1)].cpu())
-        step = state["step"]
-    elif distributed.rank() > 0:
-        torch.manual_seed(distributed.process_seed(config.seed, distributed.rank()))  # its own dropout draws
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / config.steps) ** 0.9)
+    engine = Engine(model, {"sgd": optimizer}, run_dir, steps=config.steps, batch_size=config.batch_size,
+                    seed=config.seed, device=next(model.parameters()).device, precision=config.precision,
+                    checkpoint_every=config.checkpoint_every, schedules={"sgd": schedule}, desc=desc,
+                    progress=progress)
 
-    def checkpoint():
-        rng = distributed.all_gather_objects(torch.get_rng_state())
-        if main:
-            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(), "torch_rng": rng[0], "rng_by_process": rng,
-                        "step": step, **({"scaler": scaler.state_dict()} if scaler is not None else {})}, path)
+    def train_step(trained, batch):
+        loss = loss_fn(trained, batch)
+        take_step(optimizer, loss)
+        return {"loss": loss.item()}
 
-    started, first_step = time.perf_counter(), step
-    with tqdm(total=config.steps, initial=step, desc=desc, unit="step", disable=not progress,
-              dynamic_ncols=True) as bar:
-        for batch in batches_from(step) if step < config.steps else ():
-            with speedups.autocast(config.precision, device):
-                loss = loss_fn(trained, batch)
-            # Each process checks the mean over the global batch, so all stop together.
-            loss_value = distributed.average_metrics({"loss": loss.item()})["loss"]
-            if not math.isfinite(loss_value):
-                raise UserError(f"{desc}: loss became {loss_value} at step {step + 1}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            schedule.step()
-            step += 1
-            rate = (step - first_step) * config.batch_size / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.1f}")
-            bar.update(1)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                checkpoint()
-            if step >= config.steps:
-                break
-    distributed.average_buffers(model)  # without --sync-bn each process kept its own statistics
+    engine.run(train_step, batches_from)
     model.eval()
     return model

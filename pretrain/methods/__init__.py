@@ -11,8 +11,9 @@ import os
 import sys
 from pathlib import Path
 
+from runtime.engine import take_step
 from runtime.errors import UserError
-from .base import PretextMethod, classification_metrics, take_step
+from .base import PretextMethod, classification_metrics
 
 ENTRY_POINT_GROUP = "context_encoder_bench.methods"
 METHODS = {}

@@ -1,7 +1,6 @@
 """Context encoder (Pathak et al., CVPR 2016): predict dropped pixels from their surroundings."""
 import torch
 
-from data.masks import MaskSampler, load_region_shapes
 from runtime.errors import UserError
 from .. import losses
 from ..backbones import build_backbone, is_backbone_arch
@@ -36,9 +35,8 @@ class ContextEncoder(PretextMethod):
             raise UserError(f"unknown --optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         self.config = config
         side = config.image_size
+        # Central holes shrink by the band, which stays visible (build() gives the data side this).
         self.overlap = default_overlap(config.arch) if config.overlap is None else config.overlap
-        shapes = load_region_shapes(config.mask_dir) if config.mask == "random-region" else None
-        self.mask_sampler = MaskSampler(config.mask, side, self.overlap, shapes)
 
         # The inpainting network outputs only the centre quarter for central holes (§3b).
         self.patch = None
