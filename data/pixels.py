@@ -23,6 +23,8 @@ def load_rgb(path, shorter_side=None):
 
 
 BAD_IMAGE_POLICIES = ("fail", "skip")
+BAD_IMAGES_HELP = ("an image that cannot be decoded: stop the run naming it (fail), or check every image first "
+                   "and leave the unreadable ones out with a warning (skip)")
 
 
 def readable_only(paths, policy, what, progress=True):

@@ -1,8 +1,11 @@
 """The order of training items: endless seeded epochs, keyed by (epoch, index), resumable at any
 step and split evenly between processes."""
 import numpy as np
-from torch.utils.data import Dataset, Sampler
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from runtime import distributed
+from runtime.device import seed_worker
 from runtime.errors import UserError
 
 
@@ -58,3 +61,22 @@ class SeededItems(Dataset):
 
 # The "epoch" of evaluation items' seeds: no training epoch reaches it.
 EVAL_EPOCH = 2**31 - 2
+
+
+def loader_options(workers, device):
+    """DataLoader settings every loader shares: worker processes kept across epochs (seeded by
+    seed_worker), pinned memory for non-blocking copies to a GPU."""
+    return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": str(device).startswith("cuda"),
+            "worker_init_fn": seed_worker}
+
+
+def epoch_batches(dataset, batch_size, seed, start_step, workers, device, collate_fn=None):
+    """Batches of `dataset` (looked up by EpochOrder's (epoch, index) keys) from `start_step` on,
+    forever: under torchrun this process's share of each global batch of `batch_size`."""
+    processes = distributed.world_size()
+    return DataLoader(dataset, batch_size=batch_size // processes, collate_fn=collate_fn,
+                      sampler=EpochOrder(len(dataset), batch_size, seed, start_step, distributed.rank(), processes),
+                      **loader_options(workers, device),
+                      # Its own generator: making the loader must not draw from the RNG that dropout
+                      # uses, or a resumed run would diverge.
+                      generator=torch.Generator().manual_seed(seed))

@@ -24,7 +24,7 @@ from data.masks import MaskSampler, load_region_shapes
 from data.pixels import load_rgb, normalized_tensor, readable_only
 from pretrain.methods import get_method
 from pretrain.methods.context_encoder import ContextEncoder
-from pretrain.train import PretrainConfig
+from pretrain.train import load_run_config
 from runtime.device import resolve_device
 from runtime.engine import read_checkpoint
 from runtime.errors import UserError
@@ -54,7 +54,7 @@ class Inpainter:
         config_path, checkpoint = run_dir / "config.json", run_dir / CHECKPOINT
         if not config_path.is_file():
             raise UserError(f"--run {run}: not a `bench pretrain` run folder (no config.json)")
-        config = PretrainConfig(**json.loads(config_path.read_text())["config"])
+        config = load_run_config(run_dir)
         if get_method(config.method) is not ContextEncoder:
             raise UserError(f"--run {run} is a {config.method} run; inpainting needs a context-encoder run")
         if not checkpoint.is_file():
@@ -70,7 +70,7 @@ class Inpainter:
         self.method.to(self.device).eval()
         # Runs that differ only in their seed share a label, so the table averages over them.
         precision = "" if config.precision == "fp32" else f", {config.precision}"
-        self.label = f"context encoder ({config.mask}), {config.loss}, {config.arch}{precision}"
+        self.label = f"context encoder ({config.mask}), {self.method.options.loss}, {config.arch}{precision}"
         self.mean = torch.tensor(self.method.input_mean).view(1, 3, 1, 1)
         self.std = torch.tensor(self.method.input_std).view(1, 3, 1, 1)
 
@@ -122,7 +122,8 @@ def hole_sampler(config, mask, mask_dir):
                             f"(the run's {mask_dir} is not there)")
         shapes = load_region_shapes(mask_dir)
     # The central hole keeps the run's overlap band, as the network was trained with.
-    return mask, MaskSampler(mask, config.image_size, config.overlap if mask == "central" else 0, shapes)
+    overlap = ContextEncoder.resolve_options(config).overlap if mask == "central" else 0
+    return mask, MaskSampler(mask, config.image_size, overlap, shapes)
 
 
 def draw_holes(sampler, count, seed):

@@ -1,11 +1,25 @@
 """The device, the seeds, and the options that depend on the device and the process count."""
+import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import distributed, speedups
 from .errors import UserError
+from .options import option
+
+
+@dataclass
+class DeviceOptions:
+    """Where and how fast a run trains: the options pretraining and transfer share."""
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    workers: int = option(1, "DataLoader worker processes")
+    precision: str = option("fp32", "autocast dtype of forward passes and losses: bf16 on CUDA or CPUs with bf16 "
+                            "instructions, fp16 on CUDA (with loss scaling)", choices=speedups.PRECISIONS)
+    compile: bool = option(False, "compile the networks with torch.compile")
+    sync_bn: bool = option(False, "under torchrun on GPUs: BatchNorm statistics over the global batch")
 
 
 def resolve_device(name):
@@ -41,3 +55,13 @@ def check_scaling_options(config):
     if config.batch_size % processes:
         raise UserError(f"--batch-size {config.batch_size} is not divisible by the {processes} processes; "
                         f"the global batch is split evenly between them")
+
+
+def start_process(device_name=None):
+    """Set this process up for a run, and return the device it trains on: its share of the CPU
+    cores (divided between torchrun's processes on this machine), and with a device, the process
+    group under torchrun (the device becomes cuda:LOCAL_RANK there). Every entry point calls it
+    (the CLI, pretrain, resume_pretraining, run_task); the process group is joined once."""
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // processes_here))
+    return None if device_name is None else distributed.setup(resolve_device(device_name))

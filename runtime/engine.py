@@ -26,9 +26,22 @@ from tqdm import tqdm
 
 from . import distributed, speedups
 from .errors import UserError
+from .options import check_ranges, flag
 from .runfiles import CHECKPOINT, save_torch
 
 METRICS = "metrics.jsonl"
+
+
+def check_training_options(config, *extra):
+    """A one-line error for a step count, batch size, worker count, learning rate, image size or
+    checkpoint interval out of range (the options pretraining and fine-tuning share), or for one
+    of the (flag, value, ok, rule) `extra` rules."""
+    check_ranges([*[(flag(name), getattr(config, name), getattr(config, name) >= 1, "at least 1")
+                    for name in ("steps", "batch_size", "checkpoint_every")],
+                  ("--image-size", config.image_size, config.image_size is None or config.image_size >= 1,
+                   "at least 1"),
+                  ("--workers", config.workers, config.workers >= 0, "0 or more"),
+                  ("--lr", config.lr, config.lr is None or config.lr > 0, "positive"), *extra])
 
 
 def prepare_model(model, device, compile=False, sync_bn=False):
@@ -55,6 +68,16 @@ def data_parallel_view(model, device):
     the engine averages them at checkpoints). One process: `model` unchanged."""
     if not distributed.active():
         return model
+    loose = [name for name, p in model.named_parameters(recurse=False) if p.requires_grad]
+    if loose:
+        raise UserError(f"{type(model).__name__} has trainable parameters outside its sub-networks "
+                        f"({', '.join(loose)}): they would not be averaged over processes; move them into one")
+    owners = {}
+    for name, child in model.named_children():
+        for p in child.parameters():
+            if p.requires_grad and owners.setdefault(id(p), name) != name:
+                raise UserError(f"{type(model).__name__}: {owners[id(p)]} and {name} share parameters; make one "
+                                f"of them a property, not a sub-network, to train data-parallel")
     device = torch.device(device)
     view = copy.copy(model)
     view.__dict__["_modules"] = {
@@ -138,9 +161,10 @@ class Engine:
             for batch in batches_from(self.step) if self.step < self.steps else ():
                 metrics = self.train_one_step(train_step, trained, batch)
                 if not all(math.isfinite(value) for value in metrics.values()):
-                    raise UserError(f"{self.desc}: loss became non-finite at step {self.step + 1} ({metrics}); "
-                                    f"the last good checkpoint is kept in {self.run_dir / CHECKPOINT}; "
-                                    f"try a lower --lr")
+                    kept = (f"; the last good checkpoint is kept in {self.run_dir / CHECKPOINT}"
+                            if self.run_dir is not None and (self.run_dir / CHECKPOINT).is_file() else "")
+                    raise UserError(f"{self.desc}: loss became non-finite at step {self.step + 1} ({metrics})"
+                                    f"{kept}; try a lower --lr")
                 for schedule in self.schedules.values():
                     schedule.step()
                 self.step += 1
@@ -212,9 +236,20 @@ def read_checkpoint(path, device="cpu", mmap=False):
     """A checkpoint.pt the engine wrote: {"model": state_dict, "optimizers", "schedules",
     "grad_scalers", "step", "elapsed", "rng_by_process"}. mmap: read tensors only when used."""
     state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
-    state = {"schedules": {}, "grad_scalers": {}, **state}
-    if "method" in state:  # a pretraining checkpoint of an earlier version
+    return _upgraded(state)
+
+
+def _upgraded(state):
+    """A checkpoint of an earlier version in today's layout: pretraining's ("method", "torch_rng")
+    and fine-tuning's ("model", "optimizer", "schedule", "scaler", RNG tensors, no "elapsed")."""
+    state = {"schedules": {}, "grad_scalers": {}, "elapsed": 0.0, **state}
+    if "method" in state:
         state["model"] = state.pop("method")
+    for old, new in (("optimizer", "optimizers"), ("schedule", "schedules"), ("scaler", "grad_scalers")):
+        if old in state:
+            state[new] = {"sgd": state.pop(old)}
+    rng = state.get("rng_by_process") or [state.get("torch_rng")]
+    state["rng_by_process"] = [entry if isinstance(entry, dict) else {"torch": entry, "cuda": None} for entry in rng]
     return state
 
 

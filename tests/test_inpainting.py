@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from benchmarks.table import write_table
+from evaluation import inpaint_baselines as baselines
 from evaluation.inpainting import evaluate_inpainting
-from transfer import inpaint_baselines as baselines
 from transfer.metrics import hole_scores
 from helpers import bench
 

@@ -49,7 +49,7 @@ def test_overlap_is_recorded_in_the_encoder_record_and_label(toy_voc_root, tmp_p
     assert bench("pretrain", "--data-root", toy_voc_root, "--out", out, "--image-size", 64, "--steps", 1,
                  "--batch-size", 4, "--workers", 0, "--mask", "random-block", "--overlap", 2) == 0
     info = json.loads((out / "encoder.json").read_text())
-    assert info["overlap"] == 2 and info["overlap_weight"] == 10
+    assert info["method_options"]["overlap"] == 2 and info["method_options"]["overlap_weight"] == 10
     assert info["label"] == "context-encoder (random-block, overlap 2 px x10)"
 
 

@@ -1,4 +1,5 @@
-"""What the fine-tuning tasks share: their config, normalisation, and the SGD training loop."""
+"""What the fine-tuning tasks share: their config, set-up (encoder, data, normalisation), batches,
+and `fit`, their SGD schedule on the training engine."""
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -7,41 +8,51 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from data.pixels import channel_stats, load_rgb, normalized_tensor, resize_shorter_side
-from data.sampling import EVAL_EPOCH, EpochOrder, SeededItems
+from data.pixels import (BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, load_rgb, normalized_tensor,
+                         resize_shorter_side)
+from data.sampling import EVAL_EPOCH, SeededItems, epoch_batches, loader_options
 from data.voc import drop_unreadable, image_paths
 from runtime import distributed
-from runtime.device import check_scaling_options, resolve_device, seed_everything, seed_worker
+from runtime.device import DeviceOptions, check_scaling_options, resolve_device, seed_everything, start_process
 from runtime.engine import Engine, prepare_model, take_step
 from runtime.errors import UserError
+from runtime.options import option
 from .encoders import load_encoder, standardize_units
 
 
+def task_names():
+    from .tasks import TASKS  # tasks imports the task modules, which import this one
+    return sorted(TASKS)
+
+
 @dataclass
-class TransferConfig:
-    task: str = "seg"
-    protocol: str = "finetune"
-    init: str = "random"
-    data_root: str = ""
-    year: str | None = None
-    train_split: str = "train"
-    test_split: str = "val"
-    image_size: int | None = None   # None: the encoder's pretraining size (encoder.json), else 96
+class TransferConfig(DeviceOptions):
+    """Everything a transfer run depends on; each field with help text is a `bench transfer` flag."""
+    task: str = option("seg", "seg: FCN-32s, mean IU; cls: mAP; det: Fast R-CNN, VOC07 mAP at IoU 0.5",
+                       choices=task_names, required=True)
+    protocol: str = option("finetune", "cls only: finetune everything, or linear SVMs on frozen pool5 features",
+                           choices=("finetune", "svm"))
+    init: str = option("random", "a `bench pretrain` run folder, an encoder.pt, 'random' (He-normal), "
+                       "'random-gaussian' (N(0, 0.01^2)), 'random-kraehenbuehl' (data-dependent) or "
+                       "'torchvision-alexnet:PATH'")
+    data_root: str = option("", "a VOC root; default: the built-in toy VOC set")
+    year: str | None = option(None, "VOC year (default: 2012 for seg, 2007 for cls/det, else the newest present)")
+    train_split: str | None = option(None, "default: train (seg), trainval (cls, det)")
+    test_split: str | None = option(None, "default: val (seg), test (cls, det)")
+    image_size: int | None = option(None, "crop side in px (the paper: 227); default: the size the --init "
+                                    "encoder was pretrained at (its encoder.json), else 96")
+    batch_size: int = option(16, "images per step (split between processes under torchrun)")
+    lr: float | None = option(None, "SGD learning rate (default: 0.01 seg, 1e-3 cls and det), polynomial decay")
+    steps: int = option(300, "training iterations")
+    fc_width: int = option(1024, "width of the fresh fc6/fc7 (the paper: 4096)")
+    proposals: str = option("selective-search", "det only: cached selective-search boxes (Fast R-CNN) or a "
+                            "jointly trained RPN (Faster R-CNN)", choices=("selective-search", "rpn"))
+    rescale: bool = option(False, "scale each encoder layer by one factor to unit-variance outputs on the "
+                           "training images first (Kraehenbuehl et al.'s between-layer calibration)")
+    seed: int = option(0, "seed of the fresh layers, batches and dropout")
+    bad_images: str = option("fail", BAD_IMAGES_HELP, choices=BAD_IMAGE_POLICIES)
+    checkpoint_every: int = option(100, "steps between training checkpoints (what --resume continues from)")
     image_size_from: str | None = None  # set by run_task: "option", "encoder.json" or "default"
-    batch_size: int = 16
-    lr: float | None = None
-    steps: int = 300
-    fc_width: int = 1024
-    proposals: str = "selective-search"
-    rescale: bool = False
-    checkpoint_every: int = 100
-    bad_images: str = "fail"
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 1
-    precision: str = "fp32"     # autocast dtype of training forwards: fp32 | bf16 | fp16
-    compile: bool = False       # torch.compile the model
-    sync_bn: bool = False       # SyncBatchNorm across processes under torchrun (CUDA)
 
 
 @dataclass
@@ -62,9 +73,8 @@ def set_up_task(config, dataset_class):
     for random init), and 64 centre crops of training images for the data-dependent inits.
     Krähenbühl's init (--init random-kraehenbuehl) standardises every unit of the encoder on them;
     config.rescale scales each encoder layer by one factor (see standardize_units)."""
-    device = resolve_device(config.device)
-    check_scaling_options(dataclasses.replace(config, device=device))
-    device = distributed.setup(device)
+    check_scaling_options(dataclasses.replace(config, device=resolve_device(config.device)))
+    device = start_process(config.device)
     seed_everything(config.seed)
     encoder, init_info = load_encoder(config.init)
     train_set = dataset_class(config.data_root, config.train_split, config.year)
@@ -118,26 +128,11 @@ class Crops:
         return torch.stack(crops) if self.count > 1 else crops[0]
 
 
-def loader_options(config, device):
-    """DataLoader settings every loader of a task shares: worker processes kept across epochs,
-    pinned memory for non-blocking copies to a GPU."""
-    return {"num_workers": config.workers, "persistent_workers": config.workers > 0,
-            "pin_memory": str(device).startswith("cuda"), "worker_init_fn": seed_worker}
-
-
 def seeded_batches(dataset, augmenter, config, collate_fn=None, device="cpu"):
     """A function of the start step giving shuffled batches from that step on, forever: this
     process's share of each global batch of config.batch_size under torchrun."""
-    processes = distributed.world_size()
-
-    def batches_from(step):
-        return iter(DataLoader(
-            SeededItems(dataset, augmenter, config.seed), batch_size=config.batch_size // processes,
-            sampler=EpochOrder(len(dataset), config.batch_size, config.seed, step, distributed.rank(), processes),
-            collate_fn=collate_fn, **loader_options(config, device),
-            # Its own generator: making the loader must not draw from the RNG that dropout uses.
-            generator=torch.Generator().manual_seed(config.seed)))
-    return batches_from
+    return lambda step: iter(epoch_batches(SeededItems(dataset, augmenter, config.seed), config.batch_size,
+                                           config.seed, step, config.workers, device, collate_fn))
 
 
 def evaluation_items(dataset, augmenter, config, device, batch_size=None, collate_fn=None):
@@ -145,7 +140,7 @@ def evaluation_items(dataset, augmenter, config, device, batch_size=None, collat
     augmented from a generator seeded by (seed, index): the same views whichever process scores it."""
     keys = [(EVAL_EPOCH, index) for index in distributed.shard(len(dataset))]
     return DataLoader(SeededItems(dataset, augmenter, config.seed), batch_size=batch_size or config.batch_size,
-                      sampler=keys, collate_fn=collate_fn, **loader_options(config, device))
+                      sampler=keys, collate_fn=collate_fn, **loader_options(config.workers, device))
 
 
 def fit(model, loss_fn, batches_from, config, lr, weight_decay, desc, run_dir, progress=True):

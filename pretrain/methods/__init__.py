@@ -58,6 +58,11 @@ def _import_plugin(module):
     importlib.import_module(module)
 
 
+def method_names():
+    """The registered methods' names (plug-ins included), sorted."""
+    return sorted(METHODS)
+
+
 def get_method(name):
     if name not in METHODS:
         load_plugins()  # a library user may not have gone through the CLI, which loads them first
@@ -67,7 +72,8 @@ def get_method(name):
 
 
 # Built-ins register themselves on import.
-from . import autoencoder, context_encoder, denoising_autoencoder, relative_context, rotation, supervised  # noqa: E402,F401
+from . import (autoencoder, context_encoder, denoising_autoencoder, relative_context,  # noqa: E402,F401,I001
+               rotation, supervised)
 
 __all__ = ["ENTRY_POINT_GROUP", "METHODS", "PretextMethod", "classification_metrics", "get_method",
-           "load_plugins", "register", "take_step"]
+           "load_plugins", "method_names", "register", "take_step"]

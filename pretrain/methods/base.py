@@ -1,6 +1,15 @@
 """What a pretext method provides to the training engine, and a helper for writing one."""
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
+
+from runtime.options import parse_options
+
+
+@dataclass
+class NoOptions:
+    """The options of a method that has none of its own."""
 
 
 class PretextMethod(nn.Module):
@@ -25,6 +34,12 @@ class PretextMethod(nn.Module):
                                 wrapped in DistributedDataParallel (runtime.engine.data_parallel_view);
     * `preview(batch)`          -> list of image batches (normalised) shown as rows of the preview grid.
 
+    A method's own options are the fields of its `Options` dataclass, each declared with
+    runtime.options.option(default, help, choices): `bench pretrain --method NAME --help` lists them,
+    they become flags of `bench pretrain`, presets give them beside the general options, and
+    config.method_options holds their values (resolved: see `resolve_options`). `__init__` reads them
+    as `self.options = self.resolve_options(config)`.
+
     Default hyper-parameters live in the method: `configure_optimizers` uses `config.lr` when given
     and the method's own default otherwise. Random draws inside `train_step` should use torch's RNG:
     it is seeded from --seed and saved in checkpoints, so runs repeat and resume exactly.
@@ -34,6 +49,17 @@ class PretextMethod(nn.Module):
     description = ""
     uses_masks = False
     uses_labels = False
+    Options = NoOptions
+
+    @classmethod
+    def resolve_options(cls, config):
+        """An `Options` from config.method_options, checked (unknown names, choices). A method whose
+        defaults depend on the rest of the config fills them in here, so config.json records them."""
+        return parse_options(cls.Options, config.method_options, f"--method {cls.name}")
+
+    def label_details(self, config):
+        """What the table's row name shows in brackets after the method name ("" for nothing)."""
+        return config.mask if self.uses_masks else ""
 
 
 def classification_metrics(logits, labels):
