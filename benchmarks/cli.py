@@ -1,26 +1,15 @@
 """`bench`: the command line. Each sub-command parses options and calls one library function."""
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from pretrain.errors import UserError
-
-DEFAULT_TOY = {"n_images": 200, "size": 96, "seed": 0}
-
-
-def default_data_root():
-    """The built-in toy VOC set, generated into the cache folder the first time."""
-    from pretrain.runfiles import cache_dir
-    from transfer.toy_voc import ensure_toy_voc
-    root = ensure_toy_voc(cache_dir(), **DEFAULT_TOY)
-    print(f"no --data-root given: using the built-in toy VOC set at {root}", file=sys.stderr)
-    return root
+from runtime.errors import UserError
+from runtime.options import HelpFormatter
 
 
 def is_main_process():
     """False in the processes torchrun starts besides the main one: they print nothing."""
-    from pretrain.distributed import is_main
+    from runtime.distributed import is_main
     return is_main()
 
 
@@ -45,211 +34,91 @@ def add_plugin_option(p):
 
 
 def add_bad_images_option(p, default):
-    from pretrain.data import BAD_IMAGE_POLICIES
-    p.add_argument("--bad-images", default=default, choices=BAD_IMAGE_POLICIES,
-                   help="an image that cannot be decoded: stop the run naming it (fail), or check every image "
-                        "first and leave the unreadable ones out with a warning (skip)")
+    from data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP
+    p.add_argument("--bad-images", default=default, choices=BAD_IMAGE_POLICIES, help=BAD_IMAGES_HELP)
 
 
-def add_scaling_options(p, defaults):
-    """--precision, --compile and --sync-bn, shared by pretrain and transfer."""
-    from pretrain.speedups import PRECISIONS
-    p.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
-                   help="autocast dtype of forward passes and losses: bf16 on CUDA or CPUs with bf16 "
-                        "instructions, fp16 on CUDA (with loss scaling)")
-    p.add_argument("--compile", action="store_true", help="compile the networks with torch.compile")
-    p.add_argument("--sync-bn", action="store_true",
-                   help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)")
-
-
-def add_pretrain_parser(commands):
-    from pretrain.masks import MASK_KINDS
+def add_pretrain_parser(commands, method):
+    """`bench pretrain`: PretrainConfig's options, then those of `--method` (a name; unknown: the
+    default method's)."""
     from pretrain.methods import METHODS
-    from pretrain.methods.context_encoder import LOSSES, OPTIMIZERS
     from pretrain.train import PretrainConfig
-    defaults = PretrainConfig()
+    from runtime.options import add_options
     p = commands.add_parser(
         "pretrain", help="learn an encoder without labels",
         description="Train a pretext method and write a run folder: config.json, metrics.jsonl, "
                     "checkpoint.pt, encoder.pt + encoder.json (for `bench transfer`) and preview PNGs. "
                     "With no options: the context encoder on the built-in toy data (quick preset).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--method", default=defaults.method, choices=sorted(METHODS),
-                   help="pretext method (`bench methods` lists them)")
+        formatter_class=HelpFormatter)
     add_plugin_option(p)
-    p.add_argument("--arch", default=defaults.arch,
-                   help="backbone: alexnet (the paper's feature-learning network, any size >= 63 px) or "
-                        "timm:<model name> (e.g. timm:resnet18); context-encoder also takes inpaint "
-                        "(the 128 px inpainting network with a 4000-d bottleneck)")
-    p.add_argument("--mask", default=defaults.mask, choices=MASK_KINDS, help="hole strategy")
-    p.add_argument("--loss", default=defaults.loss, choices=LOSSES,
-                   help="l2: masked L2; l2+adv: 0.999 L2 + 0.001 adversarial (DCGAN discriminator)")
-    p.add_argument("--data-root", default=None,
-                   help="a VOC root (VOCdevkit parent, VOCdevkit or VOC<year>) or any folder of "
-                        "images; default: the built-in toy VOC set")
-    p.add_argument("--split", default=defaults.split, help="image set of a VOC root")
-    p.add_argument("--year", default=None, help="VOC year folder (default: the newest present)")
-    p.add_argument("--mask-dir", default=None,
-                   help="folder of VOC segmentation PNGs for random-region shapes "
-                        "(default: the data root's SegmentationClass)")
-    p.add_argument("--image-size", type=positive_int, default=defaults.image_size,
-                   help="square crop side fed to the network (paper: 227 alexnet, 128 inpaint)")
-    p.add_argument("--load-size", type=positive_int, default=None,
-                   help="images are rescaled to this shorter side before the random crop "
-                        "(default: 1.15 x image size; the paper's inpainting used 350)")
-    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=None,
-                   help="Adam learning rate of the network (the discriminator gets lr/10); default: "
-                        "1e-3 central / 1e-4 other masks for alexnet, 2e-3 for inpaint")
-    p.add_argument("--steps", type=positive_int, default=None,
-                   help=f"training iterations (default: {defaults.steps}; with --resume: the run's own)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=non_negative_int, default=defaults.workers, help="DataLoader worker processes")
-    add_bad_images_option(p, defaults.bad_images)
-    add_scaling_options(p, defaults)
-    p.add_argument("--no-image-cache", dest="image_cache", action="store_false",
-                   help="decode every image at every use instead of once into the uint8 cache under the "
-                        "cache folder ($BENCH_CACHE_DIR/images)")
-    p.add_argument("--overlap", type=non_negative_int, default=defaults.overlap,
-                   help="width in px of the band around the hole that is predicted too, at --overlap-weight "
-                        "(default: 0 for the feature networks, the paper's L2 over the dropped pixels only; "
-                        "4 for --arch inpaint, as the released inpainting code)")
-    p.add_argument("--overlap-weight", type=float, default=defaults.overlap_weight,
-                   help="L2 weight of the overlap band relative to the hole")
-    p.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS,
-                   help="context encoder: the generator's optimiser (sgd: momentum 0.9; give --lr)")
-    p.add_argument("--adv-weight", type=float, default=defaults.adv_weight,
-                   help="weight of the adversarial term with --loss l2+adv")
-    p.add_argument("--probe-data", default=None,
-                   help="a labelled VOC root: every --probe-every steps (and at step 0) score the encoder's "
-                        "frozen pool5 features by kNN on its --probe-splits (mAP into metrics.jsonl and probe.png)")
-    p.add_argument("--probe-every", type=positive_int, default=defaults.probe_every, help="steps between probes")
-    p.add_argument("--probe-splits", nargs=2, default=[defaults.probe_train_split, defaults.probe_test_split],
-                   metavar=("TRAIN", "TEST"), help="image sets of --probe-data: kNN neighbours, scored images")
-    p.add_argument("--preview-every", type=positive_int, default=defaults.preview_every,
-                   help="write a preview grid every N steps")
-    p.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every,
-                   help="write checkpoint.pt every N steps")
+    add_options(p, PretrainConfig)
+    p.set_defaults(steps=None)  # with --resume: the run's own
     p.add_argument("--out", default=None,
                    help="run folder (default: runs/<method>-<arch>[-<mask>]-<size>px-seed<seed>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint (its saved config is used; "
                         "--steps may extend it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.set_defaults(handler=run_pretrain)
+    method_class = METHODS.get(method, METHODS[PretrainConfig.method])
+    add_options(p, method_class.Options, title=f"options of --method {method_class.name} "
+                f"(`bench pretrain --method NAME --help` shows another method's)")
+    p.set_defaults(handler=run_pretrain, method_options_class=method_class.Options)
 
 
 def run_pretrain(args):
-    from pretrain.train import PretrainConfig, pretrain, resume_pretraining
-    from pretrain.methods import get_method
-    mask = f"-{args.mask}" if get_method(args.method).uses_masks else ""
-    out = args.out or f"runs/{args.method}-{args.arch}{mask}-{args.image_size}px-seed{args.seed}"
+    import dataclasses
+
+    from data.toy_voc import default_data_root
+    from pretrain.train import PretrainConfig, pretrain, pretrain_run_name, resume_pretraining
+    from runtime.options import option_values
+    values = option_values(args, PretrainConfig)
+    steps = values.pop("steps")  # None unless given: --resume keeps the run's own
+    config = PretrainConfig(**values, method_options=option_values(args, args.method_options_class))
+    out = args.out or pretrain_run_name(config)
     if args.resume:
         if args.overwrite:
             raise UserError("--resume and --overwrite exclude each other")
-        run_dir = resume_pretraining(out, args.steps)
+        run_dir = resume_pretraining(out, steps)
     else:
-        config = PretrainConfig(
-            method=args.method, arch=args.arch, mask=args.mask, loss=args.loss,
-            data_root=str(args.data_root or default_data_root()), split=args.split, year=args.year,
-            mask_dir=args.mask_dir, image_size=args.image_size, load_size=args.load_size,
-            batch_size=args.batch_size, lr=args.lr, steps=args.steps or PretrainConfig.steps,
-            seed=args.seed, device=args.device, workers=args.workers, overlap=args.overlap,
-            overlap_weight=args.overlap_weight, adv_weight=args.adv_weight, optimizer=args.optimizer,
-            preview_every=args.preview_every, checkpoint_every=args.checkpoint_every,
-            bad_images=args.bad_images, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn,
-            image_cache=args.image_cache, probe_data=args.probe_data, probe_every=args.probe_every,
-            probe_train_split=args.probe_splits[0], probe_test_split=args.probe_splits[1])
+        config = dataclasses.replace(config, steps=config.steps if steps is None else steps,
+                                     data_root=str(config.data_root or default_data_root()))
         run_dir = pretrain(config, out, overwrite=args.overwrite)
     if is_main_process():
         print(f"run folder: {run_dir}  (encoder: {run_dir / 'encoder.pt'}, preview: {run_dir / 'preview.png'})")
 
 
 def add_transfer_parser(commands):
+    from runtime.options import add_options
     from transfer.finetune import TransferConfig
-    from transfer.tasks import TASKS
-    defaults = TransferConfig()
     p = commands.add_parser(
         "transfer", help="fine-tune an encoder on a VOC task and write a record",
         description="Fine-tune (or probe) an encoder on a PASCAL VOC task and write "
                     "<out>/record.json with the metric, per-class numbers and the full config. "
                     "seg: FCN-32s, VOC2012 train -> val, mean IU. cls: VOC2007 trainval -> test, mAP. "
                     "det: Fast R-CNN, VOC2007 trainval -> test, VOC07 mAP at IoU 0.5.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", required=True, choices=sorted(TASKS))
-    p.add_argument("--init", default="random",
-                   help="a `bench pretrain` run folder, an encoder.pt, or 'random' (no pretraining)")
-    p.add_argument("--protocol", default="finetune", choices=("finetune", "svm"),
-                   help="cls only: finetune everything, or linear SVMs on frozen pool5 features")
-    p.add_argument("--proposals", default="selective-search", choices=("selective-search", "rpn"),
-                   help="det only: cached selective-search boxes (Fast R-CNN) or a jointly trained "
-                        "RPN (Faster R-CNN)")
-    p.add_argument("--rescale", action="store_true",
-                   help="rescale the encoder's layers to unit-variance outputs on the training images "
-                        "first (Krähenbühl et al.'s data-dependent rescaling)")
-    p.add_argument("--data-root", default=None, help="a VOC root; default: the built-in toy VOC set")
-    p.add_argument("--year", default=None,
-                   help="VOC year (default: 2012 for seg, 2007 for cls/det, else the newest present)")
-    p.add_argument("--train-split", default=None, help="default: train (seg), trainval (cls, det)")
-    p.add_argument("--test-split", default=None, help="default: val (seg), test (cls, det)")
-    p.add_argument("--image-size", type=positive_int, default=None,
-                   help="crop side in px (the paper: 227); default: the size the --init encoder was "
-                        "pretrained at (its encoder.json), else 96")
-    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=None,
-                   help="SGD learning rate (default: 0.01 seg, 1e-3 cls and det), polynomial decay")
-    p.add_argument("--steps", type=positive_int, default=defaults.steps, help="training iterations")
-    p.add_argument("--fc-width", type=positive_int, default=defaults.fc_width,
-                   help="width of the fresh fc6/fc7 (the paper: 4096)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=non_negative_int, default=defaults.workers)
-    add_bad_images_option(p, defaults.bad_images)
-    add_scaling_options(p, defaults)
+        formatter_class=HelpFormatter)
+    add_options(p, TransferConfig)
     p.add_argument("--out", default=None,
-                   help="run folder (default: runs/transfer/<task>-<protocol>-<init>-seed<seed>)")
-    p.add_argument("--checkpoint-every", type=positive_int, default=defaults.checkpoint_every,
-                   help="steps between training checkpoints (what --resume continues from)")
+                   help="run folder (default: runs/transfer/<task>-<protocol>-<init run>-seed<seed>)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of this command (same options) from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.set_defaults(handler=run_transfer)
 
 
-def voc_year(root, wanted):
-    """`wanted` if the root has that VOC year, else the newest year it has."""
-    from pretrain.images import find_voc_dir
-    try:
-        return find_voc_dir(root, wanted).name[3:]
-    except UserError:
-        return find_voc_dir(root).name[3:]
-
-
 def run_transfer(args):
-    from pretrain.runfiles import staged_run_dir
+    from data.toy_voc import default_data_root
+    from runtime.options import option_values
+    from runtime.runfiles import staged_run_dir
     from transfer.finetune import TransferConfig
-    from transfer.tasks import TASK_DATA, run_task
-    if args.lr is not None and args.lr <= 0:
-        raise UserError(f"--lr must be positive, got {args.lr}")
-    task = TASK_DATA[args.task]
-    data_root = str(args.data_root or default_data_root())
-    config = TransferConfig(
-        task=args.task, protocol=args.protocol, init=args.init, data_root=data_root,
-        year=args.year or voc_year(data_root, task["year"]),
-        train_split=args.train_split or task["train_split"], test_split=args.test_split or task["test_split"],
-        image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
-        fc_width=args.fc_width, proposals=args.proposals, rescale=args.rescale,
-        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, workers=args.workers,
-        bad_images=args.bad_images, precision=args.precision, compile=args.compile, sync_bn=args.sync_bn)
-    init_name = "random" if args.init == "random" else Path(args.init).resolve().name.removesuffix(".pt")
-    variant = args.proposals if args.task == "det" else args.protocol
-    rescaled = "-rescaled" if args.rescale else ""
-    out = args.out or f"runs/transfer/{args.task}-{variant}-{init_name}{rescaled}-seed{args.seed}"
+    from transfer.tasks import run_task, transfer_run_name
+    config = TransferConfig(**option_values(args, TransferConfig))
+    config.data_root = str(config.data_root or default_data_root())
+    out = args.out or transfer_run_name(config)
     with staged_run_dir(out, args.overwrite, args.resume) as staging:
         record = run_task(config, staging)
     if is_main_process():
-        print(f"{args.task} {record['metric']} = {100 * record['value']:.1f}%  (record: {Path(out) / 'record.json'})")
+        print(f"{config.task} {record['metric']} = {100 * record['value']:.1f}%  (record: {Path(out) / 'record.json'})")
 
 
 def add_export_parser(commands):
@@ -261,7 +130,7 @@ def add_export_parser(commands):
                     "torchvision.models.alexnet() with strict=False. timm (timm:<model> encoders): "
                     "the timm model's state_dict without its classifier. detectron2: a pickle of "
                     "NumPy arrays named conv1..conv5 with detectron2's checkpoint fields.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--run", required=True, help="a `bench pretrain` run folder or an encoder.pt")
     p.add_argument("--to", required=True, choices=FORMATS, help="target checkpoint layout")
     p.add_argument("--out", required=True, help="file to write (.pth for torchvision and timm, .pkl for detectron2)")
@@ -276,7 +145,7 @@ def run_export(args):
 
 
 def add_inpaint_options(p):
-    from transfer.inpainting import INPAINT_MASKS
+    from evaluation.inpainting import INPAINT_MASKS
     p.add_argument("--run", required=True, action="append",
                    help="a context-encoder `bench pretrain` run folder; repeat to compare runs on the same holes")
     p.add_argument("--mask", default=None, choices=INPAINT_MASKS, help="hole kind (default: the run's own)")
@@ -294,7 +163,7 @@ def add_inpaint_parser(commands):
                     "to the network's input size, a hole is drawn and filled there, and the fill is "
                     "rescaled back and pasted into the hole at full resolution (the context keeps its "
                     "own pixels). Writes <out>/<image>.png: masked | fill of each --run | original.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--images", required=True, help="an image file or a folder of images")
     p.add_argument("--out", required=True, help="new folder for the side-by-side PNGs")
     add_inpaint_options(p)
@@ -302,8 +171,8 @@ def add_inpaint_parser(commands):
 
 
 def run_inpaint(args):
-    from pretrain.runfiles import staged_run_dir
-    from transfer.inpainting import inpaint_files
+    from evaluation.inpainting import inpaint_files
+    from runtime.runfiles import staged_run_dir
     if not Path(args.images).exists():
         raise UserError(f"--images {args.images} does not exist")
     with staged_run_dir(args.out, args.overwrite) as staging:
@@ -312,14 +181,14 @@ def run_inpaint(args):
 
 
 def add_eval_inpaint_parser(commands):
-    from transfer.inpainting import ROWS
+    from evaluation.inpainting import ROWS
     p = commands.add_parser(
         "eval-inpaint", help="score inpainting against the truth, with baselines (the paper's Table 1)",
         description="Fill the same holes in the images of --split with each --run's network and the "
                     "baselines, and score each over the hole with pixels in [0, 1]: mean L1, mean L2, "
                     "PSNR, SSIM. Writes <out>/<row>/record.json (read by `bench table`) and "
                     "<out>/grid.png comparing every row on the same holes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--data-root", default=None, help="a VOC root or folder of images; default: the toy VOC set")
     p.add_argument("--split", default="val", help="image set evaluated (of a VOC root)")
     p.add_argument("--year", default=None, help="VOC year folder (default: the newest present)")
@@ -335,8 +204,9 @@ def add_eval_inpaint_parser(commands):
 
 
 def run_eval_inpaint(args):
-    from pretrain.runfiles import staged_run_dir
-    from transfer.inpainting import evaluate_inpainting
+    from data.toy_voc import default_data_root
+    from evaluation.inpainting import evaluate_inpainting
+    from runtime.runfiles import staged_run_dir
     data_root = str(args.data_root or default_data_root())
     mask = f"-{args.mask}" if args.mask else ""
     out = args.out or f"runs/transfer/inpaint-{Path(args.run[0]).resolve().name}{mask}-{args.split}-seed{args.seed}"
@@ -360,7 +230,7 @@ def add_table_parser(commands):
                     "to the paper's Table 2 (results/paper_table2.csv); from `bench eval-inpaint` records "
                     "inpaint_table.csv/.md/.json next to the paper's Table 1 (results/paper_table1.csv, "
                     "measured on Paris StreetView, which is not public).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--records", default="runs/transfer", help="folder searched for record.json files")
     p.add_argument("--out", default="results", help="folder for the table files")
     p.set_defaults(handler=run_table)
@@ -383,7 +253,7 @@ def add_suite_parser(commands):
         description="Run a preset (benchmarks/presets/*.yaml, or a YAML file of the same form): "
                     "pretraining for each method and seed, every transfer task on every encoder, "
                     "then the table. Finished work (encoder.pt / record.json present) is skipped.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--preset", default="quick", help="quick, methods, cpu, paper, or a YAML file")
     p.add_argument("--pretrain-data", "--data-root", dest="data_root", default=None,
                    help="pretraining images (VOC root or folder); default: the built-in toy VOC set")
@@ -417,6 +287,7 @@ def run_methods(args):
 
 def run_suite_command(args):
     from benchmarks.suite import load_preset, run_suite
+    from data.toy_voc import default_data_root
     preset = load_preset(args.preset)
     given = {"pretrain-data": args.data_root, "transfer-data": args.transfer_data_root, "mask-dir": args.mask_dir}
     for option, hint in (preset.get("needs") or {}).items():
@@ -425,15 +296,16 @@ def run_suite_command(args):
     data_root = args.data_root or preset.get("data_root") or default_data_root()
     out = args.out or f"runs/suite-{Path(args.preset).stem}"
     table = run_suite(preset, out, data_root, args.mask_dir or preset.get("mask_dir"),
-                      args.transfer_data_root, voc_year, args.seeds, args.device)
+                      args.transfer_data_root, args.seeds, args.device)
     print_table(table, out)
 
 
 def add_data_parser(commands):
+    from data.toy_voc import DEFAULT_TOY
     p = commands.add_parser("data", help="make data sets")
     kinds = p.add_subparsers(dest="kind", required=True)
     toy = kinds.add_parser("toy", help="write the synthetic toy VOCdevkit (VOC2007 + VOC2012)",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
     toy.add_argument("--out", required=True, help="folder to write VOCdevkit/ into (must be new or empty)")
     toy.add_argument("--images", type=positive_int, default=DEFAULT_TOY["n_images"], help="images per year")
     toy.add_argument("--size", type=positive_int, default=DEFAULT_TOY["size"], help="nominal image side in px")
@@ -442,7 +314,7 @@ def add_data_parser(commands):
 
 
 def run_data_toy(args):
-    from transfer.toy_voc import write_toy_voc
+    from data.toy_voc import write_toy_voc
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; choose a new folder")
@@ -451,7 +323,7 @@ def run_data_toy(args):
 
 
 def add_speed_parser(commands):
-    from pretrain.speedups import PRECISIONS
+    from runtime.speedups import PRECISIONS
     p = commands.add_parser(
         "speed", help="measure training throughput against the machine's matmul peak",
         description="Measure the matmul peak (fp32, bf16), model-only training throughput on random "
@@ -459,7 +331,7 @@ def add_speed_parser(commands):
                     "(AlexNet context encoder, random-region holes) at each --feature-sizes and the "
                     "inpainting network at 128 px, in each --precisions. Prints a table and writes "
                     "speed.json, speed.csv and speed.md into --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--data-root", default=None,
                    help="images for the end-to-end runs (a VOC root or folder); default: the built-in toy VOC set")
     p.add_argument("--mask-dir", default=None,
@@ -482,8 +354,10 @@ def add_speed_parser(commands):
 
 def run_speed_command(args):
     import time
+
     from benchmarks.speed import default_cases, run_speed
-    from pretrain.train import resolve_device
+    from data.toy_voc import default_data_root
+    from runtime.device import resolve_device
     out = args.out or f"runs/speed-{time.strftime('%Y%m%d-%H%M%S')}"
     cases = default_cases(args.feature_sizes, args.feature_batch, args.inpaint_batch)
     out, _ = run_speed(out, args.data_root or default_data_root(), args.mask_dir, cases, args.precisions,
@@ -493,11 +367,12 @@ def run_speed_command(args):
     print(f"written: {out / 'speed.json'} (+ .csv, .md)")
 
 
-def build_parser():
+def build_parser(method=None):
+    """The `bench` parser; `method` chooses whose options `bench pretrain` offers."""
     parser = argparse.ArgumentParser(
         prog="bench", description="Context-encoder pretraining and PASCAL VOC transfer benchmarks.")
     commands = parser.add_subparsers(dest="command", required=True)
-    add_pretrain_parser(commands)
+    add_pretrain_parser(commands, method)
     add_transfer_parser(commands)
     add_table_parser(commands)
     add_export_parser(commands)
@@ -510,28 +385,25 @@ def build_parser():
     return parser
 
 
-def plugin_modules(argv):
-    """The --plugin modules of a command line, read before the full parser is built, since the
-    methods they register must be among --method's choices."""
+def early_options(argv):
+    """The --plugin modules and the --method of a command line, read before the full parser is
+    built: the methods the plugins register must be among --method's choices, and the method's
+    own options among the flags."""
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--plugin", action="append", default=[])
-    return early.parse_known_args(argv)[0].plugin
+    early.add_argument("--method", default=None)
+    return early.parse_known_args(argv)[0]
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         from pretrain.methods import load_plugins
-        load_plugins(plugin_modules(argv))
-        args = build_parser().parse_args(argv)
-        import torch
-        # All the cores we may use, no more; shared between torchrun's processes on this machine.
-        processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // processes_here))
-        if getattr(args, "device", None) is not None:  # under torchrun: join the process group first
-            from pretrain.distributed import setup
-            from pretrain.train import resolve_device
-            setup(resolve_device(args.device))
+        early = early_options(argv)
+        load_plugins(early.plugin)
+        args = build_parser(early.method).parse_args(argv)
+        from runtime.device import start_process
+        start_process(getattr(args, "device", None))  # under torchrun: join the process group first
         args.handler(args)
     except UserError as exc:
         # An error raised in a DataLoader worker arrives wrapped in the worker's traceback;
@@ -543,7 +415,7 @@ def main(argv=None):
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        from pretrain.distributed import shutdown
+        from runtime.distributed import shutdown
         shutdown()
     return 0
 

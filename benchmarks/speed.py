@@ -29,12 +29,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from pretrain import speedups
-from pretrain.errors import UserError
-from pretrain.runfiles import create_run_dir, environment_info, save_json, write_atomically
-from pretrain.data import channel_stats
-from pretrain.train import (PretrainConfig, build, make_optimizers, resolve_config, training_batches,
-                            training_images, training_step)
+from data.pixels import channel_stats
+from pretrain.train import PretrainConfig, build, pretraining_engine, resolve_config, training_batches, training_images
+from runtime import speedups
+from runtime.errors import UserError
+from runtime.runfiles import create_run_dir, environment_info, save_json, write_atomically
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,27 +103,27 @@ def measure_case(case, precision, data_root, mask_dir, device, workers, warmup, 
     # Model only: a fixed random batch, the real method, optimisers and precision.
     method, dataset = build(config, paths, progress)
     method.train()
-    optimizers = make_optimizers(method, config)
+    engine, train_step = pretraining_engine(method, config, None, progress=False)
     generator = torch.Generator().manual_seed(0)
     batch = {"image": torch.randn(case.batch_size, 3, case.image_size, case.image_size, generator=generator)}
-    if method.mask_sampler is not None:
-        hole = torch.from_numpy(method.mask_sampler(np.random.default_rng(0))).float()
+    if dataset.mask_sampler is not None:
+        hole = torch.from_numpy(dataset.mask_sampler(np.random.default_rng(0))).float()
         batch["hole"] = hole.expand(case.batch_size, 1, *hole.shape).contiguous()
     channels_last = speedups.use_channels_last(config.device)
     batch = {key: speedups.to_device(value, config.device, channels_last) for key, value in batch.items()}
     with FlopCounterMode(display=False) as counter:
-        training_step(method, batch, optimizers, config)
+        engine.train_one_step(train_step, method, batch)
     row["gflop_per_step"] = counter.get_total_flops() / 1e9
-    seconds, _ = _timed_steps(lambda: training_step(method, batch, optimizers, config)["loss"],
+    seconds, _ = _timed_steps(lambda: engine.train_one_step(train_step, method, batch)["loss"],
                               warmup, steps, config.device)
     row["model_only_img_s"] = case.batch_size / seconds
 
     # End to end: a fresh method (same seed), the training loop's own batches from step 0.
     method, dataset = build(config, paths, progress)
     method.train()
-    optimizers = make_optimizers(method, config)
+    engine, train_step = pretraining_engine(method, config, None, progress=False)
     batches = training_batches(dataset, config, 0)
-    seconds, losses = _timed_steps(lambda: training_step(method, next(batches), optimizers, config)["loss"],
+    seconds, losses = _timed_steps(lambda: engine.train_one_step(train_step, method, next(batches))["loss"],
                                    warmup, steps, config.device)
     batches.close()
     row["end_to_end_img_s"] = case.batch_size / seconds

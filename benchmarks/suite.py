@@ -16,11 +16,13 @@ from pathlib import Path
 import yaml
 
 from pretrain.curves import probe_comparison
-from pretrain.errors import UserError
-from pretrain.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir
+from pretrain.methods import get_method
 from pretrain.train import PretrainConfig, pretrain, resume_pretraining
-from transfer.finetune import TransferConfig
-from transfer.tasks import TASK_DATA, run_task
+from runtime.errors import UserError
+from runtime.options import parse_options
+from runtime.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir
+from transfer.finetune import TransferConfig, task_names
+from transfer.tasks import run_task
 from .table import write_table
 
 PRESETS = Path(__file__).resolve().parent / "presets"
@@ -35,26 +37,31 @@ def load_preset(name):
     return yaml.safe_load(path.read_text())
 
 
-def _with_known_fields(cls, options, where):
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        raise UserError(f"preset {where}: unknown option(s) {', '.join(unknown)}")
-    return options
-
-
 def check_preset(preset):
     """Fail on a misspelt option before hours of work, not after."""
     for key in ("seeds", "pretrain", "methods", "transfer", "tasks"):
         if key not in preset:
             raise UserError(f"preset has no {key!r} section")
     for name, options in preset["methods"].items():
-        if options is not None and not _no_pretraining(options):
-            _with_known_fields(PretrainConfig, {**preset["pretrain"], **options}, f"methods.{name}")
+        if not _no_pretraining(options):
+            pretrain_config(preset, options, f"methods.{name}")
     for name, options in preset["tasks"].items():
-        options = _with_known_fields(TransferConfig, {**preset["transfer"], **options}, f"tasks.{name}")
-        if options.get("task") not in TASK_DATA:
-            raise UserError(f"preset tasks.{name}: task must be one of {', '.join(sorted(TASK_DATA))}")
+        options = {**preset["transfer"], **options}
+        if "task" not in options:
+            raise UserError(f"preset tasks.{name}: it names no task (one of {', '.join(task_names())})")
+        parse_options(TransferConfig, options, f"preset tasks.{name}")
+
+
+def pretrain_config(preset, options, where):
+    """The PretrainConfig of a method entry over the preset's `pretrain` section: the names that are
+    not general options are the method's own (its Options), checked as `bench pretrain` checks them."""
+    merged = {**preset["pretrain"], **options}
+    general = {f.name for f in dataclasses.fields(PretrainConfig)}
+    config = parse_options(PretrainConfig, {k: v for k, v in merged.items() if k in general}, f"preset {where}")
+    own = {k: v for k, v in merged.items() if k not in general}
+    method = get_method(config.method)
+    parse_options(method.Options, own, f"preset {where} (--method {method.name})")
+    return dataclasses.replace(config, method_options=own)
 
 
 def _no_pretraining(options):
@@ -62,9 +69,9 @@ def _no_pretraining(options):
     return options is None or set(options) == {"init"}
 
 
-def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, year_of=None,
-              seeds=None, device="auto", progress=True):
-    """Run the preset; return the table. `year_of(root, wanted)` picks a VOC year present in root."""
+def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, seeds=None, device="auto",
+              progress=True):
+    """Run the preset; return the table."""
     check_preset(preset)
     out = Path(out)
     seeds = seeds or preset["seeds"]
@@ -84,8 +91,7 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, ye
                 print(f"resuming pretraining {name}, seed {seed} in {run_dir}")
                 resume_pretraining(run_dir, progress=progress)
                 continue
-            config = PretrainConfig(**_with_known_fields(
-                PretrainConfig, {**preset["pretrain"], **options}, f"methods.{name}"))
+            config = pretrain_config(preset, options, f"methods.{name}")
             # A method may name its own data (e.g. supervised: {data_root: labelled/class/folders}).
             config = dataclasses.replace(config, data_root=config.data_root or str(data_root),
                                          mask_dir=mask_dir or config.mask_dir, seed=seed, device=device)
@@ -99,15 +105,8 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, ye
             if (run_dir / "record.json").is_file():
                 print(f"skip {run_dir}: done")
                 continue
-            options = _with_known_fields(TransferConfig, {**preset["transfer"], **task_options},
-                                         f"tasks.{task_name}")
-            config = TransferConfig(**options)
-            data = TASK_DATA[config.task]
-            config = dataclasses.replace(
-                config, init=init, data_root=str(transfer_root), seed=seed, device=device,
-                year=config.year or year_of(transfer_root, data["year"]),
-                train_split=options.get("train_split", data["train_split"]),
-                test_split=options.get("test_split", data["test_split"]))
+            config = parse_options(TransferConfig, {**preset["transfer"], **task_options}, f"preset tasks.{task_name}")
+            config = dataclasses.replace(config, init=init, data_root=str(transfer_root), seed=seed, device=device)
             print(f"transfer {task_name} from {name}, seed {seed} -> {run_dir}")
             try:
                 with staged_run_dir(run_dir, overwrite=True, resume=has_interrupted_run(run_dir)) as staging:

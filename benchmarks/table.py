@@ -13,8 +13,8 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from pretrain.errors import UserError
-from pretrain.runfiles import write_atomically, save_json
+from runtime.errors import UserError
+from runtime.runfiles import save_json, write_atomically
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)

@@ -1,1 +1,2 @@
-"""Pretext side of the suite: backbones, masks, pretext methods and the pretraining loop."""
+"""Pretext side of the suite: backbones, networks, losses, pretext methods, the probe and the
+pretraining entry point."""

@@ -8,7 +8,7 @@ Both return one (B, C, h, w) feature map; feature_shape() says C and h for an in
 import torch
 from torch import nn
 
-from .errors import UserError
+from runtime.errors import UserError
 from .networks import ALEXNET_POOL5_CHANNELS, alexnet_encoder, feature_shape, he_init  # noqa: F401
 
 TIMM_PREFIX = "timm:"

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from . import distributed
+from runtime import distributed
 
 
 def overlap_band(hole, width):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .errors import UserError
+from runtime.errors import UserError
 
 ALEXNET_POOL5_CHANNELS = 256
 ALEXNET_POOL5_STRIDE = 32  # conv1's 4 x three 2x max-pools

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
+from data.images import find_voc_dir, read_class_labels
+from data.pixels import load_rgb, normalized_tensor
 from .backbones import frozen_features
-from .data import load_rgb, normalized_tensor
-from .images import find_voc_dir, read_class_labels
 
 NEIGHBOURS = 20
 TEMPERATURE = 0.07

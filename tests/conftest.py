@@ -1,9 +1,13 @@
-"""Shared fixtures: a small generated toy VOC set, a private cache folder for every test, and a
-tiny pretraining run."""
+"""Shared fixtures: a small generated toy VOC set and a copy a test may break, a private cache
+folder for every test, a private method registry, and a tiny pretraining run."""
+import shutil
+from pathlib import Path
+
 import pytest
 
+import pretrain.methods
+from data.toy_voc import write_toy_voc
 from helpers import bench
-from transfer.toy_voc import write_toy_voc
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,3 +37,15 @@ def pretrain_run(toy_voc_root, tmp_path_factory):
     assert bench("pretrain", "--data-root", toy_voc_root, "--out", out, "--image-size", 96, "--steps", 2,
                  "--batch-size", 4, "--workers", 0, "--mask", "central") == 0
     return out
+
+
+@pytest.fixture
+def toy_copy(toy_voc_root, tmp_path):
+    """A private copy of the toy root that a test may break."""
+    return Path(shutil.copytree(toy_voc_root, tmp_path / "root"))
+
+
+@pytest.fixture
+def private_registry(monkeypatch):
+    """Methods a test registers (plug-ins) go into a copy of the registry, not the one other tests see."""
+    monkeypatch.setattr(pretrain.methods, "METHODS", dict(pretrain.methods.METHODS))

@@ -9,14 +9,15 @@ import sys
 
 import torch
 
-from pretrain import distributed
+from data.images import VOC_CLASSES
+from data.voc import VOCClassification, VOCDetection, VOCSegmentation
 from pretrain.networks import alexnet_encoder
+from runtime import distributed
 from transfer.classification import Classifier, classification_scores
 from transfer.detection import DetectionSamples, build_detector, detect
 from transfer.finetune import TransferConfig
 from transfer.metrics import classification_ap, detection_ap, segmentation_scores
 from transfer.segmentation import FCN32s, SegmentationPairs, evaluate_segmentation
-from transfer.voc import VOC_CLASSES, VOCClassification, VOCDetection, VOCSegmentation
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 

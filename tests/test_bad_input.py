@@ -3,14 +3,13 @@ costs results already written: unreadable images (by --bad-images policy), masks
 fit their image, unknown choices, and a disk that fills up while a checkpoint is written."""
 import errno
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from helpers import bench
 
+from helpers import bench
 
 FAST_PRETRAIN = ["--image-size", 64, "--batch-size", 4, "--workers", 0, "--mask", "random-block"]
 FAST_TRANSFER = ["--image-size", 64, "--batch-size", 4, "--steps", 2, "--fc-width", 16, "--workers", 0]
@@ -19,11 +18,6 @@ FAST_TRANSFER = ["--image-size", 64, "--batch-size", 4, "--steps", 2, "--fc-widt
 def error_lines(capsys):
     return [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
             if line.startswith(("error", "warning", "bench: error"))]
-
-
-@pytest.fixture
-def toy_copy(toy_voc_root, tmp_path):
-    return Path(shutil.copytree(toy_voc_root, tmp_path / "root"))
 
 
 def truncate(path):

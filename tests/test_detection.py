@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from pretrain.errors import UserError
-from transfer.detection import (MAX_PROPOSALS, DetectionSamples, FastRCNN, cached_proposals,
-                                drop_easy_background, proposal_dir, run_detection, selective_search,
-                                shared_parts)
+from data.images import VOC_CLASSES
+from data.voc import VOCDetection
+from runtime.errors import UserError
+from transfer.detection import (MAX_PROPOSALS, DetectionSamples, FastRCNN, cached_proposals, drop_easy_background,
+                                proposal_dir, run_detection, selective_search, shared_parts)
 from transfer.encoders import load_encoder
 from transfer.finetune import TransferConfig
-from transfer.voc import VOC_CLASSES, VOCDetection
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-import pretrain.methods
+from data.sampling import EpochOrder
+from runtime import distributed
+from runtime.errors import UserError
 from helpers import bench
-from pretrain import distributed
-from pretrain.data import EpochOrder
-from pretrain.errors import UserError
 
 TESTS = Path(__file__).resolve().parent
 PLUGIN = TESTS / "deterministic_methods.py"
@@ -66,12 +65,6 @@ def assert_same_weights(first, second):
 
 def losses(run):
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture
-def private_registry(monkeypatch):
-    """The plug-in's method registers into a copy of the registry, not the one other tests see."""
-    monkeypatch.setattr(pretrain.methods, "METHODS", dict(pretrain.methods.METHODS))
 
 
 def test_two_processes_pretrain_like_one_and_resume_on_one(toy_voc_root, tmp_path, private_registry):

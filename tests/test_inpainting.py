@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from benchmarks.table import write_table
-from helpers import bench
-from transfer import inpaint_baselines as baselines
-from transfer.inpainting import evaluate_inpainting
+from evaluation import inpaint_baselines as baselines
+from evaluation.inpainting import evaluate_inpainting
 from transfer.metrics import hole_scores
+from helpers import bench
 
 
 def centre_hole(n, side, start, stop):

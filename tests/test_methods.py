@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import pretrain.methods
-from pretrain.errors import UserError
-from pretrain.images import image_labels
+from data.images import image_labels
 from pretrain.methods import ENTRY_POINT_GROUP, METHODS
+from runtime.errors import UserError
 from transfer.classification import Classifier
 from transfer.detection import build_detector
 from transfer.encoders import load_encoder
@@ -38,12 +37,6 @@ def class_folders(toy_voc_root, tmp_path_factory):
         folder.mkdir(exist_ok=True)
         shutil.copy(image, folder / image.name)
     return root
-
-
-@pytest.fixture
-def private_registry(monkeypatch):
-    """Methods a test registers vanish after it: it registers into a copy of the registry."""
-    monkeypatch.setattr(pretrain.methods, "METHODS", dict(METHODS))
 
 
 def loads_into_every_task(run_dir):
@@ -80,14 +73,17 @@ def readme_example():
 def test_readme_example_runs_through_pretrain_transfer_and_table(toy_voc_root, tmp_path, capsys,
                                                                   private_registry):
     example = readme_example()
-    assert len(example.splitlines()) <= 40
+    assert len(example.splitlines()) <= 50
     plugin = tmp_path / "my_methods.py"
     plugin.write_text(example)
     assert bench("methods", "--plugin", plugin) == 0
     assert "colourisation" in capsys.readouterr().out
     run = tmp_path / "colour"
-    assert bench("pretrain", "--plugin", plugin, "--method", "colourisation", "--data-root", toy_voc_root,
-                 "--out", run, "--image-size", SIZE, "--steps", 2, "--batch-size", 4, "--workers", 0) == 0
+    assert bench("pretrain", "--plugin", plugin, "--method", "colourisation", "--loss", "l1",
+                 "--data-root", toy_voc_root, "--out", run, "--image-size", SIZE, "--steps", 2, "--batch-size", 4,
+                 "--workers", 0) == 0
+    # Its own option, declared in the plug-in only, reaches the run and its record.
+    assert json.loads((run / "config.json").read_text())["config"]["method_options"] == {"loss": "l1"}
     records = tmp_path / "records"
     assert bench("transfer", "--task", "cls", "--protocol", "svm", "--init", run, "--data-root", toy_voc_root,
                  "--image-size", SIZE, "--workers", 0, "--out", records / "svm") == 0

@@ -9,12 +9,13 @@ import torchvision
 from PIL import Image
 
 from benchmarks.cli import main
-from pretrain.errors import UserError
+
 # Importing the two modules registers "relative-context" and "rotation" for the CLI tests below.
 from pretrain.methods.relative_context import (NEIGHBOUR_OFFSETS, RelativeContext, crop_patches, drop_colours,
                                                patch_grid, patch_pair_positions)
 from pretrain.methods.rotation import RotationPrediction, rotated_batch
 from pretrain.train import PretrainConfig
+from runtime.errors import UserError
 
 MEAN, STD = [0.45, 0.43, 0.40], [0.25, 0.24, 0.26]
 

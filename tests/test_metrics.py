@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from transfer.metrics import (classification_ap, confusion_matrix, detection_ap,
-                              segmentation_scores, voc07_ap)
+from transfer.metrics import classification_ap, confusion_matrix, detection_ap, segmentation_scores, voc07_ap
 
 # ----------------------------------------------------------------------------- classification
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.errors import UserError
 from pretrain.networks import (ChannelwiseFC, Discriminator, FeatureContextEncoder, InpaintingGenerator,
                                alexnet_encoder, alexnet_pool5_side)
+from runtime.errors import UserError
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """`bench pretrain` end to end on the generated toy VOC set: run folder, learning, encoder export,
 checkpoints, resume/overwrite rules, the inpainting GAN variant and user errors."""
+import dataclasses
 import json
 import re
 import shutil
@@ -10,10 +11,12 @@ import torch
 import torchvision
 from PIL import Image
 
-from benchmarks.cli import main
 from pretrain.methods import get_method
-from pretrain.runfiles import save_torch
-from pretrain.train import PretrainConfig
+from pretrain.train import PretrainConfig, build, load_run_config, training_images
+from runtime.engine import read_checkpoint
+from runtime.options import flag
+from runtime.runfiles import save_torch
+from helpers import bench as run_bench
 
 # The main alexnet run on the toy VOC set.
 STEPS = 20
@@ -24,11 +27,8 @@ RUN_FILES = ["config.json", "metrics.jsonl", "checkpoint.pt", "encoder.pt", "enc
 
 
 def bench(*args):
-    """Exit status of `bench pretrain ARGS` (argparse's own rejections arrive as SystemExit)."""
-    try:
-        return main(["pretrain", *[str(a) for a in args]])
-    except SystemExit as exit_info:
-        return exit_info.code
+    """Exit status of `bench pretrain ARGS`."""
+    return run_bench("pretrain", *args)
 
 
 def alexnet_args(root, out, *extra):
@@ -41,8 +41,7 @@ def read_metrics(run_dir):
 
 def fresh_method(run_dir, seed):
     """A new method built from the run's config.json under torch seed `seed`, in eval mode."""
-    saved = json.loads((run_dir / "config.json").read_text())["config"]
-    config = PretrainConfig(**saved)
+    config = load_run_config(run_dir)
     torch.manual_seed(seed)
     return get_method(config.method)(config, config.dataset_mean, config.dataset_std).eval()
 
@@ -50,8 +49,8 @@ def fresh_method(run_dir, seed):
 def load_method(run_dir, seed=0):
     """A fresh method with the run's checkpoint.pt loaded, in eval mode; and the checkpoint."""
     method = fresh_method(run_dir, seed)
-    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    method.load_state_dict(state["method"])
+    state = read_checkpoint(run_dir / "checkpoint.pt")
+    method.load_state_dict(state["model"])
     return method, state
 
 
@@ -94,8 +93,8 @@ def test_central_run_writes_run_folder(central_run):
     config = json.loads((out / "config.json").read_text())
     assert config["images"] == 12  # VOC2012 train split of the toy set
     cfg = config["config"]
-    assert (cfg["mask"], cfg["arch"], cfg["loss"], cfg["image_size"], cfg["batch_size"], cfg["steps"]) == \
-        ("central", "alexnet", "l2", 96, BATCH, STEPS)
+    assert (cfg["mask"], cfg["arch"], cfg["method_options"]["loss"], cfg["image_size"], cfg["batch_size"],
+            cfg["steps"]) == ("central", "alexnet", "l2", 96, BATCH, STEPS)
     assert cfg["lr"] == float(LR) and cfg["load_size"] == round(96 * 1.15) and cfg["device"] == "cpu"
     assert len(cfg["dataset_mean"]) == 3 and all(0 < s < 1 for s in cfg["dataset_std"])
     assert set(config["environment"]) >= {"python", "torch", "torchvision", "numpy", "code_version"}
@@ -176,7 +175,7 @@ def test_encoder_pt_loads_into_torchvision_alexnet(central_run):
 def test_checkpoint_roundtrip_identical_outputs(central_run, tmp_path):
     _, out = central_run
     method, checkpoint = load_method(out, seed=0)
-    assert set(checkpoint) >= {"method", "step", "optimizers", "elapsed", "torch_rng"}
+    assert set(checkpoint) >= {"model", "step", "optimizers", "elapsed", "rng_by_process"}
     adam = checkpoint["optimizers"]["generator"]["state"]
     assert len(adam) == len(list(method.generator.parameters()))
     assert all(int(s["step"]) == STEPS for s in adam.values())
@@ -337,7 +336,8 @@ def test_random_region_run(toy_voc_root, tmp_path):
     method, _ = load_method(out)
     assert method.configure_optimizers()["generator"].param_groups[0]["lr"] == 1e-4
     # Holes cover at most a quarter and differ between images.
-    holes = [method.mask_sampler(np.random.default_rng(seed)) for seed in range(4)]
+    _, dataset = build(PretrainConfig(**cfg), training_images(PretrainConfig(**cfg)), progress=False)
+    holes = [dataset.mask_sampler(np.random.default_rng(seed)) for seed in range(4)]
     assert all(0 < h.mean() <= 0.25 for h in holes)
     assert not np.array_equal(holes[0], holes[1])
 
@@ -377,7 +377,7 @@ def test_inpaint_adversarial_run(toy_voc_root, inpaint_out):
     assert state["optimizers"]["generator"]["param_groups"][0]["lr"] == pytest.approx(2e-3)
     assert state["optimizers"]["discriminator"]["param_groups"][0]["lr"] == pytest.approx(2e-4)
     assert state["optimizers"]["generator"]["param_groups"][0]["betas"] == (0.5, 0.999)
-    assert any(key.startswith("discriminator.") for key in state["method"])
+    assert any(key.startswith("discriminator.") for key in state["model"])
     encoder_state = torch.load(out / "encoder.pt", weights_only=True)
     assert [v.shape for v in encoder_state.values()].count((4000, 512, 4, 4)) == 1  # 4000-d bottleneck
 
@@ -448,12 +448,37 @@ def test_out_reusable_after_user_error(toy_voc_root, tmp_path):
     assert bench(*args, "--batch-size", 4) == 0
 
 
-def test_error_inside_training_loop_is_on_its_own_line(toy_voc_root, tmp_path, capsys):
-    rc = bench(*alexnet_args(toy_voc_root, tmp_path / "run", "--mask", "central", "--steps", 1,
-                             "--batch-size", 13))
+FAILING_METHOD = """
+from pretrain.methods import register
+from pretrain.methods.autoencoder import Autoencoder
+from runtime.errors import UserError
+
+
+@register
+class FailsAtStepThree(Autoencoder):
+    name = "fails-at-step-three"
+    calls = 0
+
+    def train_step(self, batch, optimizers):
+        type(self).calls += 1
+        if type(self).calls == 3:
+            raise UserError("the method gave up at step 3")
+        return super().train_step(batch, optimizers)
+"""
+
+
+def test_error_inside_training_loop_is_on_its_own_line(toy_voc_root, tmp_path, capsys, private_registry):
+    """An error raised by a training step, while the progress bar is drawn, starts a line of its own;
+    the steps before it are in metrics.jsonl."""
+    plugin = tmp_path / "failing_method.py"
+    plugin.write_text(FAILING_METHOD)
+    out = tmp_path / "run"
+    rc = bench(*alexnet_args(toy_voc_root, out, "--plugin", plugin, "--method", "fails-at-step-three",
+                             "--steps", 5, "--batch-size", 4))
     assert rc == 2
     lines = [line.strip() for line in capsys.readouterr().err.replace("\r", "\n").splitlines()]
-    assert any(line.startswith("error: only 12 images") for line in lines), lines
+    assert "error: the method gave up at step 3" in lines, lines
+    assert [m["step"] for m in read_metrics(out)] == [1, 2]
 
 
 @pytest.mark.parametrize("options", [["--workers", -1], ["--lr", -1], ["--overlap", -2],
@@ -465,19 +490,23 @@ def test_invalid_numbers_are_user_errors(options, toy_voc_root, tmp_path, capsys
     assert options[0] in capsys.readouterr().err
 
 
-def test_help_mentions_every_option(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["pretrain", "--help"])
-    assert exit_info.value.code == 0
+@pytest.mark.parametrize("method", ["context-encoder", "rotation"])
+def test_help_mentions_every_option(method, capsys):
+    """Every field of PretrainConfig and of the method's Options that has help text is a flag in
+    `bench pretrain --method M --help`, with its choices; another method's options are not."""
+    assert bench("--method", method, "--help") == 0
     text = capsys.readouterr().out
-    for option in ["--method", "--arch", "--mask", "--loss", "--data-root", "--split", "--year", "--mask-dir",
-                   "--image-size", "--load-size", "--batch-size", "--lr", "--steps", "--seed", "--device",
-                   "--workers", "--overlap", "--overlap-weight", "--adv-weight", "--preview-every",
-                   "--checkpoint-every", "--out", "--resume", "--overwrite"]:
-        assert re.search(re.escape(option) + r"(?![\w-])", text), option
-    for choice in ["central", "random-block", "random-region", "noise", "alexnet", "inpaint", "l2+adv",
-                   "context-encoder"]:
-        assert choice in text, choice
+    own, other = get_method(method).Options, get_method("context-encoder").Options
+    flags = {field.name: field for cls in (PretrainConfig, own) for field in dataclasses.fields(cls)
+             if "help" in field.metadata}
+    assert len(flags) >= 20
+    for name, field in flags.items():
+        assert re.search(re.escape(flag(name)) + r"(?![\w-])", text), name
+        choices = field.metadata["choices"]
+        for choice in (choices() if callable(choices) else choices or ()):
+            assert choice in text, choice
+    for field in dataclasses.fields(other) if own is not other else ():
+        assert flag(field.name) not in text, field.name
 
 
 @pytest.mark.parametrize("workers", [0, 1])

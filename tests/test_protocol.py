@@ -9,14 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import bench
+from data.masks import MaskSampler
+from data.voc import VOCClassification
 from pretrain.curves import PROBE_KEY
 from pretrain.methods.context_encoder import ContextEncoder
 from pretrain.probe import knn_class_scores, multilabel_map
 from pretrain.train import PretrainConfig
 from transfer.encoders import MAX_HEAD_GAIN, calibrate_fresh_head, load_encoder, standardize_units
 from transfer.finetune import TransferConfig, set_up_task
-from transfer.voc import VOCClassification
+from helpers import bench
 
 MEAN, STD = [0.5] * 3, [0.25] * 3
 
@@ -29,14 +30,15 @@ def visible_share(method, hole):
 @pytest.mark.parametrize("mask", ["random-block", "central"])
 def test_feature_network_puts_no_l2_weight_on_visible_pixels(mask):
     method = ContextEncoder(PretrainConfig(mask=mask, image_size=128), MEAN, STD)
-    hole = torch.from_numpy(np.stack([method.mask_sampler(np.random.default_rng(i)) for i in range(4)]))
+    sampler = MaskSampler(mask, 128, method.overlap)
+    hole = torch.from_numpy(np.stack([sampler(np.random.default_rng(i)) for i in range(4)]))
     hole = hole.float().unsqueeze(1)
     assert hole.sum() > 0 and visible_share(method, hole) == 0
 
 
 def test_inpainting_network_keeps_the_released_overlap_band():
     method = ContextEncoder(PretrainConfig(arch="inpaint", mask="central", image_size=128), MEAN, STD)
-    hole = torch.from_numpy(method.mask_sampler(np.random.default_rng(0))).float()[None, None]
+    hole = torch.from_numpy(MaskSampler("central", 128, method.overlap)(np.random.default_rng(0))).float()[None, None]
     assert method.overlap == 4
     # A 56 px hole inside the 64 px centre: the band's 10x weight is most of the loss.
     assert 0.5 < visible_share(method, hole) < 0.9
@@ -47,7 +49,7 @@ def test_overlap_is_recorded_in_the_encoder_record_and_label(toy_voc_root, tmp_p
     assert bench("pretrain", "--data-root", toy_voc_root, "--out", out, "--image-size", 64, "--steps", 1,
                  "--batch-size", 4, "--workers", 0, "--mask", "random-block", "--overlap", 2) == 0
     info = json.loads((out / "encoder.json").read_text())
-    assert info["overlap"] == 2 and info["overlap_weight"] == 10
+    assert info["method_options"]["overlap"] == 2 and info["method_options"]["overlap_weight"] == 10
     assert info["label"] == "context-encoder (random-block, overlap 2 px x10)"
 
 

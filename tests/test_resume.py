@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from pretrain.runfiles import staging_dir
+from runtime.runfiles import staging_dir
 
 TIMEOUT_S = 300
 

@@ -2,19 +2,20 @@
 tiny `bench speed`."""
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from benchmarks.cli import build_parser
+from data.imagecache import ImageCache
+from data.images import list_images
+from data.masks import MaskSampler
+from data.pixels import load_rgb
+from data.pretrain_items import PretrainImages
+from runtime import speedups
+from runtime.errors import UserError
 from helpers import bench
-from pretrain import speedups
-from pretrain.data import PretrainImages, load_rgb
-from pretrain.errors import UserError
-from pretrain.imagecache import ImageCache
-from pretrain.images import list_images
-from pretrain.masks import MaskSampler
 
 FAST_PRETRAIN = ["--image-size", 64, "--batch-size", 4, "--steps", 2, "--workers", 0, "--mask", "central",
                  "--preview-every", 100]
@@ -105,11 +106,27 @@ def test_unknown_precision_is_refused(capsys):
     assert "--precision" in capsys.readouterr().err
 
 
-def test_compile_and_precision_options_reach_the_configs():
-    args = build_parser().parse_args(["pretrain", "--compile", "--precision", "bf16", "--sync-bn"])
-    assert (args.compile, args.precision, args.sync_bn, args.image_cache) == (True, "bf16", True, True)
-    args = build_parser().parse_args(["transfer", "--task", "seg", "--compile"])
-    assert (args.compile, args.precision, args.sync_bn) == (True, "fp32", False)
+def test_compile_and_precision_options_reach_the_configs(monkeypatch, tmp_path):
+    """The flags arrive in the configs that pretrain() and run_task() receive (which write them into
+    config.json and record.json), defaults included."""
+    received = {}
+
+    def pretrain(config, out, **_):
+        received["pretrain"] = config
+        return Path(out)
+
+    def run_task(config, run_dir):
+        received["transfer"] = config
+        return {"metric": "mean_iu", "value": 0.0}
+
+    monkeypatch.setattr("pretrain.train.pretrain", pretrain)
+    monkeypatch.setattr("transfer.tasks.run_task", run_task)
+    assert bench("pretrain", "--compile", "--precision", "bf16", "--no-image-cache", "--out", tmp_path / "p") == 0
+    config = received["pretrain"]
+    assert (config.compile, config.precision, config.sync_bn, config.image_cache) == (True, "bf16", False, False)
+    assert bench("transfer", "--task", "seg", "--compile", "--sync-bn", "--out", tmp_path / "t") == 0
+    config = received["transfer"]
+    assert (config.task, config.compile, config.precision, config.sync_bn) == ("seg", True, "fp32", True)
 
 
 @pytest.mark.skipif(not speedups.cpu_has_bf16(), reason="this CPU has no bf16 instructions")

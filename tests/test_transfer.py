@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from data.images import VOC_CLASSES
 from pretrain.networks import alexnet_encoder, he_init
 from transfer.encoders import standardize_units
-from transfer.voc import VOC_CLASSES
 from helpers import bench
 
 FAST = ["--steps", 3, "--batch-size", 4, "--fc-width", 16, "--workers", 0]

@@ -6,32 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.errors import UserError
-from transfer.toy_voc import SPLITS, YEARS, ensure_toy_voc, write_toy_voc
-from transfer.voc import (VOC_CLASSES, VOCClassification, VOCDetection, VOCSegmentation,
-                          parse_annotation, read_class_labels)
+from data.images import VOC_CLASSES, read_class_labels
+from data.toy_voc import SPLITS, YEARS, ensure_toy_voc, write_toy_voc
+from data.voc import VOCClassification, VOCDetection, VOCSegmentation, parse_annotation
+from runtime.errors import UserError
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return write_toy_voc(tmp_path_factory.mktemp("toy"), n_images=24, size=64, seed=0)
-
-
-@pytest.fixture
-def toy_copy(toy, tmp_path):
-    """A private copy of the toy root that a test may break."""
-    return Path(shutil.copytree(toy, tmp_path / "root"))
-
-
-def test_counts_match_summary(toy):
-    summary = json.loads((toy / "toy_voc.json").read_text())
+def test_counts_match_summary(toy_voc_root):
+    summary = json.loads((toy_voc_root / "toy_voc.json").read_text())
     for year in YEARS:
         for split in SPLITS:
             expected = summary["years"][str(year)][split]
-            det = VOCDetection(toy, split, year=year)
+            det = VOCDetection(toy_voc_root, split, year=year)
             assert len(det) == expected["images"]
-            assert len(VOCSegmentation(toy, split, year=year)) == expected["images"]
-            assert len(VOCClassification(toy, split, year=year)) == expected["images"]
+            assert len(VOCSegmentation(toy_voc_root, split, year=year)) == expected["images"]
+            assert len(VOCClassification(toy_voc_root, split, year=year)) == expected["images"]
             counts = dict.fromkeys(VOC_CLASSES, 0)
             difficult = 0
             for index in range(len(det)):
@@ -44,12 +33,12 @@ def test_counts_match_summary(toy):
     assert sum(summary["years"]["2007"]["trainval"]["objects"].values()) > 0
 
 
-def test_class_labels_agree_with_annotations(toy):
+def test_class_labels_agree_with_annotations(toy_voc_root):
     for year in YEARS:
-        voc = toy / "VOCdevkit" / f"VOC{year}"
+        voc = toy_voc_root / "VOCdevkit" / f"VOC{year}"
         ids, labels = read_class_labels(voc, "trainval")
         assert labels.dtype == np.int8 and labels.shape == (len(ids), 20)
-        det = VOCDetection(toy, "trainval", year=year)
+        det = VOCDetection(toy_voc_root, "trainval", year=year)
         assert det.ids == ids
         for row, index in zip(labels, range(len(det))):
             target = det.target(index)
@@ -57,15 +46,15 @@ def test_class_labels_agree_with_annotations(toy):
             for label, hard in zip(target["labels"].tolist(), target["difficult"].tolist()):
                 expected[label - 1] = max(expected[label - 1], 0 if hard else 1)
             assert row.tolist() == expected.tolist()
-        cls = VOCClassification(toy, "trainval", year=year)
+        cls = VOCClassification(toy_voc_root, "trainval", year=year)
         _, target = cls[0]
         assert target["labels"].tolist() == (labels[0] == 1).astype(np.float32).tolist()
         assert target["difficult"].tolist() == (labels[0] == 0).tolist()
 
 
-def test_boxes_and_masks_agree(toy):
-    seg = VOCSegmentation(toy, "trainval", year=2012)
-    det = VOCDetection(toy, "trainval", year=2012)
+def test_boxes_and_masks_agree(toy_voc_root):
+    seg = VOCSegmentation(toy_voc_root, "trainval", year=2012)
+    det = VOCDetection(toy_voc_root, "trainval", year=2012)
     assert seg.ids == det.ids
     for index in range(len(seg)):
         image, class_mask, object_mask = seg[index]
@@ -141,19 +130,19 @@ def test_bad_annotation_names_the_file(tmp_path):
         parse_annotation(tmp_path / "missing.xml")
 
 
-def test_detection_target_types(toy):
-    image, target = VOCDetection(toy, "val", year=2007)[0]
+def test_detection_target_types(toy_voc_root):
+    image, target = VOCDetection(toy_voc_root, "val", year=2007)[0]
     assert target["boxes"].dtype == torch.float32 and target["boxes"].shape[1] == 4
     assert target["labels"].dtype == torch.int64 and target["labels"].min() >= 1
     assert target["difficult"].dtype == torch.bool and isinstance(target["image_id"], str)
 
 
-def test_transforms(toy):
-    cls = VOCClassification(toy, "val", year=2007, transform=lambda image: image.size)
+def test_transforms(toy_voc_root):
+    cls = VOCClassification(toy_voc_root, "val", year=2007, transform=lambda image: image.size)
     assert isinstance(cls[0][0], tuple)
-    det = VOCDetection(toy, "val", year=2007, transform=lambda image, target: target["image_id"])
+    det = VOCDetection(toy_voc_root, "val", year=2007, transform=lambda image, target: target["image_id"])
     assert det[0] == det.ids[0]
-    seg = VOCSegmentation(toy, "val", year=2007, transform=lambda image, c, o: (c.mode, o.mode))
+    seg = VOCSegmentation(toy_voc_root, "val", year=2007, transform=lambda image, c, o: (c.mode, o.mode))
     assert seg[0] == ("P", "P")
 
 
@@ -184,14 +173,14 @@ def test_malformed_class_file_names_it(toy_copy):
         read_class_labels(voc, "train")
 
 
-def test_unknown_split_lists_available(toy):
+def test_unknown_split_lists_available(toy_voc_root):
     with pytest.raises(UserError) as error:
-        VOCDetection(toy, "valid", year=2007)
+        VOCDetection(toy_voc_root, "valid", year=2007)
     assert "valid.txt" in str(error.value)
     for split in SPLITS:
         assert split in str(error.value)
 
 
-def test_missing_year(toy):
+def test_missing_year(toy_voc_root):
     with pytest.raises(UserError, match="VOC2010"):
-        VOCSegmentation(toy, "val", year=2010)
+        VOCSegmentation(toy_voc_root, "val", year=2010)

@@ -1,1 +1,2 @@
-"""Downstream side of the suite: VOC data, transfer tasks and their metrics."""
+"""Downstream side of the suite: the transfer tasks (classification, detection, segmentation), the
+encoders they start from, their metrics and records."""

@@ -17,13 +17,14 @@ from sklearn.svm import LinearSVC
 from torch import nn
 from tqdm import tqdm
 
-from pretrain import distributed
+from data.images import VOC_CLASSES
+from data.voc import VOCClassification
 from pretrain.backbones import feature_shape, frozen_features
+from runtime import distributed
 from .encoders import calibrate_fresh_head
 from .finetune import Crops, evaluation_items, fit, seeded_batches, set_up_task
 from .metrics import classification_ap
 from .records import write_record
-from .voc import VOC_CLASSES, VOCClassification
 
 TEST_CROPS = 10
 SVM_COSTS = (0.01, 0.1, 1.0, 10.0)

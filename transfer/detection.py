@@ -34,17 +34,19 @@ from torchvision.ops import RoIPool, box_iou
 from torchvision.transforms.functional import to_tensor
 from tqdm import tqdm
 
-from pretrain import distributed
+from data.images import VOC_CLASSES
+from data.pixels import load_rgb
+from data.sampling import loader_options
+from data.voc import VOCDetection
 from pretrain.backbones import TimmBackbone, frozen_features
-from pretrain.data import load_rgb
-from pretrain.errors import UserError
 from pretrain.networks import ALEXNET_POOL5_CHANNELS
-from pretrain.runfiles import cache_dir, write_atomically
+from runtime import distributed
+from runtime.errors import UserError
+from runtime.runfiles import cache_dir, write_atomically
 from .encoders import calibrate_fresh_head
-from .finetune import fit, loader_options, seeded_batches, set_up_task
+from .finetune import fit, seeded_batches, set_up_task
 from .metrics import detection_ap
 from .records import write_record
-from .voc import VOC_CLASSES, VOCDetection
 
 PROPOSAL_KINDS = ("selective-search", "rpn")
 MAX_PROPOSALS = 2000        # selective-search boxes kept per image (its own ranking order)
@@ -233,7 +235,7 @@ def _forward(model, batch, device):
     images, proposals, targets = batch
     images = [image.to(device) for image in images]
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets] if model.training else None
-    if isinstance(getattr(model, "module", model), FastRCNN):  # (DistributedDataParallel wraps it)
+    if isinstance(model, FastRCNN):
         return model(images, [p.to(device) for p in proposals], targets)
     return model(images, targets)  # Faster R-CNN proposes its own boxes
 
@@ -242,7 +244,7 @@ def detect(model, samples, config, device, progress=False):
     """The detections of `model` (in eval mode) on every item of `samples`, in item order. Under
     torchrun each process detects in its shard of the images and all get all detections."""
     loader = DataLoader(Subset(samples, distributed.shard(len(samples))), batch_size=config.batch_size,
-                        collate_fn=_collate, **loader_options(config, device))
+                        collate_fn=_collate, **loader_options(config.workers, device))
     detections = []
     with torch.no_grad():
         for batch in tqdm(loader, desc="det eval", unit="batch", disable=not (progress and distributed.is_main())):

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from pretrain.backbones import TIMM_PREFIX, build_backbone, is_backbone_arch, label_with_arch
-from pretrain.errors import UserError
+from runtime.errors import UserError
 
 RANDOM = "random"
 # No pretraining, three ways (AlexNet): He-normal; the paper's "Random Gaussian" (Caffe's AlexNet

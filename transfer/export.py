@@ -14,8 +14,8 @@ import pickle
 import torch
 
 from pretrain.backbones import TIMM_PREFIX
-from pretrain.errors import UserError
-from pretrain.runfiles import save_torch, write_atomically
+from runtime.errors import UserError
+from runtime.runfiles import save_torch, write_atomically
 from .encoders import load_encoder
 
 FORMATS = ("torchvision", "detectron2", "timm")

@@ -1,50 +1,58 @@
-"""What the fine-tuning tasks share: their config, normalisation, and the SGD training loop."""
+"""What the fine-tuning tasks share: their config, set-up (encoder, data, normalisation), batches,
+and `fit`, their SGD schedule on the training engine."""
 import dataclasses
-import math
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
-from pretrain import distributed, speedups
-from pretrain.data import EpochOrder, channel_stats, load_rgb, normalized_tensor, resize_shorter_side
-from pretrain.errors import UserError
-from pretrain.runfiles import CHECKPOINT, save_torch
-from pretrain.train import check_scaling_options, resolve_device, seed_everything, seed_worker
+from data.pixels import (BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, load_rgb, normalized_tensor,
+                         resize_shorter_side)
+from data.sampling import EVAL_EPOCH, SeededItems, epoch_batches, loader_options
+from data.voc import drop_unreadable, image_paths
+from runtime import distributed
+from runtime.device import DeviceOptions, check_scaling_options, resolve_device, seed_everything, start_process
+from runtime.engine import Engine, prepare_model, take_step
+from runtime.errors import UserError
+from runtime.options import option
 from .encoders import load_encoder, standardize_units
-from .voc import drop_unreadable, image_paths
+
+
+def task_names():
+    from .tasks import TASKS  # tasks imports the task modules, which import this one
+    return sorted(TASKS)
 
 
 @dataclass
-class TransferConfig:
-    task: str = "seg"
-    protocol: str = "finetune"
-    init: str = "random"
-    data_root: str = ""
-    year: str | None = None
-    train_split: str = "train"
-    test_split: str = "val"
-    image_size: int | None = None   # None: the encoder's pretraining size (encoder.json), else 96
+class TransferConfig(DeviceOptions):
+    """Everything a transfer run depends on; each field with help text is a `bench transfer` flag."""
+    task: str = option("seg", "seg: FCN-32s, mean IU; cls: mAP; det: Fast R-CNN, VOC07 mAP at IoU 0.5",
+                       choices=task_names, required=True)
+    protocol: str = option("finetune", "cls only: finetune everything, or linear SVMs on frozen pool5 features",
+                           choices=("finetune", "svm"))
+    init: str = option("random", "a `bench pretrain` run folder, an encoder.pt, 'random' (He-normal), "
+                       "'random-gaussian' (N(0, 0.01^2)), 'random-kraehenbuehl' (data-dependent) or "
+                       "'torchvision-alexnet:PATH'")
+    data_root: str = option("", "a VOC root; default: the built-in toy VOC set")
+    year: str | None = option(None, "VOC year (default: 2012 for seg, 2007 for cls/det, else the newest present)")
+    train_split: str | None = option(None, "default: train (seg), trainval (cls, det)")
+    test_split: str | None = option(None, "default: val (seg), test (cls, det)")
+    image_size: int | None = option(None, "crop side in px (the paper: 227); default: the size the --init "
+                                    "encoder was pretrained at (its encoder.json), else 96")
+    batch_size: int = option(16, "images per step (split between processes under torchrun)")
+    lr: float | None = option(None, "SGD learning rate (default: 0.01 seg, 1e-3 cls and det), polynomial decay")
+    steps: int = option(300, "training iterations")
+    fc_width: int = option(1024, "width of the fresh fc6/fc7 (the paper: 4096)")
+    proposals: str = option("selective-search", "det only: cached selective-search boxes (Fast R-CNN) or a "
+                            "jointly trained RPN (Faster R-CNN)", choices=("selective-search", "rpn"))
+    rescale: bool = option(False, "scale each encoder layer by one factor to unit-variance outputs on the "
+                           "training images first (Kraehenbuehl et al.'s between-layer calibration)")
+    seed: int = option(0, "seed of the fresh layers, batches and dropout")
+    bad_images: str = option("fail", BAD_IMAGES_HELP, choices=BAD_IMAGE_POLICIES)
+    checkpoint_every: int = option(100, "steps between training checkpoints (what --resume continues from)")
     image_size_from: str | None = None  # set by run_task: "option", "encoder.json" or "default"
-    batch_size: int = 16
-    lr: float | None = None
-    steps: int = 300
-    fc_width: int = 1024
-    proposals: str = "selective-search"
-    rescale: bool = False
-    checkpoint_every: int = 100
-    bad_images: str = "fail"
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 1
-    precision: str = "fp32"     # autocast dtype of training forwards: fp32 | bf16 | fp16
-    compile: bool = False       # torch.compile the model
-    sync_bn: bool = False       # SyncBatchNorm across processes under torchrun (CUDA)
 
 
 @dataclass
@@ -65,9 +73,8 @@ def set_up_task(config, dataset_class):
     for random init), and 64 centre crops of training images for the data-dependent inits.
     Krähenbühl's init (--init random-kraehenbuehl) standardises every unit of the encoder on them;
     config.rescale scales each encoder layer by one factor (see standardize_units)."""
-    device = resolve_device(config.device)
-    check_scaling_options(dataclasses.replace(config, device=device))
-    device = distributed.setup(device)
+    check_scaling_options(dataclasses.replace(config, device=resolve_device(config.device)))
+    device = start_process(config.device)
     seed_everything(config.seed)
     encoder, init_info = load_encoder(config.init)
     train_set = dataset_class(config.data_root, config.train_split, config.year)
@@ -121,48 +128,11 @@ class Crops:
         return torch.stack(crops) if self.count > 1 else crops[0]
 
 
-class SeededItems(Dataset):
-    """`dataset` looked up by the (epoch, index) keys of EpochOrder. Before each item,
-    `augmenter.rng` (the numpy Generator its random crops and flips come from) is reseeded from
-    (seed, epoch, index): an item is the same in whichever worker loads it, and a resumed run
-    sees exactly the batches the interrupted one would have."""
-
-    def __init__(self, dataset, augmenter, seed):
-        self.dataset, self.augmenter, self.seed = dataset, augmenter, seed
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        epoch, index = key
-        self.augmenter.rng = np.random.default_rng([self.seed, epoch, index])
-        return self.dataset[index]
-
-
-# The "epoch" of evaluation items' seeds: no training epoch reaches it.
-EVAL_EPOCH = 2**31 - 2
-
-
-def loader_options(config, device):
-    """DataLoader settings every loader of a task shares: worker processes kept across epochs,
-    pinned memory for non-blocking copies to a GPU."""
-    return {"num_workers": config.workers, "persistent_workers": config.workers > 0,
-            "pin_memory": str(device).startswith("cuda"), "worker_init_fn": seed_worker}
-
-
 def seeded_batches(dataset, augmenter, config, collate_fn=None, device="cpu"):
     """A function of the start step giving shuffled batches from that step on, forever: this
     process's share of each global batch of config.batch_size under torchrun."""
-    processes = distributed.world_size()
-
-    def batches_from(step):
-        return iter(DataLoader(
-            SeededItems(dataset, augmenter, config.seed), batch_size=config.batch_size // processes,
-            sampler=EpochOrder(len(dataset), config.batch_size, config.seed, step, distributed.rank(), processes),
-            collate_fn=collate_fn, **loader_options(config, device),
-            # Its own generator: making the loader must not draw from the RNG that dropout uses.
-            generator=torch.Generator().manual_seed(config.seed)))
-    return batches_from
+    return lambda step: iter(epoch_batches(SeededItems(dataset, augmenter, config.seed), config.batch_size,
+                                           config.seed, step, config.workers, device, collate_fn))
 
 
 def evaluation_items(dataset, augmenter, config, device, batch_size=None, collate_fn=None):
@@ -170,90 +140,28 @@ def evaluation_items(dataset, augmenter, config, device, batch_size=None, collat
     augmented from a generator seeded by (seed, index): the same views whichever process scores it."""
     keys = [(EVAL_EPOCH, index) for index in distributed.shard(len(dataset))]
     return DataLoader(SeededItems(dataset, augmenter, config.seed), batch_size=batch_size or config.batch_size,
-                      sampler=keys, collate_fn=collate_fn, **loader_options(config, device))
+                      sampler=keys, collate_fn=collate_fn, **loader_options(config.workers, device))
 
 
 def fit(model, loss_fn, batches_from, config, lr, weight_decay, desc, run_dir, progress=True):
-    """SGD with momentum 0.9 and polynomial decay (power 0.9) over `config.steps` steps.
-
-    Every config.checkpoint_every steps, and at the end, the training state is written to
-    run_dir/checkpoint.pt; when that file is already there (an interrupted run), training
-    continues from it and ends with the weights an uninterrupted run would have.
-
-    Under torchrun the model trains wrapped in DistributedDataParallel (each process a share of
-    the global batch, gradients averaged), with --sync-bn its BatchNorms synchronised; forwards
-    and losses run under autocast in config.precision. Returns `model` (unwrapped), in eval mode.
-    """
-    device = next(model.parameters()).device
-    main = distributed.is_main()
-    progress = progress and main
-    if config.sync_bn and distributed.active():
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if speedups.use_channels_last(device):
-        model = model.to(memory_format=torch.channels_last)
-    if config.compile:
-        model.compile()
-    model.train()
-    trained = model
-    if distributed.active():
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device] if device.type == "cuda" else None)
+    """SGD with momentum 0.9 and polynomial decay (power 0.9) over `config.steps` steps, through the
+    training engine (runtime.engine): checkpoints in run_dir and exact resume, data parallelism
+    under torchrun, autocast in config.precision, --sync-bn and --compile. `loss_fn(model, batch)`
+    is the task's loss on one batch. Returns `model`, in eval mode."""
+    model = prepare_model(model, next(model.parameters()).device, config.compile, config.sync_bn)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
                                 momentum=0.9, weight_decay=weight_decay)
-    scaler = speedups.grad_scaler(config.precision, device)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: (1 - step / config.steps) ** 0.9)
-    path, step = Path(run_dir) / CHECKPOINT, 0
-    if path.is_file():
-        state = torch.load(path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        rng = state.get("rng_by_process") or [state["torch_rng"]]
-        if len(rng) != distributed.world_size():
-            distributed.warn_main(f"resuming with {distributed.world_size()} process(es) a run checkpointed "
-                                  f"with {len(rng)}: the batches are the same, the dropout draws are not")
-        torch.set_rng_state(rng[min(distributed.rank(), len(rng) - 1)].cpu())
-        step = state["step"]
-    elif distributed.rank() > 0:
-        torch.manual_seed(distributed.process_seed(config.seed, distributed.rank()))  # its own dropout draws
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / config.steps) ** 0.9)
+    engine = Engine(model, {"sgd": optimizer}, run_dir, steps=config.steps, batch_size=config.batch_size,
+                    seed=config.seed, device=next(model.parameters()).device, precision=config.precision,
+                    checkpoint_every=config.checkpoint_every, schedules={"sgd": schedule}, desc=desc,
+                    progress=progress)
 
-    def checkpoint():
-        rng = distributed.all_gather_objects(torch.get_rng_state())
-        if main:
-            save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(), "torch_rng": rng[0], "rng_by_process": rng,
-                        "step": step, **({"scaler": scaler.state_dict()} if scaler is not None else {})}, path)
+    def train_step(trained, batch):
+        loss = loss_fn(trained, batch)
+        take_step(optimizer, loss)
+        return {"loss": loss.item()}
 
-    started, first_step = time.perf_counter(), step
-    with tqdm(total=config.steps, initial=step, desc=desc, unit="step", disable=not progress,
-              dynamic_ncols=True) as bar:
-        for batch in batches_from(step) if step < config.steps else ():
-            with speedups.autocast(config.precision, device):
-                loss = loss_fn(trained, batch)
-            # Each process checks the mean over the global batch, so all stop together.
-            loss_value = distributed.average_metrics({"loss": loss.item()})["loss"]
-            if not math.isfinite(loss_value):
-                raise UserError(f"{desc}: loss became {loss_value} at step {step + 1}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            schedule.step()
-            step += 1
-            rate = (step - first_step) * config.batch_size / (time.perf_counter() - started)
-            bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:.1f}")
-            bar.update(1)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                checkpoint()
-            if step >= config.steps:
-                break
-    distributed.average_buffers(model)  # without --sync-bn each process kept its own statistics
+    engine.run(train_step, batches_from)
     model.eval()
     return model

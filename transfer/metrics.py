@@ -115,7 +115,7 @@ def detection_ap(detections, ground_truth, num_classes, iou_threshold=0.5):
 
     Boxes are in torchvision's 0-based continuous convention, so IoU (torchvision.ops.box_iou) has no
     +1 terms. The devkit instead uses 1-based inclusive pixel corners with width xmax - xmin + 1;
-    for boxes converted from those by (xmin - 1, ymin - 1, xmax, ymax), as transfer.voc does, both
+    for boxes converted from those by (xmin - 1, ymin - 1, xmax, ymax), as data.voc does, both
     give the same widths, areas and IoU.
 
     Per class, all detections of that class (over all images) are taken in order of decreasing

@@ -3,8 +3,8 @@ import dataclasses
 import math
 import time
 
-from pretrain import distributed
-from pretrain.runfiles import environment_info, save_json
+from runtime import distributed
+from runtime.runfiles import environment_info, save_json
 
 
 def write_record(run_dir, config, init_info, metric_name, metric, per_class, class_names, started):

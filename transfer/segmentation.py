@@ -15,15 +15,16 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from pretrain import distributed
+from data.images import VOC_CLASSES
+from data.pixels import normalized_tensor, resize_shorter_side
+from data.voc import VOCSegmentation
 from pretrain.backbones import backbone_channels, frozen_features
-from pretrain.data import normalized_tensor, resize_shorter_side
-from pretrain.runfiles import save_json
+from runtime import distributed
+from runtime.runfiles import save_json
 from .encoders import calibrate_fresh_head
 from .finetune import fit, seeded_batches, set_up_task
 from .metrics import confusion_matrix, segmentation_scores
 from .records import write_record
-from .voc import VOC_CLASSES, VOCSegmentation
 
 NUM_CLASSES = 21  # background + 20
 CLASS_NAMES = ("background", *VOC_CLASSES)

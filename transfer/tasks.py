@@ -1,11 +1,14 @@
 """One entry point for every transfer task, used by `bench transfer` and `bench suite`."""
 import dataclasses
 import json
+from pathlib import Path
 
-from pretrain import distributed
-from pretrain.errors import UserError
-from pretrain.runfiles import CHECKPOINT, save_json
-from pretrain.train import resolve_device
+from data.images import voc_year
+from runtime import distributed
+from runtime.device import start_process
+from runtime.engine import check_training_options
+from runtime.errors import UserError
+from runtime.runfiles import CHECKPOINT, save_json
 from .classification import run_classification
 from .detection import run_detection
 from .encoders import pretrained_image_size
@@ -22,12 +25,14 @@ TASK_DATA = {
 
 
 def run_task(config, run_dir, progress=True):
-    distributed.setup(resolve_device(config.device))  # under torchrun: join the process group
+    """Run `config`'s task into run_dir (resuming from its checkpoint when there is one); the record."""
+    start_process(config.device)  # under torchrun: join the process group
     if config.task not in TASKS:
         raise UserError(f"unknown task {config.task!r}; choose from {', '.join(sorted(TASKS))}")
     if config.protocol == "svm" and config.task != "cls":
         raise UserError("--protocol svm applies to --task cls only")
-    config = with_image_size(config)
+    check_training_options(config, ("--fc-width", config.fc_width, config.fc_width >= 1, "at least 1"))
+    config = with_image_size(with_task_data(config))
     _check_same_run(config, run_dir / "config.json")
     distributed.barrier()  # every process has compared before the main one rewrites it
     if distributed.is_main():
@@ -37,6 +42,27 @@ def run_task(config, run_dir, progress=True):
     if distributed.is_main():
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the record is the run's result now
     return record
+
+
+def with_task_data(config):
+    """`config` with the task's paper data (TASK_DATA) where it gives no year or split: the year
+    when the root has it, else the newest year it has."""
+    data = TASK_DATA[config.task]
+    return dataclasses.replace(
+        config, year=config.year or voc_year(config.data_root, data["year"]),
+        train_split=config.train_split or data["train_split"], test_split=config.test_split or data["test_split"])
+
+
+def transfer_run_name(config):
+    """The default run folder: runs/transfer/<task>-<protocol or proposals>-<init>[-rescaled]-seed<seed>,
+    <init> named by its run folder (an encoder.pt by the folder it is in)."""
+    init = Path(config.init)
+    if config.init.startswith("random"):
+        init_name = config.init
+    else:
+        init_name = (init.parent if init.name == "encoder.pt" else init).resolve().name.removesuffix(".pt")
+    variant = config.proposals if config.task == "det" else config.protocol
+    return f"runs/transfer/{config.task}-{variant}-{init_name}{'-rescaled' if config.rescale else ''}-seed{config.seed}"
 
 
 def with_image_size(config):

@@ -11,8 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import UserError
-from .base import PretextMethod, classification_metrics, take_step
+from runtime.engine import take_step
+from runtime.errors import UserError
+from .base import PretextMethod, classification_metrics
 
 ENTRY_POINT_GROUP = "context_encoder_bench.methods"
 METHODS = {}
@@ -57,6 +58,11 @@ def _import_plugin(module):
     importlib.import_module(module)
 
 
+def method_names():
+    """The registered methods' names (plug-ins included), sorted."""
+    return sorted(METHODS)
+
+
 def get_method(name):
     if name not in METHODS:
         load_plugins()  # a library user may not have gone through the CLI, which loads them first
@@ -66,8 +72,8 @@ def get_method(name):
 
 
 # Built-ins register themselves on import.
-from . import (autoencoder, context_encoder, denoising_autoencoder, relative_context,  # noqa: E402,F401
+from . import (autoencoder, context_encoder, denoising_autoencoder, relative_context,  # noqa: E402,F401,I001
                rotation, supervised)
 
 __all__ = ["ENTRY_POINT_GROUP", "METHODS", "PretextMethod", "classification_metrics", "get_method",
-           "load_plugins", "register", "take_step"]
+           "load_plugins", "method_names", "register", "take_step"]

@@ -1,8 +1,15 @@
-"""What a pretext method provides to the training loop, and two helpers for writing one."""
+"""What a pretext method provides to the training engine, and a helper for writing one."""
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed
+from runtime.options import parse_options
+
+
+@dataclass
+class NoOptions:
+    """The options of a method that has none of its own."""
 
 
 class PretextMethod(nn.Module):
@@ -15,13 +22,23 @@ class PretextMethod(nn.Module):
     * `encoder_arch`            what that module is ("alexnet" loads into torchvision's AlexNet features);
     * `input_mean`, `input_std` per-channel normalisation of its inputs (lists of 3 floats), which
                                 transfer must use too;
-    * `mask_sampler`            callable(rng) -> bool hole (H, W), or None if the task needs no holes;
-    * `uses_masks`              class attribute: True if it reads --mask/--mask-dir (set before building);
+    * `uses_masks`              class attribute: True if its batches carry a "hole" drawn by the data side
+                                from --mask/--mask-dir (a method's `overlap` attribute, if any, shrinks
+                                central holes by that band);
     * `uses_labels`             class attribute: True if it needs batch["label"]: the data root is then an
                                 image folder with one sub-folder per class, listed in config.classes;
     * `configure_optimizers()`  -> {name: optimizer};
-    * `train_step(batch, optimizers)` -> {metric: float}, with "loss" first; it runs backward and steps;
+    * `train_step(batch, optimizers)` -> {metric: float}, with "loss" first; it runs backward and steps
+                                (`take_step`), calling its sub-networks as attributes of `self`: under
+                                torchrun the engine calls it on a copy whose trainable children are
+                                wrapped in DistributedDataParallel (runtime.engine.data_parallel_view);
     * `preview(batch)`          -> list of image batches (normalised) shown as rows of the preview grid.
+
+    A method's own options are the fields of its `Options` dataclass, each declared with
+    runtime.options.option(default, help, choices): `bench pretrain --method NAME --help` lists them,
+    they become flags of `bench pretrain`, presets give them beside the general options, and
+    config.method_options holds their values (resolved: see `resolve_options`). `__init__` reads them
+    as `self.options = self.resolve_options(config)`.
 
     Default hyper-parameters live in the method: `configure_optimizers` uses `config.lr` when given
     and the method's own default otherwise. Random draws inside `train_step` should use torch's RNG:
@@ -30,34 +47,19 @@ class PretextMethod(nn.Module):
 
     name = ""
     description = ""
-    mask_sampler = None
     uses_masks = False
     uses_labels = False
+    Options = NoOptions
 
+    @classmethod
+    def resolve_options(cls, config):
+        """An `Options` from config.method_options, checked (unknown names, choices). A method whose
+        defaults depend on the rest of the config fills them in here, so config.json records them."""
+        return parse_options(cls.Options, config.method_options, f"--method {cls.name}")
 
-def take_step(optimizer, loss):
-    """One optimisation step on `loss`: backward, gradients averaged over processes, step.
-
-    Data parallelism lives here rather than in a DistributedDataParallel wrapper: a method runs
-    its own forwards and optimiser steps inside `train_step` (the GAN steps two optimisers and calls
-    its discriminator three times), which does not fit DDP's one-forward-one-backward model. Each
-    process holds an equal share of the global batch and its loss is the mean over that share, so
-    the mean of the processes' gradients is the gradient of the global batch's mean loss: every
-    method trains data-parallel under torchrun without knowing it. One coalesced all_reduce per
-    optimiser step; nothing at all on one process.
-
-    With --precision fp16 the training loop gives the optimiser a `grad_scaler` attribute
-    (a torch.amp.GradScaler): the loss is scaled before backward and the step skipped on overflow.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    scaler = getattr(optimizer, "grad_scaler", None)
-    (loss if scaler is None else scaler.scale(loss)).backward()
-    distributed.average_gradients([p for group in optimizer.param_groups for p in group["params"]])
-    if scaler is None:
-        optimizer.step()
-    else:
-        scaler.step(optimizer)
-        scaler.update()
+    def label_details(self, config):
+        """What the table's row name shows in brackets after the method name ("" for nothing)."""
+        return config.mask if self.uses_masks else ""
 
 
 def classification_metrics(logits, labels):

@@ -1,15 +1,35 @@
 """Context encoder (Pathak et al., CVPR 2016): predict dropped pixels from their surroundings."""
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 
+from runtime.errors import UserError
+from runtime.options import check_ranges, option
 from .. import losses
 from ..backbones import build_backbone, is_backbone_arch
-from ..errors import UserError
-from ..masks import MaskSampler, load_region_shapes
 from ..networks import Discriminator, FeatureContextEncoder, InpaintingGenerator
 from . import PretextMethod, register, take_step
 
 LOSSES = ("l2", "l2+adv")
 OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class ContextEncoderOptions:
+    loss: str = option("l2", "l2: masked L2; l2+adv: 0.999 L2 + 0.001 adversarial (DCGAN discriminator)",
+                       choices=LOSSES)
+    overlap: int | None = option(None, "width in px of the band around the hole that is predicted too, at "
+                                 "--overlap-weight (default: 0 for the feature networks, the paper's L2 over the "
+                                 "dropped pixels only; 4 for --arch inpaint, as the released inpainting code)")
+    overlap_weight: float = option(10.0, "L2 weight of the overlap band relative to the hole")
+    adv_weight: float = option(0.001, "weight of the adversarial term with --loss l2+adv")
+    optimizer: str = option("adam", "the generator's optimiser (sgd: momentum 0.9; give --lr)", choices=OPTIMIZERS)
+
+    def __post_init__(self):
+        check_ranges([("--overlap", self.overlap, self.overlap is None or self.overlap >= 0, "0 or more"),
+                      ("--overlap-weight", self.overlap_weight, self.overlap_weight >= 0, "0 or more"),
+                      ("--adv-weight", self.adv_weight, 0 <= self.adv_weight <= 1, "in [0, 1]")])
 
 
 def default_overlap(arch):
@@ -25,20 +45,23 @@ class ContextEncoder(PretextMethod):
     name = "context-encoder"
     description = "inpaint dropped regions from their context (Pathak et al. 2016)"
     uses_masks = True
+    Options = ContextEncoderOptions
+
+    @classmethod
+    def resolve_options(cls, config):
+        options = super().resolve_options(config)
+        if options.overlap is None:
+            options = dataclasses.replace(options, overlap=default_overlap(config.arch))
+        return options
 
     def __init__(self, config, dataset_mean, dataset_std):
         super().__init__()
         if config.arch != "inpaint" and not is_backbone_arch(config.arch):
             raise UserError(f"unknown --arch {config.arch!r}; choose alexnet, inpaint or timm:<model name>")
-        if config.loss not in LOSSES:
-            raise UserError(f"unknown --loss {config.loss!r}; choose from {', '.join(LOSSES)}")
-        if config.optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown --optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-        self.config = config
+        self.config, self.options = config, self.resolve_options(config)
         side = config.image_size
-        self.overlap = default_overlap(config.arch) if config.overlap is None else config.overlap
-        shapes = load_region_shapes(config.mask_dir) if config.mask == "random-region" else None
-        self.mask_sampler = MaskSampler(config.mask, side, self.overlap, shapes)
+        # Central holes shrink by the band, which stays visible (build() gives the data side this).
+        self.overlap = self.options.overlap
 
         # The inpainting network outputs only the centre quarter for central holes (§3b).
         self.patch = None
@@ -57,13 +80,17 @@ class ContextEncoder(PretextMethod):
         # Dropped pixels hold the dataset mean (in the network's input space).
         fill = (torch.tensor(dataset_mean) - torch.tensor(self.input_mean)) / torch.tensor(self.input_std)
         self.register_buffer("fill", fill.view(1, 3, 1, 1))
-        self.adversarial = config.loss == "l2+adv"
+        self.adversarial = self.options.loss == "l2+adv"
         if self.adversarial:
             self.discriminator = Discriminator(side // 2 if self.patch else side)
 
     @property
     def encoder(self):
         return self.generator.encoder
+
+    def label_details(self, config):
+        band = f", overlap {self.overlap} px x{self.options.overlap_weight:g}" if self.overlap else ""
+        return f"{config.mask}{band}"
 
     def default_lr(self):
         # Reported for the released code: 1e-3 for central holes, 1e-4 for random regions;
@@ -75,7 +102,7 @@ class ContextEncoder(PretextMethod):
     def configure_optimizers(self):
         lr = self.config.lr or self.default_lr()
         betas = (0.5, 0.999) if (self.adversarial or self.config.arch == "inpaint") else (0.9, 0.999)
-        if self.config.optimizer == "sgd":
+        if self.options.optimizer == "sgd":
             generator = torch.optim.SGD(self.generator.parameters(), lr=lr, momentum=0.9)
         else:
             generator = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas)
@@ -91,7 +118,7 @@ class ContextEncoder(PretextMethod):
 
     def loss_weights(self, hole):
         """Per-pixel L2 weights: the hole, and the overlap band around it at overlap_weight x."""
-        return losses.reconstruction_weights(hole, self.overlap, self.config.overlap_weight)
+        return losses.reconstruction_weights(hole, self.overlap, self.options.overlap_weight)
 
     def _predict(self, masked):
         """Prediction in the image frame; outside the predicted patch it is the masked input."""
@@ -123,7 +150,7 @@ class ContextEncoder(PretextMethod):
                 self.discriminator(self._discriminator_view(fake.detach())))
             take_step(optimizers["discriminator"], d_loss)
             adv = losses.adversarial_generator_loss(self.discriminator(self._discriminator_view(fake)))
-            loss = losses.joint_loss(l2, adv, self.config.adv_weight)
+            loss = losses.joint_loss(l2, adv, self.options.adv_weight)
             metrics = {"adv": adv.item(), "d_loss": d_loss.item()}
         take_step(optimizers["generator"], loss)
         return {"loss": loss.item(), "l2": l2.item(), **metrics}

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from runtime.errors import UserError
 from ..backbones import build_backbone, feature_shape
 from . import PretextMethod, classification_metrics, register, take_step
 

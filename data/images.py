@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from runtime.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
 
@@ -133,3 +133,11 @@ def image_labels(paths, root, split="train", year=None):
     if len(classes) < 2:
         raise UserError(f"{root} has {len(classes)} class folder(s); labelled pretraining needs at least 2")
     return [classes.index(name) for name in names], classes
+
+
+def voc_year(root, wanted):
+    """`wanted` if the VOC root has that year, else the newest year it has."""
+    try:
+        return find_voc_dir(root, wanted).name[3:]
+    except UserError:
+        return find_voc_dir(root).name[3:]

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pretrain.data import load_rgb, readable_only
-from pretrain.errors import UserError
-from pretrain.images import VOC_CLASSES, find_voc_dir, read_class_labels, read_split  # noqa: F401  (re-exported)
+from runtime.errors import UserError
+from .images import VOC_CLASSES, find_voc_dir, read_class_labels, read_split
+from .pixels import load_rgb, readable_only
 
 
 def parse_annotation(xml_path):

@@ -143,27 +143,6 @@ def average_metrics(metrics):
     return {name: value / dist.get_world_size() for name, value in zip(metrics, values.tolist())}
 
 
-def average_gradients(parameters):
-    """Replace each gradient by its mean over processes, with one all_reduce for all of them.
-
-    Every process must reach the same parameters in its backward pass (true when the graph does
-    not depend on which images a process got, as for every built-in method)."""
-    if not active():
-        return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return
-    # One flat buffer per dtype: a single collective instead of one per tensor.
-    for dtype in {g.dtype for g in grads}:
-        group = [g for g in grads if g.dtype == dtype]
-        flat = torch.cat([g.reshape(-1) for g in group])
-        flat = all_reduce_sum(flat).div_(dist.get_world_size())
-        offset = 0
-        for g in group:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-
 def average_buffers(module):
     """Average floating-point buffers (BatchNorm running statistics) over processes: each process
     updates them from its own share of the batch, so they drift apart between averagings."""

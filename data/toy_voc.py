@@ -9,6 +9,7 @@ import colorsys
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,8 +17,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .voc import VOC_CLASSES
+from runtime.runfiles import cache_dir
+from .images import VOC_CLASSES
 
+DEFAULT_TOY = {"n_images": 200, "size": 96, "seed": 0}  # the built-in data of `bench` commands
 TOY_VOC_VERSION = 1  # part of the cache folder name: bump it when the generated data changes
 YEARS = (2007, 2012)
 SPLITS = ("train", "val", "trainval", "test")
@@ -264,4 +267,12 @@ def ensure_toy_voc(cache_dir, n_images=200, size=96, seed=0):
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def default_data_root():
+    """The built-in toy VOC set (DEFAULT_TOY), generated into the cache folder the first time:
+    what every command uses when it is given no data root."""
+    root = ensure_toy_voc(cache_dir(), **DEFAULT_TOY)
+    print(f"no --data-root given: using the built-in toy VOC set at {root}", file=sys.stderr)
     return root

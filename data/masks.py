@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .errors import UserError
+from runtime.errors import UserError
 
 MASK_KINDS = ("central", "random-block", "random-region", "noise")
 MAX_COVERAGE = 0.25

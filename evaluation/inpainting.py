@@ -4,9 +4,8 @@ images (`bench inpaint`) and score fills against the truth next to baselines (`b
 Evaluation images are prepared as in pretraining, without the randomness: the shorter side is
 rescaled to the run's load size and the centre image_size square is kept. Hole i is drawn from a
 generator seeded by (seed, i), so every row of one evaluation is scored on the same pixels.
-Scores are over the hole only, with pixels in [0, 1] (see metrics.hole_scores).
+Scores are over the hole only, with pixels in [0, 1] (see transfer.metrics.hole_scores).
 """
-import dataclasses
 import json
 import math
 import re
@@ -20,16 +19,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pretrain.data import load_rgb, normalized_tensor, readable_only
-from pretrain.errors import UserError
-from pretrain.images import list_images
-from pretrain.masks import MaskSampler, load_region_shapes
+from data.images import list_images
+from data.masks import MaskSampler, load_region_shapes
+from data.pixels import load_rgb, normalized_tensor, readable_only
 from pretrain.methods import get_method
 from pretrain.methods.context_encoder import ContextEncoder
-from pretrain.runfiles import CHECKPOINT, environment_info, save_json, write_atomically
-from pretrain.train import PretrainConfig, resolve_device
+from pretrain.train import load_run_config
+from runtime.device import resolve_device
+from runtime.engine import read_checkpoint
+from runtime.errors import UserError
+from runtime.runfiles import CHECKPOINT, environment_info, save_json, write_atomically
+from transfer.metrics import hole_scores
 from . import inpaint_baselines as baselines
-from .metrics import hole_scores
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -53,7 +54,7 @@ class Inpainter:
         config_path, checkpoint = run_dir / "config.json", run_dir / CHECKPOINT
         if not config_path.is_file():
             raise UserError(f"--run {run}: not a `bench pretrain` run folder (no config.json)")
-        config = PretrainConfig(**json.loads(config_path.read_text())["config"])
+        config = load_run_config(run_dir)
         if get_method(config.method) is not ContextEncoder:
             raise UserError(f"--run {run} is a {config.method} run; inpainting needs a context-encoder run")
         if not checkpoint.is_file():
@@ -63,17 +64,13 @@ class Inpainter:
         encoder_info = run_dir / "encoder.json"  # written when the run finished
         self.pretrain_seconds = (json.loads(encoder_info.read_text())["pretrain_seconds"]
                                  if encoder_info.is_file() else None)
-        # Inference never draws the run's own masks, so do not ask for its mask folder; only the
-        # central choice changes the network (a centre-patch output), and it is kept.
-        build = dataclasses.replace(config, mask="central" if config.mask == "central" else "random-block")
-        self.method = ContextEncoder(build, config.dataset_mean, config.dataset_std)
+        self.method = ContextEncoder(config, config.dataset_mean, config.dataset_std)
         # Memory-mapped: only the network's tensors are read, not the optimiser state beside them.
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["method"]
-        self.method.load_state_dict(state)
+        self.method.load_state_dict(read_checkpoint(checkpoint, mmap=True)["model"])
         self.method.to(self.device).eval()
         # Runs that differ only in their seed share a label, so the table averages over them.
         precision = "" if config.precision == "fp32" else f", {config.precision}"
-        self.label = f"context encoder ({config.mask}), {config.loss}, {config.arch}{precision}"
+        self.label = f"context encoder ({config.mask}), {self.method.options.loss}, {config.arch}{precision}"
         self.mean = torch.tensor(self.method.input_mean).view(1, 3, 1, 1)
         self.std = torch.tensor(self.method.input_std).view(1, 3, 1, 1)
 
@@ -125,7 +122,8 @@ def hole_sampler(config, mask, mask_dir):
                             f"(the run's {mask_dir} is not there)")
         shapes = load_region_shapes(mask_dir)
     # The central hole keeps the run's overlap band, as the network was trained with.
-    return mask, MaskSampler(mask, config.image_size, config.overlap if mask == "central" else 0, shapes)
+    overlap = ContextEncoder.resolve_options(config).overlap if mask == "central" else 0
+    return mask, MaskSampler(mask, config.image_size, overlap, shapes)
 
 
 def draw_holes(sampler, count, seed):

@@ -17,9 +17,9 @@ import tempfile
 import numpy as np
 from tqdm import tqdm
 
-from .data import load_rgb
-from .errors import UserError
-from .runfiles import cache_dir
+from runtime.errors import UserError
+from runtime.runfiles import cache_dir
+from .pixels import load_rgb
 
 VERSION = 1
 

@@ -1,0 +1,72 @@
+"""Pixels from image files: decode, rescale, normalise, channel statistics, and the policy for
+files that cannot be decoded."""
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from runtime.errors import UserError
+
+
+def load_rgb(path, shorter_side=None):
+    """Decode an image as RGB, optionally rescaling it so its shorter side is `shorter_side`."""
+    try:
+        with Image.open(path) as image:
+            if shorter_side is not None:
+                image.draft("RGB", (shorter_side, shorter_side))  # cheap JPEG downscale on decode
+            image = image.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+    return image if shorter_side is None else resize_shorter_side(image, shorter_side)
+
+
+BAD_IMAGE_POLICIES = ("fail", "skip")
+BAD_IMAGES_HELP = ("an image that cannot be decoded: stop the run naming it (fail), or check every image first "
+                   "and leave the unreadable ones out with a warning (skip)")
+
+
+def readable_only(paths, policy, what, progress=True):
+    """`paths` under the --bad-images policy. "fail": unchanged, so a file that cannot be decoded
+    stops the run when it is read, with its name. "skip": every file is decoded once up front
+    and the unreadable ones are left out, with a warning that counts them."""
+    if policy not in BAD_IMAGE_POLICIES:
+        raise UserError(f"--bad-images must be one of {', '.join(BAD_IMAGE_POLICIES)}, got {policy!r}")
+    if policy == "fail":
+        return list(paths)
+    readable, unreadable = [], []
+    for path in tqdm(paths, desc=f"checking images of {what}", unit="img", disable=not progress):
+        try:
+            load_rgb(path, 32)  # a small draft still decodes the whole file
+            readable.append(path)
+        except UserError:
+            unreadable.append(path)
+    if unreadable:
+        print(f"warning: skipping {len(unreadable)} unreadable image(s) of {what}, e.g. {unreadable[0]}",
+              file=sys.stderr)
+    if not readable:
+        raise UserError(f"no readable images in {what}")
+    return readable
+
+
+def resize_shorter_side(image, side, resample=Image.BILINEAR):
+    """`image` rescaled so its shorter side is `side`, keeping the aspect ratio."""
+    scale = side / min(image.size)
+    size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
+    return image.resize(size, resample)
+
+
+def normalized_tensor(pixels, mean, std):
+    """(H, W, 3) uint8 pixels (array or PIL image) -> (3, H, W) float (x / 255 - mean) / std,
+    with mean and std as (3, 1, 1) tensors."""
+    return (torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float() / 255 - mean) / std
+
+
+def channel_stats(paths, max_images=256, side=64):
+    """Per-channel mean and std of pixels in [0, 1] over an evenly spaced sample of images."""
+    step = max(1, len(paths) // max_images)
+    pixels = np.concatenate([
+        np.asarray(load_rgb(path, side), dtype=np.float64).reshape(-1, 3) / 255.0
+        for path in paths[::step][:max_images]])
+    return pixels.mean(0).tolist(), pixels.std(0).tolist()

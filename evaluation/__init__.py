@@ -1,0 +1,1 @@
+"""Evaluation of inpainting: fills of trained networks and classical baselines, scored over the hole."""

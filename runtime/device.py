@@ -1,0 +1,67 @@
+"""The device, the seeds, and the options that depend on the device and the process count."""
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import distributed, speedups
+from .errors import UserError
+from .options import option
+
+
+@dataclass
+class DeviceOptions:
+    """Where and how fast a run trains: the options pretraining and transfer share."""
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    workers: int = option(1, "DataLoader worker processes")
+    precision: str = option("fp32", "autocast dtype of forward passes and losses: bf16 on CUDA or CPUs with bf16 "
+                            "instructions, fp16 on CUDA (with loss scaling)", choices=speedups.PRECISIONS)
+    compile: bool = option(False, "compile the networks with torch.compile")
+    sync_bn: bool = option(False, "under torchrun on GPUs: BatchNorm statistics over the global batch")
+
+
+def resolve_device(name):
+    """"auto" -> cuda when there is a GPU, else cpu; a CUDA device that is absent is a user error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but no CUDA device is available")
+    return name
+
+
+def seed_everything(seed):
+    """Seed every global generator a method might draw from: Python's, NumPy's and torch's.
+    (DataLoader workers get their seeds from the loader's own generator; see seed_worker.)"""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def seed_worker(_worker_id):
+    """DataLoader worker_init_fn: seed Python and NumPy from the seed torch gave this worker."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def check_scaling_options(config):
+    """Validate the precision, SyncBatchNorm and process-count options (pretraining and transfer)."""
+    speedups.check_precision(config.precision, config.device)
+    if config.sync_bn and not config.device.startswith("cuda"):
+        raise UserError("--sync-bn synchronises BatchNorm between GPUs; it needs a CUDA device")
+    processes = distributed.world_size()
+    if config.batch_size % processes:
+        raise UserError(f"--batch-size {config.batch_size} is not divisible by the {processes} processes; "
+                        f"the global batch is split evenly between them")
+
+
+def start_process(device_name=None):
+    """Set this process up for a run, and return the device it trains on: its share of the CPU
+    cores (divided between torchrun's processes on this machine), and with a device, the process
+    group under torchrun (the device becomes cuda:LOCAL_RANK there). Every entry point calls it
+    (the CLI, pretrain, resume_pretraining, run_task); the process group is joined once."""
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // processes_here))
+    return None if device_name is None else distributed.setup(resolve_device(device_name))

@@ -1,0 +1,109 @@
+"""Options declared once, as dataclass fields that carry their help text and choices, and turned
+into command-line flags and back from there: a new option is one field in one file.
+
+    @dataclass
+    class Options:
+        overlap_weight: float = option(10.0, "L2 weight of the overlap band relative to the hole")
+        loss: str = option("l2", "l2: masked L2; l2+adv: with the adversarial term", choices=("l2", "l2+adv"))
+
+`add_options(parser, Options)` adds --overlap-weight and --loss; `option_values(args, Options)`
+gives back {"overlap_weight": ..., "loss": ...}; `parse_options(Options, values, where)` checks
+a preset's or a saved run's values against the fields.
+"""
+import argparse
+import dataclasses
+import types
+import typing
+
+from .errors import UserError
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, unless its help already says it or there is none to show."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "") or action.default is None or action.default is False \
+                or action.default in ("", [], argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def option(default, help, choices=None, metavar=None, nargs=None, required=False):
+    """A dataclass field with its command-line help. `choices` may be a function giving them when
+    the parser is built (e.g. the registered methods, plug-ins included); `nargs` makes a list;
+    `required`: the command line must give it (the dataclass default serves library callers)."""
+    metadata = {"help": help, "choices": choices, "metavar": metavar, "nargs": nargs, "required": required}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def _value_type(annotation):
+    """int for `int` and `int | None`, and so on; None for types the command line does not parse."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    if typing.get_origin(annotation) is list:
+        annotation = typing.get_args(annotation)[0]
+    return annotation if annotation in (int, float, str, bool) else None
+
+
+def _checked(kind, name):
+    def parse(text):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag(name)} takes {kind.__name__} values, got {text!r}") from None
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+def add_options(parser, cls, title=None):
+    """A flag per field of dataclass `cls` that has help text (in a group titled `title`)."""
+    group = parser.add_argument_group(title) if title else parser
+    hints = typing.get_type_hints(cls)
+    own = cls.__dict__.get("__annotations__", {})  # its own fields first, then the inherited ones
+    for field in sorted(dataclasses.fields(cls), key=lambda field: field.name not in own):
+        if "help" not in field.metadata:
+            continue
+        kind, meta = _value_type(hints[field.name]), field.metadata
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        if kind is bool:
+            group.add_argument(flag(field.name), action=argparse.BooleanOptionalAction, default=default,
+                               help=meta["help"])
+            continue
+        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
+        group.add_argument(flag(field.name), type=_checked(kind, field.name), default=default, choices=choices,
+                           metavar=meta["metavar"], nargs=meta["nargs"], help=meta["help"],
+                           **({"required": True} if meta["required"] else {}))
+
+
+def option_values(args, cls):
+    """{field: value} of `cls`'s fields from parsed `args`."""
+    return {field.name: getattr(args, field.name) for field in dataclasses.fields(cls) if hasattr(args, field.name)}
+
+
+def parse_options(cls, values, where):
+    """`cls(**values)`, with an unknown name or a value outside a field's choices as a one-line error
+    naming `where` the values came from."""
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        known = ", ".join(sorted(fields)) or "none"
+        raise UserError(f"{where}: unknown option(s) {', '.join(unknown)} (its options: {known})")
+    for name, value in values.items():
+        choices = fields[name].metadata.get("choices")
+        choices = choices() if callable(choices) else choices
+        if choices and value not in choices:
+            raise UserError(f"{where}: {name} must be one of {', '.join(choices)}, got {value!r}")
+    return cls(**values)
+
+
+def check_ranges(rules):
+    """A one-line error for the first (flag, value, ok, rule) whose `ok` is false."""
+    for name, value, ok, rule in rules:
+        if not ok:
+            raise UserError(f"{name} must be {rule}, got {value}")
