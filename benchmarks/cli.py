@@ -286,13 +286,11 @@ def run_methods(args):
 
 
 def run_suite_command(args):
-    from benchmarks.suite import load_preset, run_suite
+    from benchmarks.suite import check_needs, load_preset, run_suite
     from data.toy_voc import default_data_root
     preset = load_preset(args.preset)
-    given = {"pretrain-data": args.data_root, "transfer-data": args.transfer_data_root, "mask-dir": args.mask_dir}
-    for option, hint in (preset.get("needs") or {}).items():
-        if given.get(option) is None:
-            raise UserError(f"preset {args.preset} needs --{option} ({hint})")
+    check_needs(preset, args.preset, {"pretrain-data": args.data_root, "transfer-data": args.transfer_data_root,
+                                      "mask-dir": args.mask_dir})
     data_root = args.data_root or preset.get("data_root") or default_data_root()
     out = args.out or f"runs/suite-{Path(args.preset).stem}"
     table = run_suite(preset, out, data_root, args.mask_dir or preset.get("mask_dir"),

@@ -37,6 +37,13 @@ def load_preset(name):
     return yaml.safe_load(path.read_text())
 
 
+def check_needs(preset, name, given):
+    """Refuse to start a preset without the command-line options its `needs:` names ({option: value})."""
+    for option, hint in (preset.get("needs") or {}).items():
+        if given.get(option) is None:
+            raise UserError(f"preset {name} needs --{option} ({hint})")
+
+
 def check_preset(preset):
     """Fail on a misspelt option before hours of work, not after."""
     for key in ("seeds", "pretrain", "methods", "transfer", "tasks"):

@@ -141,6 +141,11 @@ class MaskSampler:
             raise UserError("random-region masks need a folder of VOC segmentation masks (--mask-dir)")
         self.kind, self.side, self.overlap, self.shapes = kind, side, overlap, shapes
 
+    @classmethod
+    def from_folder(cls, kind, side, overlap=0, mask_dir=None):
+        """A sampler of `kind`; random-region shapes come from the VOC segmentation PNGs in mask_dir."""
+        return cls(kind, side, overlap, load_region_shapes(mask_dir) if kind == "random-region" else None)
+
     def __call__(self, rng):
         if self.kind == "central":
             return central_mask(self.side, self.overlap)

@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data.images import list_images
-from data.masks import MaskSampler, load_region_shapes
+from data.masks import MaskSampler
 from data.pixels import load_rgb, normalized_tensor, readable_only
 from pretrain.methods import get_method
 from pretrain.methods.context_encoder import ContextEncoder
@@ -114,16 +114,13 @@ def hole_sampler(config, mask, mask_dir):
     mask = mask or config.mask
     if mask not in INPAINT_MASKS:
         raise UserError(f"--mask {mask!r} cannot be evaluated; choose from {', '.join(INPAINT_MASKS)}")
-    shapes = None
-    if mask == "random-region":
-        mask_dir = mask_dir or config.mask_dir
-        if not mask_dir or not Path(mask_dir).is_dir():
-            raise UserError(f"random-region holes need --mask-dir, a folder of VOC segmentation PNGs "
-                            f"(the run's {mask_dir} is not there)")
-        shapes = load_region_shapes(mask_dir)
+    mask_dir = mask_dir or config.mask_dir
+    if mask == "random-region" and (not mask_dir or not Path(mask_dir).is_dir()):
+        raise UserError(f"random-region holes need --mask-dir, a folder of VOC segmentation PNGs "
+                        f"(the run's {mask_dir} is not there)")
     # The central hole keeps the run's overlap band, as the network was trained with.
     overlap = ContextEncoder.resolve_options(config).overlap if mask == "central" else 0
-    return mask, MaskSampler(mask, config.image_size, overlap, shapes)
+    return mask, MaskSampler.from_folder(mask, config.image_size, overlap, mask_dir)
 
 
 def draw_holes(sampler, count, seed):

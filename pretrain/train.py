@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from data import images
 from data.imagecache import ImageCache
-from data.masks import MASK_KINDS, MaskSampler, load_region_shapes
+from data.masks import MASK_KINDS, MaskSampler
 from data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, readable_only
 from data.pretrain_items import PretrainImages
 from data.sampling import epoch_batches
@@ -198,10 +198,9 @@ def build(config, paths, progress=True):
         labels, classes = images.image_labels(paths, config.data_root, config.split, config.year)
         if classes != config.classes:
             raise UserError(f"the class folders of {config.data_root} changed since the run started")
-    holes = None
-    if method.uses_masks:  # a data-side transform, drawn per item in the loader's workers
-        shapes = load_region_shapes(config.mask_dir) if config.mask == "random-region" else None
-        holes = MaskSampler(config.mask, config.image_size, getattr(method, "overlap", 0), shapes)
+    # Holes are a data-side transform, drawn per item in the loader's workers.
+    holes = MaskSampler.from_folder(config.mask, config.image_size, getattr(method, "overlap", 0),
+                                    config.mask_dir) if method.uses_masks else None
     dataset = PretrainImages(paths, config.image_size, config.load_size, method.input_mean,
                              method.input_std, holes, config.seed, labels)
     if config.image_cache:
