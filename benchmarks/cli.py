@@ -1,10 +1,38 @@
 """`bench`: the command line. Each sub-command parses options and calls one library function."""
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from runtime.errors import UserError
 from runtime.options import HelpFormatter
+
+
+# Each command's --help ends with one of these.
+EXAMPLES = {
+    "pretrain": "bench pretrain --mask central --lr 1e-3 --steps 1000 --out runs/ce-central",
+    "transfer": "bench transfer --task seg --init runs/ce-central",
+    "table": "bench table --records runs/transfer --out results",
+    "export": "bench export --run runs/ce-central --to torchvision --out ce-alexnet.pth",
+    "inpaint": "bench inpaint --run runs/inpaint --images my_photos --out runs/filled",
+    "eval-inpaint": "bench eval-inpaint --run runs/inpaint --mask central",
+    "suite": "bench suite --preset quick",
+    "methods": "bench methods --plugin my_methods.py",
+    "data": "bench data toy --out runs/toy-voc",
+    "toy": "bench data toy --out runs/toy-voc --images 50",
+    "speed": "bench speed --feature-sizes 128 --precisions fp32 bf16",
+}
+
+
+def add_command(commands, name, **options):
+    """A sub-command parser with --quiet/--verbose and, after its options in --help, an example."""
+    p = commands.add_parser(name, epilog=f"example: {EXAMPLES[name]}", **{"formatter_class": HelpFormatter, **options})
+    loudness = p.add_mutually_exclusive_group()
+    loudness.add_argument("--quiet", "-q", dest="verbosity", action="store_const", const="quiet", default="normal",
+                          help="no progress bars or status lines: results and errors only")
+    loudness.add_argument("--verbose", "-v", dest="verbosity", action="store_const", const="verbose",
+                          help="progress lines every 5 s instead of 30 s when the output is not a terminal")
+    return p
 
 
 def is_main_process():
@@ -44,8 +72,7 @@ def add_pretrain_parser(commands, method):
     from pretrain.methods import METHODS
     from pretrain.train import PretrainConfig
     from runtime.options import add_options
-    p = commands.add_parser(
-        "pretrain", help="learn an encoder without labels",
+    p = add_command(commands, "pretrain", help="learn an encoder without labels",
         description="Train a pretext method and write a run folder: config.json, metrics.jsonl, "
                     "checkpoint.pt, encoder.pt + encoder.json (for `bench transfer`) and preview PNGs. "
                     "With no options: the context encoder on the built-in toy data (quick preset).",
@@ -90,8 +117,7 @@ def run_pretrain(args):
 def add_transfer_parser(commands):
     from runtime.options import add_options
     from transfer.finetune import TransferConfig
-    p = commands.add_parser(
-        "transfer", help="fine-tune an encoder on a VOC task and write a record",
+    p = add_command(commands, "transfer", help="fine-tune an encoder on a VOC task and write a record",
         description="Fine-tune (or probe) an encoder on a PASCAL VOC task and write "
                     "<out>/record.json with the metric, per-class numbers and the full config. "
                     "seg: FCN-32s, VOC2012 train -> val, mean IU. cls: VOC2007 trainval -> test, mAP. "
@@ -123,8 +149,8 @@ def run_transfer(args):
 
 def add_export_parser(commands):
     from transfer.export import FORMATS
-    p = commands.add_parser(
-        "export", help="write an encoder in torchvision's, timm's or detectron2's checkpoint layout",
+    p = add_command(
+        commands, "export", help="write an encoder in torchvision's, timm's or detectron2's checkpoint layout",
         description="Convert the encoder of a `bench pretrain` run (or an encoder.pt) for use outside "
                     "the suite. torchvision: a state_dict with features.<i> names that loads into "
                     "torchvision.models.alexnet() with strict=False. timm (timm:<model> encoders): "
@@ -157,8 +183,7 @@ def add_inpaint_options(p):
 
 
 def add_inpaint_parser(commands):
-    p = commands.add_parser(
-        "inpaint", help="fill holes in your own images with a trained context encoder",
+    p = add_command(commands, "inpaint", help="fill holes in your own images with a trained context encoder",
         description="Fill holes in images of any size. Each image's largest centred square is rescaled "
                     "to the network's input size, a hole is drawn and filled there, and the fill is "
                     "rescaled back and pasted into the hole at full resolution (the context keeps its "
@@ -182,8 +207,8 @@ def run_inpaint(args):
 
 def add_eval_inpaint_parser(commands):
     from evaluation.inpainting import ROWS
-    p = commands.add_parser(
-        "eval-inpaint", help="score inpainting against the truth, with baselines (the paper's Table 1)",
+    p = add_command(
+        commands, "eval-inpaint", help="score inpainting against the truth, with baselines (the paper's Table 1)",
         description="Fill the same holes in the images of --split with each --run's network and the "
                     "baselines, and score each over the hole with pixels in [0, 1]: mean L1, mean L2, "
                     "PSNR, SSIM. Writes <out>/<row>/record.json (read by `bench table`) and "
@@ -223,8 +248,7 @@ def run_eval_inpaint(args):
 
 
 def add_table_parser(commands):
-    p = commands.add_parser(
-        "table", help="the paper's Tables 2 and 1 beside the measured records",
+    p = add_command(commands, "table", help="the paper's Tables 2 and 1 beside the measured records",
         description="Read every record.json under --records and write into --out: from transfer "
                     "records table.csv, table.md, table.json and table.png (mean ± std over seeds) next "
                     "to the paper's Table 2 (results/paper_table2.csv); from `bench eval-inpaint` records "
@@ -248,8 +272,7 @@ def print_table(tables, folder):
 
 
 def add_suite_parser(commands):
-    p = commands.add_parser(
-        "suite", help="pretrain every method, run every task for several seeds, build the table",
+    p = add_command(commands, "suite", help="pretrain every method, run every task for several seeds, build the table",
         description="Run a preset (benchmarks/presets/*.yaml, or a YAML file of the same form): "
                     "pretraining for each method and seed, every transfer task on every encoder, "
                     "then the table. Finished work (encoder.pt / record.json present) is skipped.",
@@ -268,8 +291,7 @@ def add_suite_parser(commands):
 
 
 def add_methods_parser(commands):
-    p = commands.add_parser(
-        "methods", help="list the registered pretext methods",
+    p = add_command(commands, "methods", help="list the registered pretext methods",
         description="List every pretext method `bench pretrain --method` accepts: the built-ins, "
                     "those of installed packages (entry-point group context_encoder_bench.methods) "
                     "and those of --plugin modules.")
@@ -300,9 +322,9 @@ def run_suite_command(args):
 
 def add_data_parser(commands):
     from data.toy_voc import DEFAULT_TOY
-    p = commands.add_parser("data", help="make data sets")
+    p = add_command(commands, "data", help="make data sets")
     kinds = p.add_subparsers(dest="kind", required=True)
-    toy = kinds.add_parser("toy", help="write the synthetic toy VOCdevkit (VOC2007 + VOC2012)",
+    toy = add_command(kinds, "toy", help="write the synthetic toy VOCdevkit (VOC2007 + VOC2012)",
                            formatter_class=HelpFormatter)
     toy.add_argument("--out", required=True, help="folder to write VOCdevkit/ into (must be new or empty)")
     toy.add_argument("--images", type=positive_int, default=DEFAULT_TOY["n_images"], help="images per year")
@@ -322,8 +344,7 @@ def run_data_toy(args):
 
 def add_speed_parser(commands):
     from runtime.speedups import PRECISIONS
-    p = commands.add_parser(
-        "speed", help="measure training throughput against the machine's matmul peak",
+    p = add_command(commands, "speed", help="measure training throughput against the machine's matmul peak",
         description="Measure the matmul peak (fp32, bf16), model-only training throughput on random "
                     "tensors and end-to-end pretraining throughput on real files, for the feature network "
                     "(AlexNet context encoder, random-region holes) at each --feature-sizes and the "
@@ -368,7 +389,10 @@ def run_speed_command(args):
 def build_parser(method=None):
     """The `bench` parser; `method` chooses whose options `bench pretrain` offers."""
     parser = argparse.ArgumentParser(
-        prog="bench", description="Context-encoder pretraining and PASCAL VOC transfer benchmarks.")
+        prog="bench", description="Context-encoder pretraining and PASCAL VOC transfer benchmarks.",
+        formatter_class=HelpFormatter,
+        epilog="example: bench suite --preset quick (then bench <command> --help)")
+    parser.add_argument("--version", action="version", version=version())
     commands = parser.add_subparsers(dest="command", required=True)
     add_pretrain_parser(commands, method)
     add_transfer_parser(commands)
@@ -381,6 +405,17 @@ def build_parser(method=None):
     add_data_parser(commands)
     add_speed_parser(commands)
     return parser
+
+
+def version():
+    """bench's version, the commit it runs from, and torch's."""
+    import importlib.metadata
+
+    import torch
+
+    from runtime.runfiles import code_version
+    return (f"bench {importlib.metadata.version('context-encoder-bench')} (commit {code_version()}), "
+            f"torch {torch.__version__}")
 
 
 def early_options(argv):
@@ -401,6 +436,8 @@ def main(argv=None):
         load_plugins(early.plugin)
         args = build_parser(early.method).parse_args(argv)
         from runtime.device import start_process
+        from runtime.progress import set_verbosity
+        set_verbosity(getattr(args, "verbosity", "normal"))
         start_process(getattr(args, "device", None))  # under torchrun: join the process group first
         args.handler(args)
     except UserError as exc:
@@ -412,6 +449,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout has gone (`bench table ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail
+        return 0
     finally:
         from runtime.distributed import shutdown
         shutdown()

@@ -33,6 +33,7 @@ from data.pixels import channel_stats
 from pretrain.train import PretrainConfig, build, pretraining_engine, resolve_config, training_batches, training_images
 from runtime import speedups
 from runtime.errors import UserError
+from runtime.progress import progress_bar
 from runtime.runfiles import create_run_dir, environment_info, save_json, write_atomically
 
 
@@ -153,7 +154,7 @@ def run_speed(out, data_root, mask_dir=None, cases=None, precisions=("fp32", "bf
     measurements = [(case, precision) for case in cases for precision in precisions]
     # The pixel statistics are the same for every case: read the images for them once.
     stats = channel_stats(training_images(PretrainConfig(data_root=str(data_root))))
-    for case, precision in tqdm(measurements, desc="measuring", unit="case", disable=not progress):
+    for case, precision in progress_bar(measurements, desc="measuring", unit="case", disable=not progress):
         row = measure_case(case, precision, data_root, mask_dir, device, workers, warmup, steps, progress, stats)
         row["peak_gflop_s"] = peaks[precision]
         row["model_only_fraction_of_peak"] = row["model_only_gflop_s"] / peaks[precision]

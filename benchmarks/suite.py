@@ -20,6 +20,7 @@ from pretrain.methods import get_method
 from pretrain.train import PretrainConfig, pretrain, resume_pretraining
 from runtime.errors import UserError
 from runtime.options import parse_options
+from runtime.progress import info
 from runtime.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir
 from transfer.finetune import TransferConfig, task_names
 from transfer.tasks import run_task
@@ -92,10 +93,10 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, se
             run_dir = out / "pretrain" / f"{name}-seed{seed}"
             encoders[name, seed] = str(run_dir)
             if (run_dir / "encoder.pt").is_file():
-                print(f"skip pretraining {run_dir}: done")
+                info(f"skip pretraining {run_dir}: done")
                 continue
             if (run_dir / CHECKPOINT).is_file():
-                print(f"resuming pretraining {name}, seed {seed} in {run_dir}")
+                info(f"resuming pretraining {name}, seed {seed} in {run_dir}")
                 resume_pretraining(run_dir, progress=progress)
                 continue
             config = pretrain_config(preset, options, f"methods.{name}")
@@ -104,17 +105,17 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, se
                                          mask_dir=mask_dir or config.mask_dir, seed=seed, device=device)
             if preset.get("probe") and config.probe_data is None:  # the probe curve on the transfer data
                 config = dataclasses.replace(config, probe_data=str(transfer_root))
-            print(f"pretraining {name}, seed {seed} -> {run_dir}")
+            info(f"pretraining {name}, seed {seed} -> {run_dir}")
             pretrain(config, run_dir, overwrite=True, progress=progress)
     for task_name, task_options in preset["tasks"].items():
         for (name, seed), init in encoders.items():
             run_dir = out / "transfer" / f"{task_name}-{name}-seed{seed}"
             if (run_dir / "record.json").is_file():
-                print(f"skip {run_dir}: done")
+                info(f"skip {run_dir}: done")
                 continue
             config = parse_options(TransferConfig, {**preset["transfer"], **task_options}, f"preset tasks.{task_name}")
             config = dataclasses.replace(config, init=init, data_root=str(transfer_root), seed=seed, device=device)
-            print(f"transfer {task_name} from {name}, seed {seed} -> {run_dir}")
+            info(f"transfer {task_name} from {name}, seed {seed} -> {run_dir}")
             try:
                 with staged_run_dir(run_dir, overwrite=True, resume=has_interrupted_run(run_dir)) as staging:
                     record = run_task(config, staging, progress=progress)

@@ -15,9 +15,9 @@ import os
 import tempfile
 
 import numpy as np
-from tqdm import tqdm
 
 from runtime.errors import UserError
+from runtime.progress import progress_bar
 from runtime.runfiles import cache_dir
 from .pixels import load_rgb
 
@@ -74,7 +74,7 @@ def _build(paths, side, data_path, index_path, progress):
     tmp_index = None
     try:
         with os.fdopen(fd, "wb") as file:
-            for path in tqdm(paths, desc=f"caching images at {side} px", unit="img", disable=not progress):
+            for path in progress_bar(paths, desc=f"caching images at {side} px", unit="img", disable=not progress):
                 pixels = np.ascontiguousarray(np.asarray(load_rgb(path, side), dtype=np.uint8))
                 file.write(pixels.tobytes())
                 offsets.append(offset)

@@ -5,9 +5,9 @@ import sys
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from runtime.errors import UserError
+from runtime.progress import progress_bar
 
 
 def load_rgb(path, shorter_side=None):
@@ -36,7 +36,7 @@ def readable_only(paths, policy, what, progress=True):
     if policy == "fail":
         return list(paths)
     readable, unreadable = [], []
-    for path in tqdm(paths, desc=f"checking images of {what}", unit="img", disable=not progress):
+    for path in progress_bar(paths, desc=f"checking images of {what}", unit="img", disable=not progress):
         try:
             load_rgb(path, 32)  # a small draft still decodes the whole file
             readable.append(path)

@@ -13,7 +13,8 @@ completed images as (N, S, S, 3) floats in [0, 1]; pixels outside the holes are 
 import cv2
 import numpy as np
 from skimage.feature import hog
-from tqdm import tqdm
+
+from runtime.progress import progress_bar
 
 HOG_CELL = 8
 INPAINT_RADIUS = 5  # px of context OpenCV looks at around each hole pixel
@@ -67,7 +68,7 @@ def nearest_neighbour_fill(images, holes, database, describe, prepare=None, prog
     prepared_database = prepare(database)
     filled = np.empty(images.shape, np.float32)
     cached_hole, database_features = None, None
-    for i in tqdm(range(len(images)), desc=desc, unit="img", disable=not progress):
+    for i in progress_bar(range(len(images)), desc=desc, unit="img", disable=not progress):
         hole = holes[i]
         if cached_hole is None or not np.array_equal(hole, cached_hole):  # central holes: described once
             cached_hole, database_features = hole, describe(prepared_database, hole)

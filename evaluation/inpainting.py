@@ -17,7 +17,6 @@ import matplotlib
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from data.images import list_images
 from data.masks import MaskSampler
@@ -28,6 +27,7 @@ from pretrain.train import load_run_config
 from runtime.device import resolve_device
 from runtime.engine import read_checkpoint
 from runtime.errors import UserError
+from runtime.progress import progress_bar
 from runtime.runfiles import CHECKPOINT, environment_info, save_json, write_atomically
 from transfer.metrics import hole_scores
 from . import inpaint_baselines as baselines
@@ -133,7 +133,7 @@ def draw_holes(sampler, count, seed):
 def centre_crops(paths, image_size, load_size, progress=True, desc="loading images"):
     """(N, S, S, 3) uint8: shorter side rescaled to `load_size`, centre `image_size` square."""
     crops = np.empty((len(paths), image_size, image_size, 3), np.uint8)
-    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=not progress)):
+    for i, path in enumerate(progress_bar(paths, desc=desc, unit="img", disable=not progress)):
         image = np.asarray(load_rgb(path, load_size))
         top, left = (image.shape[0] - image_size) // 2, (image.shape[1] - image_size) // 2
         crops[i] = image[top:top + image_size, left:left + image_size]
@@ -250,7 +250,7 @@ def inpaint_files(runs, images, out_dir, mask=None, mask_dir=None, seed=0, devic
     paths = [source] if source.is_file() else list_images(source)
     side = config.image_size
     written = []
-    for i, path in enumerate(tqdm(paths, desc="inpainting", unit="img", disable=not progress)):
+    for i, path in enumerate(progress_bar(paths, desc="inpainting", unit="img", disable=not progress)):
         picture = np.asarray(load_rgb(path))
         square = min(picture.shape[:2])
         top, left = (picture.shape[0] - square) // 2, (picture.shape[1] - square) // 2

@@ -1,5 +1,6 @@
-"""Curves of a pretraining run from its metrics.jsonl: loss.png (every loss term, smoothed, the raw
-values faint) and, when the run was probed, probe.png (kNN mAP against steps)."""
+"""Curves of a training run from its metrics.jsonl: loss.png (every loss term, smoothed, the raw
+values faint; pretraining and transfer runs) and, when a pretraining run was probed, probe.png
+(kNN mAP against steps)."""
 import json
 from pathlib import Path
 
@@ -21,9 +22,11 @@ def read_metrics(run_dir):
     return steps.set_index("step") if len(steps) else steps, probes.set_index("step")
 
 
-def plot_curves(run_dir):
-    """Write loss.png (and probe.png if the run has probes) into run_dir; return their paths."""
+def plot_curves(run_dir, name=None):
+    """Write loss.png (and probe.png if the run has probes) into run_dir, titled with `name` (default:
+    the folder's); return their paths."""
     run_dir = Path(run_dir)
+    name = name or run_dir.name
     steps, probes = read_metrics(run_dir)
     written = []
     losses = [c for c in steps.columns if c != "elapsed_s" and ("loss" in c or c in ("l2", "adv"))]
@@ -33,13 +36,13 @@ def plot_curves(run_dir):
         for column in losses:
             raw = ax.plot(steps.index, steps[column], alpha=0.25, linewidth=0.8)[0]
             ax.plot(steps.index, steps[column].ewm(span=span).mean(), color=raw.get_color(), label=column)
-        ax.set(xlabel="step", ylabel="loss", title=f"{run_dir.name}: training loss (smoothed, raw faint)")
+        ax.set(xlabel="step", ylabel="loss", title=f"{name}: training loss (smoothed, raw faint)")
         ax.legend()
         written.append(_save(fig, run_dir / "loss.png"))
     if len(probes):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot(probes.index, 100 * probes[PROBE_KEY], marker="o")
-        ax.set(xlabel="pretraining step", ylabel="kNN mAP (%)", title=f"{run_dir.name}: frozen pool5 kNN probe")
+        ax.set(xlabel="pretraining step", ylabel="kNN mAP (%)", title=f"{name}: frozen pool5 kNN probe")
         ax.grid(alpha=0.3)
         written.append(_save(fig, run_dir / "probe.png"))
     return written

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 from torchvision.utils import save_image
-from tqdm import tqdm
 
 from data import images
 from data.imagecache import ImageCache
@@ -29,6 +28,7 @@ from runtime.device import DeviceOptions, check_scaling_options, resolve_device,
 from runtime.engine import Engine, check_training_options, prepare_model
 from runtime.errors import UserError
 from runtime.options import option
+from runtime.progress import info
 from runtime.runfiles import check_new_run_dir, check_resumable, create_run_dir, environment_info, save_json, save_torch
 from .backbones import label_with_arch
 from .curves import plot_curves
@@ -236,7 +236,7 @@ def _train(config, method, dataset, run_dir, progress=True):
             score = probe(method.encoder, config.device)
             engine.log({"step": step, "probe_knn_map": score, "elapsed_s": round(engine.elapsed, 3)})
             plot_curves(run_dir)
-            tqdm.write(f"step {step}: probe kNN mAP {100 * score:.1f}%")
+            info(f"step {step}: probe kNN mAP {100 * score:.1f}%")
 
     engine.run(train_step, lambda start: training_batches(dataset, config, start), after_step)
     if main:

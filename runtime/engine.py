@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from . import distributed, speedups
 from .errors import UserError
 from .options import check_ranges, flag
+from .progress import progress_bar
 from .runfiles import CHECKPOINT, save_torch
 
 METRICS = "metrics.jsonl"
@@ -154,8 +154,8 @@ class Engine:
                 started += time.perf_counter() - hook_started
 
         metrics_file = open(self.run_dir / METRICS, "a") if self.main else contextlib.nullcontext()
-        with tqdm(total=self.steps, initial=self.step, desc=self.desc, unit="step", disable=not self.progress,
-                  dynamic_ncols=True) as bar, metrics_file as self._metrics_file:
+        with progress_bar(total=self.steps, initial=self.step, desc=self.desc, unit="step",
+                          disable=not self.progress) as bar, metrics_file as self._metrics_file:
             if self.step == 0:
                 hook(None)
             for batch in batches_from(self.step) if self.step < self.steps else ():
@@ -172,7 +172,7 @@ class Engine:
                 if self.main:
                     self.log({"step": self.step, **metrics, "elapsed_s": round(self.elapsed, 3)})
                     rate = (self.step - session_first_step) * self.batch_size / (time.perf_counter() - session_start)
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{rate:.1f}")
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{rate:.1f}", refresh=False)
                     bar.update(1)
                 hook(metrics)
                 if self.step % self.checkpoint_every == 0 or self.step == self.steps:

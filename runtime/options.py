@@ -19,7 +19,13 @@ from .errors import UserError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default, unless its help already says it or there is none to show."""
+    """Shows an option's default, unless its help already says it or there is none to show; leaves
+    command lines (examples, the version) unwrapped."""
+
+    def _fill_text(self, text, width, indent):
+        if text.startswith(("example:", "bench ")):  # a command line (and --version) stays whole
+            return indent + text
+        return super()._fill_text(text, width, indent)
 
     def _get_help_string(self, action):
         if "default" in (action.help or "") or action.default is None or action.default is False \

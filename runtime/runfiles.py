@@ -130,11 +130,16 @@ def environment_info():
     """Versions that decide whether a number can be reproduced."""
     import numpy
     import torchvision
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": numpy.__version__,
+            "code_version": code_version()}
+
+
+def code_version():
+    """The git commit the code runs from, or "unknown" outside a git checkout."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
                                 capture_output=True, text=True, timeout=5).stdout.strip()
     except OSError:
         commit = ""
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-            "code_version": commit or "unknown"}
+    return commit or "unknown"

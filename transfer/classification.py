@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from sklearn.model_selection import GridSearchCV
 from sklearn.svm import LinearSVC
 from torch import nn
-from tqdm import tqdm
 
 from data.images import VOC_CLASSES
 from data.voc import VOCClassification
 from pretrain.backbones import feature_shape, frozen_features
 from runtime import distributed
+from runtime.progress import progress_bar
 from .encoders import calibrate_fresh_head
 from .finetune import Crops, evaluation_items, fit, seeded_batches, set_up_task
 from .metrics import classification_ap
@@ -49,7 +49,7 @@ def _batched(dataset, transform, config, device, progress, desc):
     """This process's shard of `dataset` with `transform`, in batches (see evaluation_items)."""
     dataset.transform = transform
     loader = evaluation_items(dataset, transform, config, device)
-    return tqdm(loader, desc=desc, unit="batch", disable=not (progress and distributed.is_main()))
+    return progress_bar(loader, desc=desc, unit="batch", disable=not (progress and distributed.is_main()))
 
 
 def run_classification(config, run_dir, progress=True):
@@ -120,7 +120,7 @@ def _svm_scores(encoder, train_set, test_set, transform, config, device, progres
 
 def _fit_svms(train_x, test_x, train_set, config, progress):
     scores = np.zeros((len(test_x), len(VOC_CLASSES)))
-    for c in tqdm(range(len(VOC_CLASSES)), desc="svm per class", disable=not progress):
+    for c in progress_bar(range(len(VOC_CLASSES)), desc="svm per class", disable=not progress):
         keep = ~train_set.difficult[:, c].numpy()
         y = train_set.labels[keep, c].numpy()
         if y.min() == y.max():  # one class only in training: no SVM to fit, AP is undefined or trivial

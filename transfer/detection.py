@@ -32,7 +32,6 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import RoIPool, box_iou
 from torchvision.transforms.functional import to_tensor
-from tqdm import tqdm
 
 from data.images import VOC_CLASSES
 from data.pixels import load_rgb
@@ -42,6 +41,7 @@ from pretrain.backbones import TimmBackbone, frozen_features
 from pretrain.networks import ALEXNET_POOL5_CHANNELS
 from runtime import distributed
 from runtime.errors import UserError
+from runtime.progress import progress_bar
 from runtime.runfiles import cache_dir, write_atomically
 from .encoders import calibrate_fresh_head
 from .finetune import fit, seeded_batches, set_up_task
@@ -89,7 +89,7 @@ def cached_proposals(voc, min_size, max_size, progress=True):
         return paths
     folder.mkdir(parents=True, exist_ok=True)
     cv2.setNumThreads(len(os.sched_getaffinity(0)))
-    for image_id, path in tqdm(missing, desc="selective search", unit="img", disable=not progress):
+    for image_id, path in progress_bar(missing, desc="selective search", unit="img", disable=not progress):
         boxes = selective_search(load_rgb(voc.voc_dir / "JPEGImages" / f"{image_id}.jpg"), min_size, max_size)
         write_atomically(path, lambda tmp: _save_npy(tmp, boxes))
     return paths
@@ -247,7 +247,7 @@ def detect(model, samples, config, device, progress=False):
                         collate_fn=_collate, **loader_options(config.workers, device))
     detections = []
     with torch.no_grad():
-        for batch in tqdm(loader, desc="det eval", unit="batch", disable=not (progress and distributed.is_main())):
+        for batch in progress_bar(loader, desc="det eval", unit="batch", disable=not (progress and distributed.is_main())):
             detections += [{k: v.cpu() for k, v in found.items()} for found in _forward(model, batch, device)]
     return distributed.concat_in_rank_order(detections)
 

@@ -12,6 +12,7 @@ from data.pixels import (BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, loa
                          resize_shorter_side)
 from data.sampling import EVAL_EPOCH, SeededItems, epoch_batches, loader_options
 from data.voc import drop_unreadable, image_paths
+from pretrain.curves import plot_curves
 from runtime import distributed
 from runtime.device import DeviceOptions, check_scaling_options, resolve_device, seed_everything, start_process
 from runtime.engine import Engine, prepare_model, take_step
@@ -163,5 +164,7 @@ def fit(model, loss_fn, batches_from, config, lr, weight_decay, desc, run_dir, p
         return {"loss": loss.item()}
 
     engine.run(train_step, batches_from)
+    if distributed.is_main():
+        plot_curves(run_dir, desc)
     model.eval()
     return model

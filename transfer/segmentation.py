@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
 from data.images import VOC_CLASSES
 from data.pixels import normalized_tensor, resize_shorter_side
 from data.voc import VOCSegmentation
 from pretrain.backbones import backbone_channels, frozen_features
 from runtime import distributed
+from runtime.progress import progress_bar
 from runtime.runfiles import save_json
 from .encoders import calibrate_fresh_head
 from .finetune import fit, seeded_batches, set_up_task
@@ -76,7 +76,7 @@ def evaluate_segmentation(model, test_set, device, progress=False):
     size. Under torchrun each process scores its shard of the images and the matrices are summed."""
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     with torch.no_grad():
-        for index in tqdm(distributed.shard(len(test_set)), desc="seg eval", unit="img",
+        for index in progress_bar(distributed.shard(len(test_set)), desc="seg eval", unit="img",
                           disable=not (progress and distributed.is_main())):
             image, target = test_set[index]
             scores = model(image.unsqueeze(0).to(device))

@@ -1,0 +1,73 @@
+"""What a user sees: progress as whole lines with rate and ETA when the output is not a terminal,
+--quiet and --verbose on every command, results alone on stdout, `bench --version`, and an example
+at the end of every command's --help."""
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from benchmarks.cli import EXAMPLES
+from helpers import bench
+
+FAST_PRETRAIN = ["--image-size", 64, "--batch-size", 4, "--steps", 3, "--workers", 0, "--mask", "central"]
+COMMANDS = ["pretrain", "transfer", "table", "export", "inpaint", "eval-inpaint", "suite", "methods", "speed"]
+
+
+def test_progress_outside_a_terminal_is_whole_lines_with_rate_and_eta(toy_voc_root, tmp_path, capsys):
+    # Under pytest stderr is not a terminal, as in a CI log or `bench ... 2> log`.
+    assert bench("pretrain", "--data-root", toy_voc_root, "--out", tmp_path / "run", *FAST_PRETRAIN) == 0
+    out, err = capsys.readouterr()
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert "" not in lines
+    last = [line for line in lines if line.startswith("pretraining context-encoder:")][-1]
+    # count, elapsed < remaining (the ETA), rate
+    assert re.fullmatch(r"pretraining context-encoder: 100% 3/3 \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(step/s|s/step).*\]",
+                        last), last
+    assert out.startswith("run folder: ")  # results on stdout, progress on stderr
+    assert "step/s" not in out and "%" not in out
+
+
+def test_quiet_leaves_results_and_errors_only(toy_voc_root, tmp_path, capsys):
+    assert bench("pretrain", "--quiet", "--data-root", toy_voc_root, "--out", tmp_path / "run", *FAST_PRETRAIN) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.startswith("run folder: ")
+    assert bench("pretrain", "-q", "--data-root", toy_voc_root, "--out", tmp_path / "run", *FAST_PRETRAIN) == 2
+    assert capsys.readouterr().err.startswith("error: run folder")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_takes_quiet_and_verbose_and_ends_its_help_with_an_example(command, capsys):
+    assert bench(command, "--quiet", "--verbose") == 2  # one or the other
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert bench(command, "--help") == 0
+    help_text = capsys.readouterr().out
+    assert help_text.rstrip().splitlines()[-1] == f"example: {EXAMPLES[command]}"
+    assert "--quiet" in help_text and "--verbose" in help_text
+
+
+def test_version(capsys):
+    assert bench("--version") == 0
+    assert re.match(r"bench \d+\.\d+\.\d+ \(commit \w+\), torch \d", capsys.readouterr().out)
+
+
+def test_a_closed_stdout_ends_the_command_quietly():
+    """`bench methods | head -1` and the like: the reader goes away, bench stops without a traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "methods"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()  # before bench writes anything
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and b"Traceback" not in err, err.decode()
+
+
+def test_transfer_runs_write_their_loss_curve(toy_voc_root, tmp_path):
+    out = tmp_path / "cls"
+    assert bench("transfer", "--task", "cls", "--data-root", toy_voc_root, "--out", out, "--image-size", 64,
+                 "--steps", 3, "--batch-size", 4, "--fc-width", 16, "--workers", 0) == 0
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3] and all(s["loss"] > 0 for s in steps)
+    with Image.open(out / "loss.png") as image:
+        assert image.size[0] > 300 and image.getextrema() != ((255, 255),) * len(image.getbands())
