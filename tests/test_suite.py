@@ -37,7 +37,7 @@ def test_suite_runs_everything_then_skips(toy_voc_root, tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("record.json")} == stamps
-    assert capsys.readouterr().out.count("skip") == 2 + 6
+    assert capsys.readouterr().err.count("skip") == 2 + 6  # status lines go to stderr
 
 
 def test_a_failed_transfer_is_reported_and_the_others_still_run(toy_voc_root, tmp_path, capsys):
