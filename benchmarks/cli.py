@@ -21,6 +21,9 @@ EXAMPLES = {
     "data": "bench data toy --out runs/toy-voc",
     "toy": "bench data toy --out runs/toy-voc --images 50",
     "speed": "bench speed --feature-sizes 128 --precisions fp32 bf16",
+    "cache": "bench cache clean --older-than 30",
+    "list": "bench cache list",
+    "clean": "bench cache clean --older-than 30",
 }
 
 
@@ -342,6 +345,39 @@ def run_data_toy(args):
     print(f"toy VOC written to {root} ({args.images} images per year, see toy_voc.json)")
 
 
+def add_cache_parser(commands):
+    p = add_command(commands, "cache", help="list or free what commands keep in the cache folder",
+                    description="Decoded images (the uint8 cache), detection proposals and the toy VOC set are "
+                                "kept in $BENCH_CACHE_DIR (default ~/.cache/context-encoder-bench) for later runs.")
+    actions = p.add_subparsers(dest="action", required=True)
+    add_command(actions, "list", help="every entry with its size and the days since it was last used",
+                formatter_class=HelpFormatter).set_defaults(handler=run_cache_list)
+    clean = add_command(actions, "clean", help="delete entries (all, or those unused for --older-than days)",
+                        formatter_class=HelpFormatter)
+    clean.add_argument("--older-than", type=float, default=0.0, metavar="DAYS",
+                       help="delete only entries not used for this many days (0: everything)")
+    clean.set_defaults(handler=run_cache_clean)
+
+
+def run_cache_list(args):
+    from runtime.cache import cache_entries, human_size
+    from runtime.runfiles import cache_dir
+    entries = cache_entries()
+    print(f"cache folder: {cache_dir()}")
+    for entry in entries:
+        print(f"{human_size(entry.bytes):>9}  {entry.age_days:6.1f} days  {entry.kind:<12} {entry.name}  {entry.about}")
+    print(f"{human_size(sum(e.bytes for e in entries)):>9}  in {len(entries)} entries "
+          f"(`bench cache clean --older-than DAYS` frees them)")
+
+
+def run_cache_clean(args):
+    from runtime.cache import clean_cache, human_size
+    if args.older_than < 0:
+        raise UserError(f"--older-than must be 0 or more days, got {args.older_than}")
+    removed = clean_cache(args.older_than)
+    print(f"removed {len(removed)} entries, {human_size(sum(e.bytes for e in removed))}")
+
+
 def add_speed_parser(commands):
     from runtime.speedups import PRECISIONS
     p = add_command(commands, "speed", help="measure training throughput against the machine's matmul peak",
@@ -404,6 +440,7 @@ def build_parser(method=None):
     add_methods_parser(commands)
     add_data_parser(commands)
     add_speed_parser(commands)
+    add_cache_parser(commands)
     return parser
 
 

@@ -46,6 +46,7 @@ class ImageCache:
         self.data_path, self.index_path = self.folder / f"{key}.u8", self.folder / f"{key}.json"
         if not self.index_path.is_file():
             _build(paths, side, self.data_path, self.index_path, progress)
+        os.utime(self.index_path)  # last used: what `bench cache clean --older-than` goes by
         index = json.loads(self.index_path.read_text())
         self.offsets = np.asarray(index["offsets"], dtype=np.int64)
         self.shapes = np.asarray(index["shapes"], dtype=np.int64)

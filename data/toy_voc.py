@@ -256,6 +256,7 @@ def ensure_toy_voc(cache_dir, n_images=200, size=96, seed=0):
     cache_dir = Path(cache_dir)
     root = cache_dir / f"toy-voc-v{TOY_VOC_VERSION}-n{n_images}-size{size}-seed{seed}"
     if root.is_dir():
+        os.utime(root)  # last used: what `bench cache clean --older-than` goes by
         return root
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=cache_dir))

@@ -1,0 +1,90 @@
+"""What the cache folder holds (`bench cache list`) and how to free it (`bench cache clean`).
+
+Entries: each image set cached at one size (images/<key>.u8 with its .json index), each VOC year's
+detection proposals (proposals/<VOC year>-<key>/), each generated toy VOC set (toy-voc-*/), and
+anything else at the top of the folder. An entry's age is the time since it was last written or
+used (the image cache and the toy set mark their use).
+"""
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runfiles import cache_dir
+
+# Top-level folders whose children are entries of their own; files that share a stem are one entry.
+CONTAINERS = ("images", "proposals")
+
+
+@dataclass
+class CacheEntry:
+    kind: str
+    name: str
+    paths: list
+    bytes: int
+    last_used: float  # seconds since the epoch
+    about: str = ""   # e.g. "100 images at 74 px", from an image cache's index
+
+
+    @property
+    def age_days(self):
+        return (time.time() - self.last_used) / 86400
+
+
+def _size_and_time(path):
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    stats = [p.stat() for p in files]
+    newest = max([s.st_mtime for s in stats] + [path.stat().st_mtime])
+    return sum(s.st_size for s in stats), newest
+
+
+def cache_entries(folder=None):
+    """The entries of the cache folder (default: $BENCH_CACHE_DIR or ~/.cache/context-encoder-bench),
+    largest first."""
+    folder = Path(folder or cache_dir())
+    if not folder.is_dir():
+        return []
+    groups = {}
+    for item in sorted(folder.iterdir()):
+        if item.name.startswith("."):  # a half-written entry of a running command
+            continue
+        if item.is_dir() and item.name in CONTAINERS:
+            for child in sorted(item.iterdir()):
+                if not child.name.startswith("."):
+                    groups.setdefault((item.name, child.name.split(".")[0]), []).append(child)
+        else:
+            groups[("toy VOC set" if item.name.startswith("toy-voc") else "other", item.name)] = [item]
+    entries = []
+    for (kind, name), paths in groups.items():
+        sizes, times = zip(*(_size_and_time(p) for p in paths))
+        entries.append(CacheEntry(kind, name, paths, sum(sizes), max(times), _about(paths)))
+    return sorted(entries, key=lambda entry: -entry.bytes)
+
+
+def _about(paths):
+    """What an image cache's index says it holds, or ""."""
+    for path in paths:
+        if path.suffix == ".json":
+            try:
+                index = json.loads(path.read_text())
+                return f"{index['count']} images at {index['side']} px"
+            except (OSError, ValueError, KeyError, TypeError):
+                return ""
+    return ""
+
+
+def clean_cache(older_than_days=0.0, folder=None):
+    """Delete the entries not used for `older_than_days` days (0: all of them); return them."""
+    removed = [entry for entry in cache_entries(folder) if entry.age_days >= older_than_days]
+    for entry in removed:
+        for path in entry.paths:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    return removed
+
+
+def human_size(size):
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
