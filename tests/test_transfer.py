@@ -10,6 +10,8 @@ from PIL import Image
 from data.images import VOC_CLASSES
 from pretrain.networks import alexnet_encoder, he_init
 from transfer.encoders import standardize_units
+from transfer.finetune import TransferConfig
+from transfer.tasks import transfer_run_name
 from helpers import bench
 
 FAST = ["--steps", 3, "--batch-size", 4, "--fc-width", 16, "--workers", 0]
@@ -178,3 +180,13 @@ def test_detection_through_the_cli(toy_voc_root, tmp_path):
     record = read_record(out)
     assert (record["task"], record["metric"], record["year"]) == ("det", "mAP", "2007")
     assert record["config"]["proposals"] == "selective-search" and (out / "detections.json").is_file()
+
+
+def test_default_transfer_folder_is_named_by_the_run_the_encoder_comes_from(tmp_path):
+    names = {init: transfer_run_name(TransferConfig(task="cls", init=str(init), seed=1))
+             for init in (tmp_path / "ce-a" / "encoder.pt", tmp_path / "ce-b" / "encoder.pt", tmp_path / "ce-a")}
+    assert names[tmp_path / "ce-a" / "encoder.pt"] == names[tmp_path / "ce-a"]
+    assert names[tmp_path / "ce-a"] == "runs/transfer/cls-finetune-ce-a-seed1"
+    assert names[tmp_path / "ce-b" / "encoder.pt"] == "runs/transfer/cls-finetune-ce-b-seed1"
+    assert transfer_run_name(TransferConfig(task="det", init="random-gaussian", rescale=True)) == \
+        "runs/transfer/det-selective-search-random-gaussian-rescaled-seed0"
