@@ -9,7 +9,6 @@ import colorsys
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from runtime.progress import info
 from runtime.runfiles import cache_dir
 from .images import VOC_CLASSES
 
@@ -275,5 +275,5 @@ def default_data_root():
     """The built-in toy VOC set (DEFAULT_TOY), generated into the cache folder the first time:
     what every command uses when it is given no data root."""
     root = ensure_toy_voc(cache_dir(), **DEFAULT_TOY)
-    print(f"no --data-root given: using the built-in toy VOC set at {root}", file=sys.stderr)
+    info(f"no --data-root given: using the built-in toy VOC set at {root}")
     return root

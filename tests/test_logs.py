@@ -1,15 +1,18 @@
 """What a user sees: progress as whole lines with rate and ETA when the output is not a terminal,
---quiet and --verbose on every command, results alone on stdout, `bench --version`, and an example
-at the end of every command's --help."""
+--quiet and --verbose on every command, results alone on stdout, `bench --version`, an example at
+the end of every command's --help, and the pictures of transfer runs (loss curve, predictions)."""
 import json
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from benchmarks.cli import EXAMPLES
+from data.toy_voc import voc_palette
+from data.voc import VOCSegmentation
 from helpers import bench
 
 FAST_PRETRAIN = ["--image-size", 64, "--batch-size", 4, "--steps", 3, "--workers", 0, "--mask", "central"]
@@ -71,3 +74,18 @@ def test_transfer_runs_write_their_loss_curve(toy_voc_root, tmp_path):
     assert [s["step"] for s in steps] == [1, 2, 3] and all(s["loss"] > 0 for s in steps)
     with Image.open(out / "loss.png") as image:
         assert image.size[0] > 300 and image.getextrema() != ((255, 255),) * len(image.getbands())
+
+
+def test_segmentation_writes_predictions_beside_the_ground_truth(toy_voc_root, tmp_path):
+    out = tmp_path / "seg"
+    assert bench("transfer", "--task", "seg", "--data-root", toy_voc_root, "--out", out, "--image-size", 64,
+                 "--steps", 2, "--batch-size", 4, "--fc-width", 16, "--workers", 0) == 0
+    with Image.open(out / "predictions.png") as image:
+        grid = np.asarray(image.convert("RGB"))
+    # 3 rows (image, truth, prediction) of min(6, test images) 128 px tiles, 2 px padding
+    columns = min(6, len(VOCSegmentation(toy_voc_root, "val", year=2012)))
+    assert grid.shape == (3 * 130 + 2, columns * 130 + 2, 3)
+    truth = grid[132:260, 2:130]
+    palette = {tuple(c) for c in np.asarray(voc_palette(), np.uint8).reshape(-1, 3)[:21]} | {(255, 255, 255)}
+    assert {tuple(c) for c in truth.reshape(-1, 3)} <= palette  # class colours and void only
+    assert len({tuple(c) for c in truth.reshape(-1, 3)}) >= 2  # background and at least one object

@@ -247,7 +247,8 @@ def detect(model, samples, config, device, progress=False):
                         collate_fn=_collate, **loader_options(config.workers, device))
     detections = []
     with torch.no_grad():
-        for batch in progress_bar(loader, desc="det eval", unit="batch", disable=not (progress and distributed.is_main())):
+        for batch in progress_bar(loader, desc="det eval", unit="batch",
+                                  disable=not (progress and distributed.is_main())):
             detections += [{k: v.cpu() for k, v in found.items()} for found in _forward(model, batch, device)]
     return distributed.concat_in_rank_order(detections)
 

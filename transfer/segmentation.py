@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from torchvision.utils import save_image
 
 from data.images import VOC_CLASSES
 from data.pixels import normalized_tensor, resize_shorter_side
+from data.toy_voc import voc_palette
 from data.voc import VOCSegmentation
 from pretrain.backbones import backbone_channels, frozen_features
 from runtime import distributed
@@ -27,6 +29,7 @@ from .metrics import confusion_matrix, segmentation_scores
 from .records import write_record
 
 NUM_CLASSES = 21  # background + 20
+GRID_IMAGES = 6  # test images in predictions.png
 CLASS_NAMES = ("background", *VOC_CLASSES)
 
 
@@ -77,12 +80,37 @@ def evaluate_segmentation(model, test_set, device, progress=False):
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     with torch.no_grad():
         for index in progress_bar(distributed.shard(len(test_set)), desc="seg eval", unit="img",
-                          disable=not (progress and distributed.is_main())):
+                                  disable=not (progress and distributed.is_main())):
             image, target = test_set[index]
             scores = model(image.unsqueeze(0).to(device))
             scores = F.interpolate(scores, size=target.shape, mode="bilinear", align_corners=False)
             confusion += confusion_matrix(scores.argmax(1)[0], target, NUM_CLASSES)
     return distributed.all_reduce_sum(confusion)
+
+
+def colour_masks(masks):
+    """(N, H, W) class indices -> (N, 3, H, W) floats in [0, 1] in the VOC colours (void 255: white)."""
+    palette = torch.tensor(voc_palette(), dtype=torch.float32).view(256, 3) / 255
+    palette[255] = 1.0
+    return palette[masks].permute(0, 3, 1, 2)
+
+
+def save_prediction_grid(model, test_set, mean, std, device, path, count=GRID_IMAGES, side=128):
+    """A PNG with one column per test image (the first `count`, each shown at side x side): the
+    image, its ground truth and the model's prediction, in the VOC colours."""
+    rows = [[], [], []]
+    mean, std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    with torch.no_grad():
+        for index in range(min(count, len(test_set))):
+            image, target = test_set[index]
+            scores = model(image.unsqueeze(0).to(device))
+            predicted = F.interpolate(scores, size=target.shape, mode="bilinear", align_corners=False).argmax(1)
+            truth, guess = colour_masks(torch.stack([target, predicted[0].cpu()]))
+            for row, picture in zip(rows, ((image * std + mean).clamp(0, 1), truth, guess)):
+                row.append(F.interpolate(picture[None], size=(side, side), mode="nearest"))
+    grid = torch.cat([torch.cat(row) for row in rows])
+    save_image(grid, path, nrow=len(rows[0]), padding=2, pad_value=1.0)
+    return path
 
 
 def run_segmentation(config, run_dir, progress=True):
@@ -107,5 +135,6 @@ def run_segmentation(config, run_dir, progress=True):
     scores = segmentation_scores(confusion)
     if distributed.is_main():
         save_json({"confusion": confusion.tolist(), "classes": list(CLASS_NAMES)}, run_dir / "confusion.json")
+        save_prediction_grid(model, test_set, mean, std, device, run_dir / "predictions.png")
     return write_record(run_dir, config, task.init_info, "mean_iu", scores["mean_iu"],
                         scores["per_class_iu"].tolist(), CLASS_NAMES, started)
