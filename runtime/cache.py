@@ -26,7 +26,6 @@ class CacheEntry:
     last_used: float  # seconds since the epoch
     about: str = ""   # e.g. "100 images at 74 px", from an image cache's index
 
-
     @property
     def age_days(self):
         return (time.time() - self.last_used) / 86400
