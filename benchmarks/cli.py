@@ -78,8 +78,7 @@ def add_pretrain_parser(commands, method):
     p = add_command(commands, "pretrain", help="learn an encoder without labels",
         description="Train a pretext method and write a run folder: config.json, metrics.jsonl, "
                     "checkpoint.pt, encoder.pt + encoder.json (for `bench transfer`) and preview PNGs. "
-                    "With no options: the context encoder on the built-in toy data (quick preset).",
-        formatter_class=HelpFormatter)
+                    "With no options: the context encoder on the built-in toy data (quick preset).")
     add_plugin_option(p)
     add_options(p, PretrainConfig)
     p.set_defaults(steps=None)  # with --resume: the run's own
@@ -124,8 +123,7 @@ def add_transfer_parser(commands):
         description="Fine-tune (or probe) an encoder on a PASCAL VOC task and write "
                     "<out>/record.json with the metric, per-class numbers and the full config. "
                     "seg: FCN-32s, VOC2012 train -> val, mean IU. cls: VOC2007 trainval -> test, mAP. "
-                    "det: Fast R-CNN, VOC2007 trainval -> test, VOC07 mAP at IoU 0.5.",
-        formatter_class=HelpFormatter)
+                    "det: Fast R-CNN, VOC2007 trainval -> test, VOC07 mAP at IoU 0.5.")
     add_options(p, TransferConfig)
     p.add_argument("--out", default=None,
                    help="run folder (default: runs/transfer/<task>-<protocol>-<init run>-seed<seed>)")
@@ -158,8 +156,7 @@ def add_export_parser(commands):
                     "the suite. torchvision: a state_dict with features.<i> names that loads into "
                     "torchvision.models.alexnet() with strict=False. timm (timm:<model> encoders): "
                     "the timm model's state_dict without its classifier. detectron2: a pickle of "
-                    "NumPy arrays named conv1..conv5 with detectron2's checkpoint fields.",
-        formatter_class=HelpFormatter)
+                    "NumPy arrays named conv1..conv5 with detectron2's checkpoint fields.")
     p.add_argument("--run", required=True, help="a `bench pretrain` run folder or an encoder.pt")
     p.add_argument("--to", required=True, choices=FORMATS, help="target checkpoint layout")
     p.add_argument("--out", required=True, help="file to write (.pth for torchvision and timm, .pkl for detectron2)")
@@ -190,8 +187,7 @@ def add_inpaint_parser(commands):
         description="Fill holes in images of any size. Each image's largest centred square is rescaled "
                     "to the network's input size, a hole is drawn and filled there, and the fill is "
                     "rescaled back and pasted into the hole at full resolution (the context keeps its "
-                    "own pixels). Writes <out>/<image>.png: masked | fill of each --run | original.",
-        formatter_class=HelpFormatter)
+                    "own pixels). Writes <out>/<image>.png: masked | fill of each --run | original.")
     p.add_argument("--images", required=True, help="an image file or a folder of images")
     p.add_argument("--out", required=True, help="new folder for the side-by-side PNGs")
     add_inpaint_options(p)
@@ -215,8 +211,7 @@ def add_eval_inpaint_parser(commands):
         description="Fill the same holes in the images of --split with each --run's network and the "
                     "baselines, and score each over the hole with pixels in [0, 1]: mean L1, mean L2, "
                     "PSNR, SSIM. Writes <out>/<row>/record.json (read by `bench table`) and "
-                    "<out>/grid.png comparing every row on the same holes.",
-        formatter_class=HelpFormatter)
+                    "<out>/grid.png comparing every row on the same holes.")
     p.add_argument("--data-root", default=None, help="a VOC root or folder of images; default: the toy VOC set")
     p.add_argument("--split", default="val", help="image set evaluated (of a VOC root)")
     p.add_argument("--year", default=None, help="VOC year folder (default: the newest present)")
@@ -256,8 +251,7 @@ def add_table_parser(commands):
                     "records table.csv, table.md, table.json and table.png (mean ± std over seeds) next "
                     "to the paper's Table 2 (results/paper_table2.csv); from `bench eval-inpaint` records "
                     "inpaint_table.csv/.md/.json next to the paper's Table 1 (results/paper_table1.csv, "
-                    "measured on Paris StreetView, which is not public).",
-        formatter_class=HelpFormatter)
+                    "measured on Paris StreetView, which is not public).")
     p.add_argument("--records", default="runs/transfer", help="folder searched for record.json files")
     p.add_argument("--out", default="results", help="folder for the table files")
     p.set_defaults(handler=run_table)
@@ -278,8 +272,7 @@ def add_suite_parser(commands):
     p = add_command(commands, "suite", help="pretrain every method, run every task for several seeds, build the table",
         description="Run a preset (benchmarks/presets/*.yaml, or a YAML file of the same form): "
                     "pretraining for each method and seed, every transfer task on every encoder, "
-                    "then the table. Finished work (encoder.pt / record.json present) is skipped.",
-        formatter_class=HelpFormatter)
+                    "then the table. Finished work (encoder.pt / record.json present) is skipped.")
     p.add_argument("--preset", default="quick", help="quick, methods, cpu, paper, or a YAML file")
     p.add_argument("--pretrain-data", "--data-root", dest="data_root", default=None,
                    help="pretraining images (VOC root or folder); default: the built-in toy VOC set")
@@ -327,8 +320,7 @@ def add_data_parser(commands):
     from data.toy_voc import DEFAULT_TOY
     p = add_command(commands, "data", help="make data sets")
     kinds = p.add_subparsers(dest="kind", required=True)
-    toy = add_command(kinds, "toy", help="write the synthetic toy VOCdevkit (VOC2007 + VOC2012)",
-                           formatter_class=HelpFormatter)
+    toy = add_command(kinds, "toy", help="write the synthetic toy VOCdevkit (VOC2007 + VOC2012)")
     toy.add_argument("--out", required=True, help="folder to write VOCdevkit/ into (must be new or empty)")
     toy.add_argument("--images", type=positive_int, default=DEFAULT_TOY["n_images"], help="images per year")
     toy.add_argument("--size", type=positive_int, default=DEFAULT_TOY["size"], help="nominal image side in px")
@@ -350,10 +342,9 @@ def add_cache_parser(commands):
                     description="Decoded images (the uint8 cache), detection proposals and the toy VOC set are "
                                 "kept in $BENCH_CACHE_DIR (default ~/.cache/context-encoder-bench) for later runs.")
     actions = p.add_subparsers(dest="action", required=True)
-    add_command(actions, "list", help="every entry with its size and the days since it was last used",
-                formatter_class=HelpFormatter).set_defaults(handler=run_cache_list)
-    clean = add_command(actions, "clean", help="delete entries (all, or those unused for --older-than days)",
-                        formatter_class=HelpFormatter)
+    listing = add_command(actions, "list", help="every entry with its size and the days since it was last used")
+    listing.set_defaults(handler=run_cache_list)
+    clean = add_command(actions, "clean", help="delete entries (all, or those unused for --older-than days)")
     clean.add_argument("--older-than", type=float, default=0.0, metavar="DAYS",
                        help="delete only entries not used for this many days (0: everything)")
     clean.set_defaults(handler=run_cache_clean)
@@ -385,8 +376,7 @@ def add_speed_parser(commands):
                     "tensors and end-to-end pretraining throughput on real files, for the feature network "
                     "(AlexNet context encoder, random-region holes) at each --feature-sizes and the "
                     "inpainting network at 128 px, in each --precisions. Prints a table and writes "
-                    "speed.json, speed.csv and speed.md into --out.",
-        formatter_class=HelpFormatter)
+                    "speed.json, speed.csv and speed.md into --out.")
     p.add_argument("--data-root", default=None,
                    help="images for the end-to-end runs (a VOC root or folder); default: the built-in toy VOC set")
     p.add_argument("--mask-dir", default=None,
@@ -428,7 +418,7 @@ def build_parser(method=None):
         prog="bench", description="Context-encoder pretraining and PASCAL VOC transfer benchmarks.",
         formatter_class=HelpFormatter,
         epilog="example: bench suite --preset quick (then bench <command> --help)")
-    parser.add_argument("--version", action="version", version=version())
+    parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", required=True)
     add_pretrain_parser(commands, method)
     add_transfer_parser(commands)
@@ -442,6 +432,17 @@ def build_parser(method=None):
     add_speed_parser(commands)
     add_cache_parser(commands)
     return parser
+
+
+class VersionAction(argparse.Action):
+    """--version: worked out only when asked for (it runs git and imports torch)."""
+
+    def __init__(self, option_strings, dest, **options):
+        super().__init__(option_strings, dest, nargs=0, help="show the version, the commit and torch's, and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version())  # on stdout, as argparse's own version action
+        parser.exit()
 
 
 def version():
