@@ -17,6 +17,7 @@ EXAMPLES = {
     "inpaint": "bench inpaint --run runs/inpaint --images my_photos --out runs/filled",
     "eval-inpaint": "bench eval-inpaint --run runs/inpaint --mask central",
     "suite": "bench suite --preset quick",
+    "report": "bench report runs/suite-quick",
     "methods": "bench methods --plugin my_methods.py",
     "data": "bench data toy --out runs/toy-voc",
     "toy": "bench data toy --out runs/toy-voc --images 50",
@@ -286,6 +287,20 @@ def add_suite_parser(commands):
     p.set_defaults(handler=run_suite_command)
 
 
+def add_report_parser(commands):
+    p = add_command(commands, "report", help="one HTML page of a suite or run folder: table, curves, grids, configs",
+                    description="Write DIR/report.html: the table beside the paper's rows, the bar chart, loss "
+                                "and probe curves, preview and prediction grids, and each run's configuration "
+                                "and versions. Images are linked relatively: copy the folder whole to share it.")
+    p.add_argument("folder", metavar="DIR", help="a `bench suite` output folder, a folder of runs, or one run folder")
+    p.set_defaults(handler=run_report)
+
+
+def run_report(args):
+    from benchmarks.report import write_report
+    print(f"written: {write_report(args.folder)}")
+
+
 def add_methods_parser(commands):
     p = add_command(commands, "methods", help="list the registered pretext methods",
         description="List every pretext method `bench pretrain --method` accepts: the built-ins, "
@@ -304,7 +319,8 @@ def run_methods(args):
 
 
 def run_suite_command(args):
-    from benchmarks.suite import check_needs, load_preset, run_suite
+    from benchmarks.suite import check_needs, guide, load_preset, run_suite
+    from runtime.progress import info
     from data.toy_voc import default_data_root
     preset = load_preset(args.preset)
     check_needs(preset, args.preset, {"pretrain-data": args.data_root, "transfer-data": args.transfer_data_root,
@@ -314,6 +330,7 @@ def run_suite_command(args):
     table = run_suite(preset, out, data_root, args.mask_dir or preset.get("mask_dir"),
                       args.transfer_data_root, args.seeds, args.device)
     print_table(table, out)
+    info(guide(out))
 
 
 def add_data_parser(commands):
@@ -325,6 +342,8 @@ def add_data_parser(commands):
     toy.add_argument("--images", type=positive_int, default=DEFAULT_TOY["n_images"], help="images per year")
     toy.add_argument("--size", type=positive_int, default=DEFAULT_TOY["size"], help="nominal image side in px")
     toy.add_argument("--seed", type=int, default=DEFAULT_TOY["seed"])
+    toy.add_argument("--classes", type=positive_int, default=DEFAULT_TOY["classes"],
+                     help="objects are drawn from the first N of VOC's 20 classes")
     toy.set_defaults(handler=run_data_toy)
 
 
@@ -333,7 +352,7 @@ def run_data_toy(args):
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; choose a new folder")
-    root = write_toy_voc(out, args.images, args.size, args.seed)
+    root = write_toy_voc(out, args.images, args.size, args.seed, args.classes)
     print(f"toy VOC written to {root} ({args.images} images per year, see toy_voc.json)")
 
 
@@ -427,6 +446,7 @@ def build_parser(method=None):
     add_inpaint_parser(commands)
     add_eval_inpaint_parser(commands)
     add_suite_parser(commands)
+    add_report_parser(commands)
     add_methods_parser(commands)
     add_data_parser(commands)
     add_speed_parser(commands)

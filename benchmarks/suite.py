@@ -7,6 +7,7 @@ Layout under --out:
     pretrain/<method>-seed<k>/        bench pretrain run folders
     transfer/<task>-<method>-seed<k>/ bench transfer run folders (record.json)
     table.csv, table.md, table.json, table.png
+    report.html                       the page of all of it (bench report)
     probe_curves.png, probe_curves.csv   when the pretraining runs were probed (mean +- std over seeds)
 """
 import dataclasses
@@ -24,6 +25,7 @@ from runtime.progress import info
 from runtime.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir
 from transfer.finetune import TransferConfig, task_names
 from transfer.tasks import run_task
+from .report import write_report
 from .table import write_table
 
 PRESETS = Path(__file__).resolve().parent / "presets"
@@ -126,10 +128,24 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, se
             print(f"  {record['metric']} = {100 * record['value']:.1f}%")
     _probe_curves(encoders, out)
     table = write_table(out / "transfer", out)
+    write_report(out)
     if failures:
         raise UserError(f"{len(failures)} transfer run(s) failed and are missing from the table in {out}: "
                         + "; ".join(failures))
     return table
+
+
+def guide(out):
+    """Where a finished suite's files are and how to read them (what the demo ends with)."""
+    out = Path(out)
+    return "\n".join([
+        f"report (open in a browser): {out / 'report.html'}",
+        f"table: {out / 'table.md'}; bar chart: {out / 'table.png'}",
+        f"pretraining previews and losses: {out / 'pretrain' / '*' / 'preview.png'}, loss.png",
+        f"prediction grids: {out / 'transfer' / 'seg-*' / 'predictions.png'}, {out / 'transfer' / 'det-*' / 'detections.png'}",
+        "How to read them: each measured row is one pretraining followed by the same fine-tuning; compare a "
+        "row with the random-init row, taking the ± (the spread over seeds; n=1 has none) as the noise, "
+        "and the paper's rows as the scale at 227 px on real VOC, not as a target for toy data."])
 
 
 def _probe_curves(encoders, out):

@@ -1,9 +1,14 @@
 """A small synthetic PASCAL VOC, generated deterministically, for tests and the quick preset.
 
 Each scene is a regular textured background (smooth stripes, a checkerboard or a gradient) with
-1-4 objects on it. Every class has a fixed (shape, texture, hue) signature, so classes are
-learnable, and the background is regular, so context predicts a hole. The files follow the real
-VOC layout (see DESIGN.md section 6), so everything that reads VOC reads this set unchanged.
+1-3 objects on it. Every class has a fixed (shape, texture, hue) signature, so classes are
+learnable, and the background is regular, so context predicts a hole. Objects are large (a side of
+35-75% of the image's shorter side, as VOC's objects often are) so that FCN-32s and Fast R-CNN,
+whose features have a stride of 16-32 px, can resolve them at 128 px; and the set uses the first
+`classes` VOC classes (10 by default), so that fine-tuning learns them in a few hundred steps on a
+CPU. The files follow the real VOC layout (see DESIGN.md section 6), so everything that reads VOC
+reads this set unchanged; classes that never occur score no AP and no IU (they are left out of the
+means, not counted as zero).
 """
 import colorsys
 import json
@@ -16,15 +21,18 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from runtime.errors import UserError
 from runtime.progress import info
 from runtime.runfiles import cache_dir
 from .images import VOC_CLASSES
 
-DEFAULT_TOY = {"n_images": 200, "size": 96, "seed": 0}  # the built-in data of `bench` commands
-TOY_VOC_VERSION = 1  # part of the cache folder name: bump it when the generated data changes
+DEFAULT_TOY = {"n_images": 200, "size": 128, "seed": 0, "classes": 10}  # the built-in data of `bench` commands
+TOY_VOC_VERSION = 2  # part of the cache folder name: bump it when the generated data changes
 YEARS = (2007, 2012)
 SPLITS = ("train", "val", "trainval", "test")
 TEXTURES = ("solid", "stripes", "dots", "checks")
+OBJECTS_PER_IMAGE = (1, 3)  # inclusive
+OBJECT_SIDE = (0.35, 0.75)  # fraction of the shorter image side
 
 
 def _regular_polygon(n, radius=1.0, phase=-np.pi / 2):
@@ -119,14 +127,14 @@ def _texture(texture, main, second, h, w, cx, cy, side):
     return np.where(t[..., None], second, main)
 
 
-def _scene(rng, size):
+def _scene(rng, size, classes):
     """One image: (uint8 RGB array, instance map with ids 1..K and 255 void, list of object dicts)."""
     h, w = (int(rng.integers(round(0.8 * size), round(1.25 * size) + 1)) for _ in range(2))
     image = _background(rng, h, w, size)
     placed = []  # (class index, centre x, centre y, side, box)
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1))):
         for _attempt in range(20):
-            cls, side = int(rng.integers(20)), rng.uniform(0.15, 0.45) * min(h, w)
+            cls, side = int(rng.integers(classes)), rng.uniform(*OBJECT_SIDE) * min(h, w)
             cx, cy = rng.uniform(0.3 * side, w - 0.3 * side), rng.uniform(0.3 * side, h - 0.3 * side)
             box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
             if all(_iou(box, other[4]) <= 0.3 for other in placed):
@@ -189,7 +197,7 @@ def _save_mask(array, path, palette):
     image.save(path)
 
 
-def _write_year(voc, year, n_images, size, seed):
+def _write_year(voc, year, n_images, size, seed, classes):
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main", "ImageSets/Segmentation",
                 "SegmentationClass", "SegmentationObject"):
         (voc / sub).mkdir(parents=True, exist_ok=True)
@@ -197,7 +205,7 @@ def _write_year(voc, year, n_images, size, seed):
     ids = [f"{i + 1:06d}" if year == 2007 else f"{year}_{i + 1:06d}" for i in range(n_images)]
     all_objects = {}
     for i, image_id in enumerate(ids):
-        image, instances, objects = _scene(np.random.default_rng([seed, year, i + 1]), size)
+        image, instances, objects = _scene(np.random.default_rng([seed, year, i + 1]), size, classes)
         h, w = instances.shape
         Image.fromarray(image).save(voc / "JPEGImages" / f"{image_id}.jpg", quality=90)
         xml = _XML.format(year=year, image_id=image_id, w=w, h=h,
@@ -233,35 +241,39 @@ def _write_year(voc, year, n_images, size, seed):
     return counts
 
 
-def write_toy_voc(out_dir, n_images=200, size=96, seed=0):
-    """Write out_dir/VOCdevkit/VOC2007 and VOC2012 (n_images each) and out_dir/toy_voc.json.
+def write_toy_voc(out_dir, n_images=200, size=128, seed=0, classes=10):
+    """Write out_dir/VOCdevkit/VOC2007 and VOC2012 (n_images each, objects of the first `classes`
+    VOC classes) and out_dir/toy_voc.json.
 
     Same arguments give byte-identical files. Returns out_dir, a data root for `find_voc_dir`.
     """
+    if not 1 <= classes <= len(VOC_CLASSES):
+        raise UserError(f"the toy set has 1 to {len(VOC_CLASSES)} classes, not {classes}")
     out_dir = Path(out_dir)
-    summary = {"version": TOY_VOC_VERSION, "n_images": n_images, "size": size, "seed": seed, "years": {}}
+    summary = {"version": TOY_VOC_VERSION, "n_images": n_images, "size": size, "seed": seed,
+               "classes": list(VOC_CLASSES[:classes]), "years": {}}
     for year in YEARS:
         voc = out_dir / "VOCdevkit" / f"VOC{year}"
-        summary["years"][str(year)] = _write_year(voc, year, n_images, size, seed)
+        summary["years"][str(year)] = _write_year(voc, year, n_images, size, seed, classes)
     (out_dir / "toy_voc.json").write_text(json.dumps(summary, indent=1) + "\n")
     return out_dir
 
 
-def ensure_toy_voc(cache_dir, n_images=200, size=96, seed=0):
+def ensure_toy_voc(cache_dir, n_images=200, size=128, seed=0, classes=10):
     """The toy VOC root for these parameters under cache_dir, generated on first use.
 
     Generation goes to a temporary folder that is renamed into place when complete, so an
     interrupted run never leaves a half-written set behind that looks finished.
     """
     cache_dir = Path(cache_dir)
-    root = cache_dir / f"toy-voc-v{TOY_VOC_VERSION}-n{n_images}-size{size}-seed{seed}"
+    root = cache_dir / f"toy-voc-v{TOY_VOC_VERSION}-n{n_images}-size{size}-c{classes}-seed{seed}"
     if root.is_dir():
         os.utime(root)  # last used: what `bench cache clean --older-than` goes by
         return root
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=cache_dir))
     try:
-        write_toy_voc(tmp, n_images, size, seed)
+        write_toy_voc(tmp, n_images, size, seed, classes)
         os.rename(tmp, root)
     except OSError:
         if not root.is_dir():  # a concurrent run that finished first is fine; anything else is not

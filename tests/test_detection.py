@@ -10,12 +10,13 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils.data import Subset
 
 from data.images import VOC_CLASSES
 from data.voc import VOCDetection
 from runtime.errors import UserError
 from transfer.detection import (MAX_PROPOSALS, DetectionSamples, FastRCNN, cached_proposals, drop_easy_background,
-                                proposal_dir, run_detection, selective_search, shared_parts)
+                                proposal_dir, run_detection, save_detection_grid, selective_search, shared_parts)
 from transfer.encoders import load_encoder
 from transfer.finetune import TransferConfig
 
@@ -145,6 +146,24 @@ def test_training_and_evaluation_write_a_record(toy_voc_root, tmp_path, proposal
         boxes = np.array(found["boxes"]).reshape(-1, 4)
         assert (boxes[:, 2] <= annotation["width"] + 0.1).all()
         assert (boxes[:, 3] <= annotation["height"] + 0.1).all()
+
+
+def test_detection_grid_draws_true_positives_green_and_false_positives_red(toy_voc_root, tmp_path):
+    test = VOCDetection(toy_voc_root, "test", "2007")
+    truth = test.target(0)
+    box = truth["boxes"][0]
+    width, height = test.annotations[0]["width"], test.annotations[0]["height"]
+    elsewhere = torch.tensor([[0.0, 0.0, 3.0, 3.0]]) if box[0] > 8 or box[1] > 8 else torch.tensor(
+        [[width - 4.0, height - 4.0, width - 1.0, height - 1.0]])
+    found = [{"boxes": torch.cat([box[None], elsewhere]), "scores": torch.tensor([0.9, 0.8]),
+              "labels": torch.stack([truth["labels"][0], truth["labels"][0]])}]
+    path = save_detection_grid(Subset(test, [0]), found, tmp_path / "detections.png", side=96)
+    pixels = np.array(Image.open(path).convert("RGB")).reshape(-1, 3)
+    colours = {tuple(p) for p in pixels}
+    assert (0, 255, 0) in colours and (255, 0, 0) in colours  # lime: the match; red: the box elsewhere
+    found[0]["labels"][0] = truth["labels"][0] % len(VOC_CLASSES) + 1  # another class: no match, no green
+    pixels = np.array(Image.open(save_detection_grid(Subset(test, [0]), found, tmp_path / "d.png", side=96)))
+    assert (0, 255, 0) not in {tuple(p) for p in pixels.reshape(-1, 3)}
 
 
 def test_unknown_proposal_kind_is_a_user_error(toy_voc_root, tmp_path):

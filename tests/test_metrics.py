@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from transfer.metrics import classification_ap, confusion_matrix, detection_ap, segmentation_scores, voc07_ap
+from transfer.metrics import (FALSE_POSITIVE, IGNORED, TRUE_POSITIVE, classification_ap, confusion_matrix, detection_ap,
+                              match_detections, segmentation_scores, voc07_ap)
 
 # ----------------------------------------------------------------------------- classification
 
@@ -145,6 +146,15 @@ def test_detection_duplicate_is_false_positive():
     # Without the duplicate: precision 1 up to recall 1 -> AP 1.
     found = [det([A], [0.9], [1]), det([B], [0.7], [1])]
     assert detection_ap(found, truth, num_classes=1)[0] == pytest.approx([1.0])
+
+
+def test_matching_in_one_image_goes_by_score_not_input_order():
+    # Input order: a low-scoring duplicate of A first, then the best A, a difficult B, and C far from
+    # everything. The 0.9 detection takes A, so the 0.5 one is the duplicate.
+    outcomes = match_detections(np.array([A, A, B, [60, 60, 70, 70]], dtype=float), np.array([0.5, 0.9, 0.8, 0.7]),
+                                np.array([A, B], dtype=float), np.array([False, True]))
+    assert outcomes.tolist() == [FALSE_POSITIVE, TRUE_POSITIVE, IGNORED, FALSE_POSITIVE]
+    assert match_detections(np.array([A], dtype=float), np.array([0.9]), np.zeros((0, 4)), np.zeros(0)).tolist() == [0]
 
 
 def test_detection_difficult_match_ignored_and_not_a_positive():

@@ -34,7 +34,8 @@ def test_suite_runs_everything_then_skips(toy_voc_root, tmp_path, capsys):
         assert table.loc[label, "Segmentation"].endswith("(n=1)")
         assert table.loc[label, "Classification (SVM)"].endswith("(n=1)")
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("record.json")}
-    capsys.readouterr()
+    guide = capsys.readouterr().err  # where the files are, and how to read them
+    assert f"report (open in a browser): {out / 'report.html'}" in guide and "How to read them" in guide
     assert main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("record.json")} == stamps
     assert capsys.readouterr().err.count("skip") == 2 + 6  # status lines go to stderr

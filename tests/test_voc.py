@@ -95,6 +95,17 @@ def test_generation_is_deterministic(tmp_path):
     assert a[jpeg] != c[jpeg]
 
 
+def test_the_toy_set_draws_its_objects_from_the_first_classes(tmp_path):
+    root = write_toy_voc(tmp_path / "three", n_images=30, size=48, seed=0, classes=3)
+    summary = json.loads((root / "toy_voc.json").read_text())
+    assert summary["classes"] == list(VOC_CLASSES[:3])
+    names = {name for year in summary["years"].values() for split in year.values()
+             for name, count in split["objects"].items() if count}
+    assert names == set(VOC_CLASSES[:3])  # all three occur in 60 images, nothing else does
+    with pytest.raises(UserError, match="1 to 20 classes"):
+        write_toy_voc(tmp_path / "bad", n_images=2, size=48, classes=21)
+
+
 def test_ensure_toy_voc_generates_once(tmp_path):
     root = ensure_toy_voc(tmp_path, n_images=4, size=48, seed=0)
     assert (root / "toy_voc.json").is_file()

@@ -31,7 +31,8 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import RoIPool, box_iou
-from torchvision.transforms.functional import to_tensor
+from torchvision.transforms.functional import pil_to_tensor, to_tensor
+from torchvision.utils import draw_bounding_boxes, make_grid
 
 from data.images import VOC_CLASSES
 from data.pixels import load_rgb
@@ -45,7 +46,7 @@ from runtime.progress import progress_bar
 from runtime.runfiles import cache_dir, write_atomically
 from .encoders import calibrate_fresh_head
 from .finetune import fit, seeded_batches, set_up_task
-from .metrics import detection_ap
+from .metrics import TRUE_POSITIVE, detection_ap, match_detections
 from .records import write_record
 
 PROPOSAL_KINDS = ("selective-search", "rpn")
@@ -54,6 +55,8 @@ CONV5 = 12                  # AlexNet `features` index of pool5: features[:CONV5
 ALEXNET_CONV5_STRIDE = 16
 BACKGROUND_MIN_IOU = 0.1    # Fast R-CNN's background RoIs overlap a ground-truth box by [0.1, 0.5)
 ANCHOR_SIZES = (64, 128, 256, 512)  # RPN anchors at a 600 px shorter side (Faster R-CNN's 128-512, + 64)
+GRID_IMAGES = 6             # test images in detections.png
+DRAWN_PER_IMAGE = 3         # and the highest-scoring detections of each
 
 
 def proposal_dir(voc_dir, min_size, max_size):
@@ -285,6 +288,7 @@ def run_detection(config, run_dir, progress=True):
     per_class, mean_ap = detection_ap(detections, ground_truth, len(VOC_CLASSES))
     if distributed.is_main():
         _save_detections(run_dir / "detections.json", test_voc.ids, detections)
+        save_detection_grid(test_voc, detections, run_dir / "detections.png")
     return write_record(run_dir, config, task.init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES, started)
 
 
@@ -295,3 +299,33 @@ def _save_detections(path, ids, detections):
                          "labels": d["labels"].tolist()} for image_id, d in zip(ids, detections)}
     text = json.dumps({"classes": list(VOC_CLASSES), "images": images}, separators=(",", ":"))
     write_atomically(path, lambda tmp: tmp.write_text(text + "\n"))
+
+
+def save_detection_grid(voc, detections, path, count=GRID_IMAGES, per_image=DRAWN_PER_IMAGE, side=192):
+    """A PNG of the first `count` images of `voc` (each shown at side x side) with their ground-truth
+    boxes in white and their `per_image` highest-scoring detections labelled with class and score:
+    true positives in green, false positives in red, matched as the VOC devkit does (IoU >= 0.5)."""
+    tiles = []
+    for index in range(min(count, len(voc))):
+        image, truth = voc[index]
+        found = detections[index]
+        keep = found["scores"].argsort(descending=True)[:per_image]
+        boxes, scores, labels = found["boxes"][keep], found["scores"][keep], found["labels"][keep]
+        outcomes = np.zeros(len(boxes), dtype=np.int64)
+        for c in labels.unique():
+            mine, theirs = labels == c, truth["labels"] == c
+            outcomes[mine.numpy()] = match_detections(boxes[mine], scores[mine], truth["boxes"][theirs],
+                                                      truth["difficult"][theirs])
+        scale = torch.tensor([side / image.width, side / image.height] * 2)
+        tile = F.interpolate(pil_to_tensor(image)[None].float(), size=(side, side), mode="bilinear",
+                             align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        if len(truth["boxes"]):
+            tile = draw_bounding_boxes(tile, truth["boxes"] * scale, colors="white", width=1)
+        if len(boxes):
+            names = [f"{VOC_CLASSES[label - 1]} {score:.2f}" for label, score in zip(labels.tolist(), scores.tolist())]
+            tile = draw_bounding_boxes(tile, boxes * scale, labels=names, width=2,
+                                       colors=["lime" if o == TRUE_POSITIVE else "red" for o in outcomes])
+        tiles.append(tile)
+    grid = make_grid(tiles, nrow=len(tiles), padding=2, pad_value=255)
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
+    return path

@@ -105,6 +105,37 @@ def _class_labels(x, num_classes, what):
     return labels
 
 
+FALSE_POSITIVE, TRUE_POSITIVE, IGNORED = 0, 1, -1
+
+
+def match_detections(boxes, scores, gt_boxes, gt_difficult, iou_threshold=0.5):
+    """The VOC devkit's outcome for each detection of one class in one image (int64 (K,)):
+    TRUE_POSITIVE, FALSE_POSITIVE or IGNORED, in input order.
+
+    In order of decreasing score (ties: input order), each detection is matched to the ground-truth
+    box of its class with the largest IoU (first on ties), difficult boxes included: IoU >=
+    iou_threshold with a difficult box is IGNORED; with a box not yet taken, a TRUE_POSITIVE that
+    takes the box; otherwise (taken, IoU too low, no box) a FALSE_POSITIVE.
+    """
+    boxes, gt_boxes = _boxes(boxes), _boxes(gt_boxes)
+    gt_difficult = _numpy(gt_difficult).astype(bool).ravel()
+    outcomes = np.full(len(boxes), FALSE_POSITIVE, dtype=np.int64)
+    if not len(boxes) or not len(gt_boxes):
+        return outcomes
+    iou = box_iou(boxes, gt_boxes).numpy()
+    taken = np.zeros(len(gt_boxes), dtype=bool)
+    for k in np.argsort(-_numpy(scores, np.float64).ravel(), kind="stable"):
+        best = int(np.argmax(iou[k]))
+        if iou[k, best] < iou_threshold or (taken[best] and not gt_difficult[best]):
+            continue
+        if gt_difficult[best]:
+            outcomes[k] = IGNORED
+        else:
+            taken[best] = True
+            outcomes[k] = TRUE_POSITIVE
+    return outcomes
+
+
 def detection_ap(detections, ground_truth, num_classes, iou_threshold=0.5):
     """Per-class and mean AP of detections, as the PASCAL VOC 2007 devkit computes them.
 
@@ -119,11 +150,8 @@ def detection_ap(detections, ground_truth, num_classes, iou_threshold=0.5):
     give the same widths, areas and IoU.
 
     Per class, all detections of that class (over all images) are taken in order of decreasing
-    score (ties in input order: image, then position). Each is matched to the ground-truth box of
-    its class in its image with the largest IoU (first such box on ties), difficult boxes included:
-      - IoU >= iou_threshold and that box is difficult: ignored (neither true nor false positive);
-      - IoU >= iou_threshold and that box is not yet taken: true positive, the box is taken;
-      - otherwise (already taken, IoU too low, no box): false positive.
+    score (ties in input order: image, then position), each matched in its image as
+    `match_detections` does (true positive, false positive, or ignored: matched a difficult box).
     Recall = cumulative TP / number of non-difficult boxes of the class, precision = cumulative
     TP / (TP + FP), AP = voc07_ap. Ignored detections are dropped from the curve: they would repeat
     the previous point (or give 0/0 before any TP/FP), which changes no 11-point maximum.
@@ -151,33 +179,18 @@ def detection_ap(detections, ground_truth, num_classes, iou_threshold=0.5):
         n_positives = sum(int((~diff[lab == c]).sum()) for _, lab, diff in gts)
         if n_positives == 0:
             continue
-        # Every detection of class c: (score, image index, IoU row against that image's class-c boxes).
-        image_of, scores, ious = [], [], []
-        for i, ((d_boxes, d_scores, d_labels), (g_boxes, g_labels, _)) in enumerate(zip(dets, gts)):
-            d_mask = d_labels == c
-            if not d_mask.any():
-                continue
-            iou = box_iou(d_boxes[torch.from_numpy(d_mask)], g_boxes[torch.from_numpy(g_labels == c)])
-            image_of += [i] * int(d_mask.sum())
+        # Matching only depends on the order of detections within their image, so matching image by
+        # image and then sorting all of them by score gives the devkit's global greedy pass.
+        scores, outcomes = [], []
+        for (d_boxes, d_scores, d_labels), (g_boxes, g_labels, g_difficult) in zip(dets, gts):
+            d_mask, g_mask = d_labels == c, g_labels == c
             scores.append(d_scores[d_mask])
-            ious += list(iou.numpy())
-        order = np.argsort(-np.concatenate(scores), kind="stable") if scores else []
-        taken = [np.zeros(int((lab == c).sum()), dtype=bool) for _, lab, _ in gts]
-        is_tp = []  # one entry per detection that is not ignored
-        for k in order:
-            i, iou = image_of[k], ious[k]
-            best = int(np.argmax(iou)) if iou.size else -1
-            if best < 0 or iou[best] < iou_threshold:
-                is_tp.append(False)
-            elif gts[i][2][gts[i][1] == c][best]:
-                continue  # matched a difficult box: ignored
-            elif taken[i][best]:
-                is_tp.append(False)
-            else:
-                taken[i][best] = True
-                is_tp.append(True)
-        tp = np.cumsum(np.asarray(is_tp, dtype=np.float64))
-        fp = np.cumsum(1.0 - np.asarray(is_tp, dtype=np.float64))
+            outcomes.append(match_detections(d_boxes[torch.from_numpy(d_mask)], d_scores[d_mask],
+                                             g_boxes[torch.from_numpy(g_mask)], g_difficult[g_mask], iou_threshold))
+        outcomes = np.concatenate(outcomes)[np.argsort(-np.concatenate(scores), kind="stable")]
+        is_tp = outcomes[outcomes != IGNORED] == TRUE_POSITIVE
+        tp = np.cumsum(is_tp, dtype=np.float64)
+        fp = np.cumsum(~is_tp, dtype=np.float64)
         recall = tp / n_positives
         precision = tp / np.maximum(tp + fp, 1.0)  # tp + fp >= 1 at every kept point
         per_class[c - 1] = voc07_ap(recall, precision)
