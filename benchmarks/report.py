@@ -28,7 +28,7 @@ SUITE_PICTURES = {
     "probe_curves.png": "kNN probe accuracy during pretraining, per method (mean over seeds)",
 }
 STYLE = """
-body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+body { font-family: sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 90%; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; }
 tr.paper td { color: #777; }
