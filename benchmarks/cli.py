@@ -270,6 +270,7 @@ def print_table(tables, folder):
 
 
 def add_suite_parser(commands):
+    from benchmarks.launcher import ClusterOptions
     p = add_command(commands, "suite", help="pretrain every method, run every task for several seeds, build the table",
         description="Run a preset (benchmarks/presets/*.yaml, or a YAML file of the same form): "
                     "pretraining for each method and seed, every transfer task on every encoder, "
@@ -284,6 +285,21 @@ def add_suite_parser(commands):
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="suite folder (default: runs/suite-<preset>)")
     add_plugin_option(p)
+    scale = p.add_argument_group("running at scale (submitit: pip install -e '.[cluster]')")
+    scale.add_argument("--launcher", choices=("sequential", "local", "slurm"), default="sequential",
+                       help="sequential: one job after another in this process; local: each job its own "
+                            "process, up to --jobs at once; slurm: each job a SLURM job, transfers after "
+                            "their pretraining")
+    scale.add_argument("--jobs", type=positive_int, default=1, help="local: jobs at once (each gets its share "
+                                                                     "of the cores, and a GPU of its own when there are enough)")
+    scale.add_argument("--dry-run", action="store_true", help="print the jobs, what each waits for and their "
+                                                              "resources; run nothing")
+    scale.add_argument("--status", metavar="OUT", default=None,
+                       help="list every job of the suite in OUT: done, running, failed (with its error), not started")
+    for name, field in ClusterOptions.__dataclass_fields__.items():
+        kind = str if name == "partition" else positive_int
+        scale.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
+                           help=f"slurm (default: the preset's cluster: section, else {field.default})")
     p.set_defaults(handler=run_suite_command)
 
 
@@ -319,16 +335,32 @@ def run_methods(args):
 
 
 def run_suite_command(args):
-    from benchmarks.suite import check_needs, guide, load_preset, run_suite
-    from runtime.progress import info
+    from benchmarks.launcher import ClusterOptions, cluster_options, launch
+    from benchmarks.suite import check_needs, guide, job_status, load_preset, plan_suite, run_suite, saved_plan
     from data.toy_voc import default_data_root
+    from runtime.progress import info
+    if args.status:
+        for name, state, detail in job_status(saved_plan(args.status), args.status):
+            print(f"{name:<50} {state:<12} {detail}")
+        return
     preset = load_preset(args.preset)
     check_needs(preset, args.preset, {"pretrain-data": args.data_root, "transfer-data": args.transfer_data_root,
                                       "mask-dir": args.mask_dir})
     data_root = args.data_root or preset.get("data_root") or default_data_root()
     out = args.out or f"runs/suite-{Path(args.preset).stem}"
-    table = run_suite(preset, out, data_root, args.mask_dir or preset.get("mask_dir"),
-                      args.transfer_data_root, args.seeds, args.device)
+    mask_dir = args.mask_dir or preset.get("mask_dir")
+    if args.launcher == "sequential" and not args.dry_run:
+        table = run_suite(preset, out, data_root, mask_dir, args.transfer_data_root, args.seeds, args.device,
+                          plugins=args.plugin)
+    else:
+        jobs = plan_suite(preset, out, data_root, mask_dir, args.transfer_data_root, args.seeds, args.device,
+                          plugins=args.plugin)
+        cluster = cluster_options(preset, {k: getattr(args, k) for k in ClusterOptions.__dataclass_fields__})
+        table = launch(jobs, out, args.launcher, args.jobs, cluster, args.dry_run)
+        if table is None:
+            if args.launcher == "slurm" and not args.dry_run:
+                print(f"submitted; follow it with: bench suite --status {out}")
+            return
     print_table(table, out)
     info(guide(out))
 

@@ -11,18 +11,20 @@ Layout under --out:
     probe_curves.png, probe_curves.csv   when the pretraining runs were probed (mean +- std over seeds)
 """
 import dataclasses
+import json
+import os
 import sys
 from pathlib import Path
 
 import yaml
 
 from pretrain.curves import probe_comparison
-from pretrain.methods import get_method
+from pretrain.methods import get_method, load_plugins
 from pretrain.train import PretrainConfig, pretrain, resume_pretraining
 from runtime.errors import UserError
 from runtime.options import parse_options
 from runtime.progress import info
-from runtime.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir
+from runtime.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir, write_atomically
 from transfer.finetune import TransferConfig, task_names
 from transfer.tasks import run_task
 from .report import write_report
@@ -79,27 +81,67 @@ def _no_pretraining(options):
     return options is None or set(options) == {"init"}
 
 
-def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, seeds=None, device="auto",
-              progress=True):
-    """Run the preset; return the table."""
+@dataclasses.dataclass
+class Job:
+    """One unit of a suite: a pretraining run, a transfer run, or the closing table and report.
+    Calling it does the work the sequential suite does; `bench suite --launcher` submits it as a
+    separate process or cluster job (it is pickled, so it holds only configs and paths)."""
+    name: str                    # pretrain/<method>-seed<k>, transfer/<task>-<method>-seed<k>, or "table"
+    out: Path                    # the suite folder
+    config: object = None        # PretrainConfig or TransferConfig (None: the table)
+    needs: tuple = ()            # names of the jobs whose output this one reads
+    plugins: tuple = ()          # --plugin modules, imported again in a job's own process
+    progress: bool = True
+
+    @property
+    def kind(self):
+        return self.name.split("/")[0]
+
+    @property
+    def run_dir(self):
+        return self.out / self.name
+
+    def done(self):
+        """True when the job's output exists (what makes a re-run skip it)."""
+        if self.kind == "pretrain":
+            return (self.run_dir / "encoder.pt").is_file()
+        if self.kind == "transfer":
+            return (self.run_dir / "record.json").is_file()
+        return False  # the table is cheap: always rebuilt from the records
+
+    def __call__(self):
+        load_plugins(self.plugins)
+        if self.kind == "pretrain":
+            if (self.run_dir / CHECKPOINT).is_file():
+                info(f"resuming pretraining {self.name} in {self.run_dir}")
+                resume_pretraining(self.run_dir, progress=self.progress)
+            else:
+                info(f"pretraining {self.name} -> {self.run_dir}")
+                pretrain(self.config, self.run_dir, overwrite=True, progress=self.progress)
+            return str(self.run_dir)
+        if self.kind == "transfer":
+            interrupted = has_interrupted_run(self.run_dir)
+            info(f"{'resuming transfer' if interrupted else 'transfer'} {self.name} -> {self.run_dir}")
+            with staged_run_dir(self.run_dir, overwrite=True, resume=interrupted) as staging:
+                record = run_task(self.config, staging, progress=self.progress)
+            return record
+        return finish_suite(self.out, self.needs)
+
+
+def plan_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, seeds=None, device="auto",
+               plugins=(), progress=True):
+    """The preset's jobs in a runnable order: pretrainings, then transfers (each needs its encoder's
+    pretraining, if any), then the table."""
     check_preset(preset)
     out = Path(out)
     seeds = seeds or preset["seeds"]
     transfer_root = transfer_data_root or data_root
-    encoders, failures = {}, []
+    jobs, encoders = [], {}  # encoders: (method, seed) -> (init, the job that makes it or None)
+    common = {"out": out, "plugins": tuple(plugins), "progress": progress}
     for name, options in preset["methods"].items():
         for seed in seeds:
             if _no_pretraining(options):  # a random-init row
-                encoders[name, seed] = (options or {}).get("init", "random")
-                continue
-            run_dir = out / "pretrain" / f"{name}-seed{seed}"
-            encoders[name, seed] = str(run_dir)
-            if (run_dir / "encoder.pt").is_file():
-                info(f"skip pretraining {run_dir}: done")
-                continue
-            if (run_dir / CHECKPOINT).is_file():
-                info(f"resuming pretraining {name}, seed {seed} in {run_dir}")
-                resume_pretraining(run_dir, progress=progress)
+                encoders[name, seed] = ((options or {}).get("init", "random"), None)
                 continue
             config = pretrain_config(preset, options, f"methods.{name}")
             # A method may name its own data (e.g. supervised: {data_root: labelled/class/folders}).
@@ -107,31 +149,116 @@ def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, se
                                          mask_dir=mask_dir or config.mask_dir, seed=seed, device=device)
             if preset.get("probe") and config.probe_data is None:  # the probe curve on the transfer data
                 config = dataclasses.replace(config, probe_data=str(transfer_root))
-            info(f"pretraining {name}, seed {seed} -> {run_dir}")
-            pretrain(config, run_dir, overwrite=True, progress=progress)
+            job = Job(f"pretrain/{name}-seed{seed}", config=config, **common)
+            encoders[name, seed] = (str(job.run_dir), job.name)
+            jobs.append(job)
     for task_name, task_options in preset["tasks"].items():
-        for (name, seed), init in encoders.items():
-            run_dir = out / "transfer" / f"{task_name}-{name}-seed{seed}"
-            if (run_dir / "record.json").is_file():
-                info(f"skip {run_dir}: done")
-                continue
+        for (name, seed), (init, maker) in encoders.items():
             config = parse_options(TransferConfig, {**preset["transfer"], **task_options}, f"preset tasks.{task_name}")
             config = dataclasses.replace(config, init=init, data_root=str(transfer_root), seed=seed, device=device)
-            info(f"transfer {task_name} from {name}, seed {seed} -> {run_dir}")
-            try:
-                with staged_run_dir(run_dir, overwrite=True, resume=has_interrupted_run(run_dir)) as staging:
-                    record = run_task(config, staging, progress=progress)
-            except UserError as exc:  # e.g. a diverging fine-tuning: the other runs still count
-                failures.append(f"{run_dir.name}: {exc}")
-                print(f"  failed: {exc}", file=sys.stderr)
-                continue
+            jobs.append(Job(f"transfer/{task_name}-{name}-seed{seed}", config=config,
+                            needs=(maker,) if maker else (), **common))
+    jobs.append(Job("table", needs=tuple(job.name for job in jobs), **common))
+    return jobs
+
+
+STATE_FILE = "jobs.json"
+
+
+def _read_job_file(out):
+    try:
+        return json.loads((Path(out) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def read_job_states(out):
+    """{job name: {"state": ..., "job_id", "error"}} as the last launcher left them."""
+    return _read_job_file(out).get("jobs", {})
+
+
+def start_job_states(out, jobs):
+    """Record the plan of a suite that starts, keeping the states of jobs that are done."""
+    kept = {name: entry for name, entry in read_job_states(out).items() if entry.get("state") == "done"}
+    write_job_states(out, kept, [{"name": job.name, "needs": list(job.needs)} for job in jobs])
+
+
+def saved_plan(out):
+    """The jobs of the suite in `out`, from its jobs.json (enough to check what is done)."""
+    plan = _read_job_file(out).get("plan")
+    if not plan:
+        raise UserError(f"{out} has no {STATE_FILE}: not a suite folder, or one from before suites recorded their jobs")
+    return [Job(entry["name"], Path(out), needs=tuple(entry["needs"])) for entry in plan]
+
+
+def write_job_states(out, state, plan=None):
+    """<out>/jobs.json: the plan (every job and what it needs) and the launcher's state of each."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    saved = _read_job_file(out)
+    plan = plan if plan is not None else saved.get("plan", [])
+    text = json.dumps({"plan": plan, "jobs": state}, indent=1) + "\n"
+    write_atomically(Path(out) / STATE_FILE, lambda tmp: tmp.write_text(text))
+
+
+def job_status(jobs, out):
+    """(name, state, detail) of every job of the suite in `out`: done, interrupted (a checkpoint
+    to resume from), running or submitted, failed or blocked with the last error line, not started."""
+    recorded = read_job_states(out)
+    rows = []
+    for job in jobs:
+        entry = recorded.get(job.name, {})
+        if job.done() or (job.kind == "table" and (Path(out) / "table.json").is_file()):
+            rows.append((job.name, "done", ""))
+        elif entry.get("state") in ("failed", "blocked"):
+            rows.append((job.name, entry["state"], entry.get("error", "")))
+        elif entry.get("state") in ("running", "submitted"):
+            rows.append((job.name, entry["state"], f"job {entry.get('job_id')}"))
+        elif (job.run_dir / CHECKPOINT).is_file() or (job.kind == "transfer" and has_interrupted_run(job.run_dir)):
+            rows.append((job.name, "interrupted", "a checkpoint to resume from"))
+        else:
+            rows.append((job.name, "not started", ""))
+    return rows
+
+
+def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, seeds=None, device="auto",
+              progress=True, plugins=()):
+    """Run the preset's jobs one after another in this process; return the table."""
+    jobs = plan_suite(preset, out, data_root, mask_dir, transfer_data_root, seeds, device, plugins, progress)
+    start_job_states(out, jobs)
+    states, failures = {}, []
+    for job in jobs[:-1]:
+        if job.done():
+            info(f"skip {job.run_dir}: done")
+            continue
+        states[job.name] = {"state": "running", "job_id": f"pid {os.getpid()}"}
+        write_job_states(out, states)
+        try:
+            record = job()
+        except UserError as exc:  # e.g. a diverging fine-tuning: the other runs still count
+            states[job.name] = {"state": "failed", "error": str(exc)}
+            write_job_states(out, states)
+            if job.kind == "pretrain":
+                raise
+            failures.append(f"{job.run_dir.name}: {exc}")
+            print(f"  failed: {exc}", file=sys.stderr)
+            continue
+        states[job.name] = {"state": "done"}
+        write_job_states(out, states)
+        if job.kind == "transfer":
             print(f"  {record['metric']} = {100 * record['value']:.1f}%")
-    _probe_curves(encoders, out)
-    table = write_table(out / "transfer", out)
-    write_report(out)
+    table = jobs[-1]()
     if failures:
         raise UserError(f"{len(failures)} transfer run(s) failed and are missing from the table in {out}: "
                         + "; ".join(failures))
+    return table
+
+
+def finish_suite(out, job_names=()):
+    """The closing job: probe curves of the pretraining runs among `job_names`, the table and the report."""
+    out = Path(out)
+    _probe_curves([out / name for name in job_names if name.startswith("pretrain/")], out)
+    table = write_table(out / "transfer", out)
+    write_report(out)
     return table
 
 
@@ -148,12 +275,12 @@ def guide(out):
         "and the paper's rows as the scale at 227 px on real VOC, not as a target for toy data."])
 
 
-def _probe_curves(encoders, out):
+def _probe_curves(run_dirs, out):
     """probe_curves.png/.csv: every probed pretraining run's curve, mean +- std over seeds per method."""
     runs = {}
-    for (name, _seed), init in encoders.items():
-        if (Path(init) / "metrics.jsonl").is_file():
-            runs.setdefault(name, []).append(init)
+    for run_dir in run_dirs:
+        if (run_dir / "metrics.jsonl").is_file():
+            runs.setdefault(run_dir.name.rsplit("-seed", 1)[0], []).append(str(run_dir))
     if probe_comparison(runs, out / "probe_curves.png", "kNN probe of the encoders during pretraining").empty:
         return
-    print(f"probe curves: {out / 'probe_curves.png'} (+ .csv)")
+    info(f"probe curves: {out / 'probe_curves.png'} (+ .csv)")

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed, speedups
+from . import distributed, preemption, speedups
 from .errors import UserError
 from .options import check_ranges, flag
 from .progress import progress_bar
@@ -155,7 +155,8 @@ class Engine:
 
         metrics_file = open(self.run_dir / METRICS, "a") if self.main else contextlib.nullcontext()
         with progress_bar(total=self.steps, initial=self.step, desc=self.desc, unit="step",
-                          disable=not self.progress) as bar, metrics_file as self._metrics_file:
+                          disable=not self.progress) as bar, metrics_file as self._metrics_file, \
+                preemption.training_loop():
             if self.step == 0:
                 hook(None)
             for batch in batches_from(self.step) if self.step < self.steps else ():
@@ -175,8 +176,11 @@ class Engine:
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{rate:.1f}", refresh=False)
                     bar.update(1)
                 hook(metrics)
-                if self.step % self.checkpoint_every == 0 or self.step == self.steps:
+                preempted = preemption.requested()
+                if self.step % self.checkpoint_every == 0 or self.step == self.steps or preempted:
                     self._checkpoint()
+                if preempted:
+                    preemption.hand_over()  # the job is requeued and resumes from this checkpoint
                 if self.step >= self.steps:
                     break
         self._metrics_file = None
