@@ -298,8 +298,10 @@ def add_suite_parser(commands):
                        help="list every job of the suite in OUT: done, running, failed (with its error), not started")
     for name, field in ClusterOptions.__dataclass_fields__.items():
         kind = str if name == "partition" else positive_int
+        default = {"cpus_per_job": "8 on SLURM, cores / --jobs locally"}.get(name, field.default)
         scale.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
-                           help=f"slurm (default: the preset's cluster: section, else {field.default})")
+                           help=f"{'slurm and local' if name == 'cpus_per_job' else 'slurm'} "
+                                f"(default: the preset's cluster: section, else {default})")
     p.set_defaults(handler=run_suite_command)
 
 

@@ -1,8 +1,8 @@
 """`bench suite --launcher local|slurm`: every job of a suite (benchmarks.suite.plan_suite) as its
 own process or SLURM job, through submitit (the optional `cluster` extra).
 
-- local: up to --jobs N at once on this machine, each pinned to its share of the CPU cores (and
-  to one GPU each when there are N); a transfer starts when its encoder's pretraining has
+- local: up to --jobs N at once on this machine, each pinned to its share of the CPU cores
+  (--cpus-per-job, default cores / N) and to one GPU each when there are N; a transfer starts when its encoder's pretraining has
   finished; a failed job blocks only the jobs that need its output. The table and the report are
   built at the end, in this process.
 - slurm: every job is submitted at once, a transfer with `afterok` on its pretraining, and the
@@ -27,14 +27,15 @@ from runtime.progress import info
 LAUNCHERS = ("sequential", "local", "slurm")
 JOBS_FOLDER = "jobs"  # submitit's pickles and per-job logs
 LOCAL_TIME_LIMIT_MIN = 7 * 24 * 60  # local jobs have no scheduler limit; submitit needs one
+SLURM_CPUS = 8  # a SLURM job's CPUs when neither the preset nor --cpus-per-job says
 
 
 @dataclasses.dataclass
 class ClusterOptions:
-    """SLURM resources of every job (and the GPUs a local job gets)."""
+    """SLURM resources of every job (and the cores and GPUs a local job gets)."""
     partition: str | None = None
     gpus_per_job: int = 0          # pretraining runs one process per GPU (torchrun-style)
-    cpus_per_job: int = 8
+    cpus_per_job: int | None = None  # SLURM: 8; local: this machine's cores / --jobs
     mem_gb: int = 32
     time_min: int = 240
     signal_delay_s: int = 120      # how long before the time limit the job is told to checkpoint
@@ -95,7 +96,7 @@ def describe(jobs, launcher, cluster):
         gpus = cluster.gpus_per_job if job.kind != "table" else 0
         tasks = max(1, gpus)
         lines.append(f"  {job.name:<45} after {after:<40} partition={cluster.partition or 'default'} "
-                     f"gpus={gpus} tasks={tasks} cpus={cluster.cpus_per_job} mem={cluster.mem_gb}G "
+                     f"gpus={gpus} tasks={tasks} cpus={cluster.cpus_per_job or SLURM_CPUS} mem={cluster.mem_gb}G "
                      f"time={cluster.time_min}min")
     return lines
 
@@ -123,7 +124,7 @@ def _slurm_executor(submitit, folder, cluster, gpus):
     tasks = max(1, gpus)
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     executor.update_parameters(timeout_min=cluster.time_min, gpus_per_node=gpus, tasks_per_node=tasks,
-                               cpus_per_task=max(1, cluster.cpus_per_job // tasks), mem_gb=cluster.mem_gb,
+                               cpus_per_task=max(1, (cluster.cpus_per_job or SLURM_CPUS) // tasks), mem_gb=cluster.mem_gb,
                                slurm_signal_delay_s=cluster.signal_delay_s,
                                **({"slurm_partition": cluster.partition} if cluster.partition else {}))
     return executor
@@ -148,11 +149,16 @@ def _submit_to_slurm(submitit, jobs, out, folder, cluster):
     write_job_states(out, state)
 
 
-def _slots(max_jobs):
-    """(index, CPU cores) of each of the `max_jobs` places a local job can run in."""
+def _slots(max_jobs, cpus_per_job=None):
+    """(index, CPU cores) of each of the `max_jobs` places a local job can run in: `cpus_per_job`
+    cores each (default: an equal share), consecutive, wrapping round when they overlap.
+
+    A run's numbers depend on its thread count (the order of floating-point sums), so a job on
+    half the cores matches a sequential run on that many cores; `cpus_per_job` = all cores
+    matches the plain sequential run, at the cost of the jobs sharing the cores."""
     cores = sorted(os.sched_getaffinity(0))
-    share = max(1, len(cores) // max_jobs)
-    return [(k, set(cores[k * share:(k + 1) * share] or cores)) for k in range(max_jobs)]
+    share = min(len(cores), cpus_per_job or max(1, len(cores) // max_jobs))
+    return [(k, {cores[(k * share + i) % len(cores)] for i in range(share)}) for k in range(max_jobs)]
 
 
 def _run_locally(submitit, jobs, out, folder, max_jobs, cluster):
@@ -160,7 +166,7 @@ def _run_locally(submitit, jobs, out, folder, max_jobs, cluster):
 
     from .suite import read_job_states, write_job_states
     work, finish = jobs[:-1], jobs[-1]
-    slots = _slots(max_jobs)
+    slots = _slots(max_jobs, cluster.cpus_per_job)
     gpus_each = torch.cuda.device_count() >= max_jobs and torch.cuda.device_count() > 0
     state = {name: entry for name, entry in read_job_states(out).items() if entry.get("state") == "done"}
     pending = [job for job in work if not job.done()]
