@@ -127,12 +127,13 @@ def save_json(obj, path):
 
 
 def environment_info():
-    """Versions that decide whether a number can be reproduced."""
+    """Versions, and the thread count, that decide whether a number can be reproduced (CPU results
+    change with the threads a run uses: they sum in another order)."""
     import numpy
     import torchvision
     return {"python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-            "code_version": code_version()}
+            "code_version": code_version(), "threads": torch.get_num_threads()}
 
 
 def code_version():

@@ -97,7 +97,8 @@ def test_central_run_writes_run_folder(central_run):
             cfg["steps"]) == ("central", "alexnet", "l2", 96, BATCH, STEPS)
     assert cfg["lr"] == float(LR) and cfg["load_size"] == round(96 * 1.15) and cfg["device"] == "cpu"
     assert len(cfg["dataset_mean"]) == 3 and all(0 < s < 1 for s in cfg["dataset_std"])
-    assert set(config["environment"]) >= {"python", "torch", "torchvision", "numpy", "code_version"}
+    assert set(config["environment"]) >= {"python", "torch", "torchvision", "numpy", "code_version", "threads"}
+    assert config["environment"]["threads"] == torch.get_num_threads()
 
     encoder = json.loads((out / "encoder.json").read_text())
     assert encoder["arch"] == "alexnet" and encoder["method"] == "context-encoder"
