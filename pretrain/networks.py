@@ -117,6 +117,55 @@ class FeatureContextEncoder(nn.Module):
         return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class WholeInputConv(nn.Conv2d):
+    """A convolution whose kernel covers its whole input (no padding), so it has one output pixel:
+    computed as one matmul. oneDNN runs this shape as a convolution at a few percent of the
+    matmul peak; for the inpainting bottleneck (512@4x4 -> 4000) the matmul is several times
+    faster. Other input sizes take the convolution path."""
+
+    def forward(self, x):
+        if x.shape[-2:] != self.kernel_size or self.padding != (0, 0) or self.groups != 1:
+            return super().forward(x)
+        return F.linear(x.flatten(1), self.weight.flatten(1), self.bias).view(len(x), self.out_channels, 1, 1)
+
+
+class PointInputUpConv(nn.ConvTranspose2d):
+    """A transposed convolution of a 1x1 input (no padding): its output is the kernel weighted by
+    the input channels, one matmul (the inpainting decoder's 4000 -> 512@4x4)."""
+
+    def forward(self, x):
+        if x.shape[-2:] != (1, 1) or self.padding != (0, 0) or self.groups != 1 or self.output_padding != (0, 0):
+            return super().forward(x)
+        out = F.linear(x.flatten(1), self.weight.flatten(1).t()).view(len(x), self.out_channels, *self.kernel_size)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+
+class SubPixelUpConv(nn.ConvTranspose2d):
+    """A 4x4, stride-2, padding-1 transposed convolution computed in its sub-pixel form: one 3x3
+    convolution to 4x the output channels, then a pixel shuffle. Same parameters, same output
+    (up to the order of floating-point sums); oneDNN's plain convolutions are faster on a CPU
+    than its transposed ones, whose backward pass especially is slow.
+
+    Output row 2m + a (a = 0, 1) of the transposed convolution takes input rows m - 1 + t through
+    kernel row TAPS[a][t] (4: no tap), and the same for columns."""
+    TAPS = ((3, 1, 4), (4, 2, 0))
+
+    def __init__(self, in_channels, out_channels, bias=False):
+        super().__init__(in_channels, out_channels, kernel_size=4, stride=2, padding=1, bias=bias)
+
+    def subpixel_weight(self):
+        """(4 * out, in, 3, 3): the weight of the 3x3 convolution; channel 4c + 2a + b is output
+        channel c at row phase a, column phase b (the order pixel_shuffle reads)."""
+        padded = F.pad(self.weight, (0, 1, 0, 1))  # index 4: a zero row and column
+        taps = torch.tensor(self.TAPS, device=self.weight.device)
+        gathered = padded[:, :, taps[:, None, :, None], taps[None, :, None, :]]  # (in, out, 2, 2, 3, 3)
+        return gathered.permute(1, 2, 3, 0, 4, 5).reshape(4 * self.out_channels, self.in_channels, 3, 3)
+
+    def forward(self, x):
+        bias = None if self.bias is None else self.bias.repeat_interleave(4)
+        return F.pixel_shuffle(F.conv2d(x, self.subpixel_weight(), bias, padding=1), 2)
+
+
 def _doublings(start, stop, what):
     count = math.log2(stop / start)
     if count < 1 or count != int(count):
@@ -139,14 +188,14 @@ class InpaintingGenerator(nn.Module):
             if index > 0:
                 layers.append(nn.BatchNorm2d(out_ch))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
-        layers += [nn.Conv2d(512, bottleneck, 4, bias=False), nn.BatchNorm2d(bottleneck),
+        layers += [WholeInputConv(512, bottleneck, 4, bias=False), nn.BatchNorm2d(bottleneck),
                    nn.LeakyReLU(0.2, inplace=True)]
         self.encoder = nn.Sequential(*layers)
 
         ups = _doublings(4, output_size, "the inpainting output size")
         widths = [512, 256, 128, 64] + [64] * max(0, ups - 4)
         widths = widths[:ups] + [3]
-        layers = [nn.ConvTranspose2d(bottleneck, 512, 4, bias=False), nn.BatchNorm2d(512), nn.ReLU(True)]
+        layers = [PointInputUpConv(bottleneck, 512, 4, bias=False), nn.BatchNorm2d(512), nn.ReLU(True)]
         for in_ch, out_ch in zip(widths[:-1], widths[1:]):
             layers.append(nn.ConvTranspose2d(in_ch, out_ch, 4, 2, 1, bias=False))
             layers += [nn.BatchNorm2d(out_ch), nn.ReLU(True)] if out_ch != 3 else [nn.Tanh()]
@@ -170,7 +219,7 @@ class Discriminator(nn.Module):
                 layers.append(nn.BatchNorm2d(out_ch))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             in_ch, out_ch, side = out_ch, min(out_ch * 2, 512), side // 2
-        layers.append(nn.Conv2d(in_ch, 1, side, bias=False))
+        layers.append(WholeInputConv(in_ch, 1, side, bias=False))
         self.net = nn.Sequential(*layers)
         dcgan_init(self)
 
