@@ -21,7 +21,7 @@ from data import images
 from data.imagecache import ImageCache
 from data.masks import MASK_KINDS, MaskSampler
 from data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, readable_only
-from data.pretrain_items import PretrainImages
+from data.pretrain_items import AUGMENT_ON, PretrainImages
 from data.sampling import epoch_batches
 from runtime import distributed, speedups
 from runtime.device import DeviceOptions, check_scaling_options, resolve_device, seed_everything, start_process
@@ -62,6 +62,10 @@ class PretrainConfig(DeviceOptions):
     steps: int = option(300, "training iterations (default: 300; with --resume: the run's own)")
     seed: int = option(0, "seed of weights, batches, holes and dropout")
     bad_images: str = option("fail", BAD_IMAGES_HELP, choices=BAD_IMAGE_POLICIES)
+    augment_on: str = option("loader", "where crops are flipped and normalised and holes drawn: loader (per image "
+                             "in the DataLoader workers, the reference) or device (a batch at a time on the "
+                             "training device, same rules, other random numbers; the workers only slice crops)",
+                             choices=AUGMENT_ON)
     image_cache: bool = option(True, "decode and resize every image once into the uint8 memory-mapped cache "
                                "under the cache folder ($BENCH_CACHE_DIR/images)")
     probe_data: str | None = option(None, "a labelled VOC root: every --probe-every steps (and at step 0) score "
@@ -127,6 +131,7 @@ def training_batches(dataset, config, start_step):
     """This process's share of each global batch (all of it on one process), on the device."""
     channels_last = speedups.use_channels_last(config.device)
     for batch in epoch_batches(dataset, config.batch_size, config.seed, start_step, config.workers, config.device):
+        batch = dataset.finish_batch({key: value.to(config.device, non_blocking=True) for key, value in batch.items()})
         yield {key: speedups.to_device(value, config.device, channels_last) for key, value in batch.items()}
 
 
@@ -198,11 +203,11 @@ def build(config, paths, progress=True):
         labels, classes = images.image_labels(paths, config.data_root, config.split, config.year)
         if classes != config.classes:
             raise UserError(f"the class folders of {config.data_root} changed since the run started")
-    # Holes are a data-side transform, drawn per item in the loader's workers.
+    # Holes are a data-side transform: per item in the loader's workers, or per batch on the device.
     holes = MaskSampler.from_folder(config.mask, config.image_size, getattr(method, "overlap", 0),
                                     config.mask_dir) if method.uses_masks else None
     dataset = PretrainImages(paths, config.image_size, config.load_size, method.input_mean,
-                             method.input_std, holes, config.seed, labels)
+                             method.input_std, holes, config.seed, labels, augment_on=config.augment_on)
     if config.image_cache:
         with distributed.main_first(local=True):  # one process per machine builds it, the others read it
             dataset.cache = ImageCache(paths, config.load_size, progress=progress and distributed.is_local_main())
@@ -250,8 +255,8 @@ def _preview_batch(dataset, config):
     """A fixed batch (keys from an epoch no training step reaches) shows progress on the same holes."""
     preview_keys = [(2**31 - 1, i % len(dataset)) for i in range(PREVIEW_IMAGES)]
     preview_items = [dataset[k] for k in preview_keys]
-    return {key: torch.stack([item[key] for item in preview_items]).to(config.device)
-            for key in preview_items[0]}
+    return dataset.finish_batch({key: torch.stack([item[key] for item in preview_items]).to(config.device)
+                                 for key in preview_items[0]})
 
 
 def pretraining_label(config, method):

@@ -54,29 +54,31 @@ LR, MAX_STEPS = 1e-3, 3
 
 def assert_same_weights(first, second):
     """Equal up to rounding. Adam turns a gradient at rounding-noise level into a step of up to lr,
-    so a rare weight may differ by that much (one in 884736 of conv4's, with 2 threads here);
-    a wrong batch split moves every weight by about lr and the whole tensor by far more."""
+    so a rare weight may differ by that much (one in 884736 of conv4's, or one of the 256 conv4
+    biases, with 2 threads here); a wrong batch split moves every weight by about lr."""
     assert first.keys() == second.keys()
     for key in first:
-        difference = (first[key] - second[key]).float()
-        assert difference.abs().max() <= 2 * LR * MAX_STEPS, key
-        assert difference.norm() <= 1e-5 * first[key].float().norm() + 1e-7, key
+        difference = (first[key] - second[key]).float().abs()
+        assert difference.max() <= 2 * LR * MAX_STEPS, key
+        assert (difference > 1e-3 * LR).float().mean() <= 0.01, key  # at most 1% of the weights moved
 
 
 def losses(run):
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_pretrain_like_one_and_resume_on_one(toy_voc_root, tmp_path, private_registry):
+@pytest.mark.parametrize("augment_on", ["loader", "device"])
+def test_two_processes_pretrain_like_one_and_resume_on_one(augment_on, toy_voc_root, tmp_path, private_registry):
     # One process (in this one): 2 steps, then resumed to 3.
     one = tmp_path / "one"
-    assert bench(*pretrain_args(toy_voc_root, one, "--steps", 2)) == 0
+    where = ("--augment-on", augment_on)
+    assert bench(*pretrain_args(toy_voc_root, one, "--steps", 2, *where)) == 0
     one_after_2 = encoder_weights(one)
     assert bench("pretrain", "--plugin", PLUGIN, "--out", one, "--resume", "--steps", 3) == 0
 
     # Two processes, each with half of every batch of 4 (random-block holes of different sizes).
     two = tmp_path / "two"
-    launch("-m", "benchmarks.cli", *pretrain_args(toy_voc_root, two, "--steps", 2), processes=2)
+    launch("-m", "benchmarks.cli", *pretrain_args(toy_voc_root, two, "--steps", 2, *where), processes=2)
     assert_same_weights(encoder_weights(two), one_after_2)
     # One metrics line per step (the main process writes), with the global batch's loss.
     np.testing.assert_allclose(losses(two), losses(one)[:2], rtol=1e-5)

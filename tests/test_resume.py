@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from runtime.runfiles import staging_dir
@@ -47,9 +48,11 @@ def kill_after_checkpoint(command, checkpoint, min_step):
             process.kill()
 
 
-def test_pretraining_killed_and_resumed_matches_uninterrupted(toy_voc_root, tmp_path):
+@pytest.mark.parametrize("augment_on", ["loader", "device"])
+def test_pretraining_killed_and_resumed_matches_uninterrupted(augment_on, toy_voc_root, tmp_path):
     common = ["--data-root", toy_voc_root, "--image-size", 64, "--batch-size", 4, "--steps", 24,
-              "--workers", 0, "--checkpoint-every", 3, "--preview-every", 100, "--mask", "random-block"]
+              "--workers", 0, "--checkpoint-every", 3, "--preview-every", 100, "--mask", "random-block",
+              "--augment-on", augment_on]
     run("pretrain", *common, "--out", tmp_path / "whole")
     killed = tmp_path / "killed"
     kill_after_checkpoint(bench_command("pretrain", *common, "--out", killed), killed / "checkpoint.pt", 9)
