@@ -52,6 +52,13 @@ def positive_int(text):
     return value
 
 
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def non_negative_int(text):
     value = int(text)
     if value < 0:
@@ -445,6 +452,17 @@ def add_speed_parser(commands):
     p.add_argument("--matmul-size", type=positive_int, default=2048, help="side of the square matmuls")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=non_negative_int, default=1, help="DataLoader worker processes")
+    p.add_argument("--loader-sizes", type=positive_int, nargs="*", default=[128, 227],
+                   help="input sizes of the data-path rows (every mask kind at each; none: leave them out)")
+    p.add_argument("--loader-batch", type=positive_int, default=64, help="batch size of the data-path rows")
+    p.add_argument("--loader-batches", type=positive_int, default=20, help="timed batches per data-path row")
+    p.add_argument("--levers", action="store_true",
+                   help="also time the inpainting network's step with each speed lever (sub-pixel up-convolutions, "
+                        "channels_last, torch.compile, threads)")
+    p.add_argument("--assume-tflops", type=positive_float, default=None,
+                   help="project the paper preset for a device of this bf16 peak (default: the measured device)")
+    p.add_argument("--loader-cores", type=positive_int, default=None,
+                   help="loader workers of the projected machine (default: this machine's cores)")
     p.add_argument("--out", default=None, help="results folder (default: runs/speed-<date>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing results folder")
     p.set_defaults(handler=run_speed_command)
@@ -460,7 +478,8 @@ def run_speed_command(args):
     cases = default_cases(args.feature_sizes, args.feature_batch, args.inpaint_batch)
     out, _ = run_speed(out, args.data_root or default_data_root(), args.mask_dir, cases, args.precisions,
                        resolve_device(args.device), args.workers, args.warmup, args.steps, args.matmul_size,
-                       args.overwrite)
+                       args.overwrite, loader_sizes=args.loader_sizes, loader_batch=args.loader_batch, loader_batches=args.loader_batches,
+                       levers=args.levers, assume_tflops=args.assume_tflops, loader_cores=args.loader_cores)
     print((out / "speed.md").read_text())
     print(f"written: {out / 'speed.json'} (+ .csv, .md)")
 

@@ -29,12 +29,17 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from data.masks import MASK_KINDS
+from data.pretrain_items import AUGMENT_ON
 from data.pixels import channel_stats
 from pretrain.train import PretrainConfig, build, pretraining_engine, resolve_config, training_batches, training_images
 from runtime import speedups
 from runtime.errors import UserError
 from runtime.progress import progress_bar
 from runtime.runfiles import create_run_dir, environment_info, save_json, write_atomically
+from .inpaint_levers import DEFAULT as LEVER_DEFAULT, loss_over_seeds, measure_levers
+from .loader_speed import PAPER_PRETRAINING, measure_loader, project_paper_pretraining, projection_line, \
+    training_gflop_per_image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +141,15 @@ def measure_case(case, precision, data_root, mask_dir, device, workers, warmup, 
 
 
 def run_speed(out, data_root, mask_dir=None, cases=None, precisions=("fp32", "bf16"), device="cpu",
-              workers=1, warmup=2, steps=5, matmul_size=2048, overwrite=False, progress=True):
-    """Measure everything, write <out>/speed.json, .csv and .md; return the record."""
+              workers=1, warmup=2, steps=5, matmul_size=2048, overwrite=False, progress=True,
+              loader_sizes=(128, 227), loader_batch=64, loader_batches=20, levers=False, assume_tflops=None, loader_cores=None):
+    """Measure everything, write <out>/speed.json, .csv and .md; return the record.
+
+    `loader_sizes`: the sizes of the loader rows (every mask kind at each; empty: none), timed over
+    `loader_batches` batches of `loader_batch`;
+    `levers`: also the inpainting network's speed levers (benchmarks.inpaint_levers);
+    `assume_tflops`, `loader_cores`: the device peak and loader cores the projection assumes
+    (default: the measured device, this machine's cores)."""
     if steps < 1 or warmup < 0:
         raise UserError(f"--steps must be at least 1 and --warmup 0 or more, got {steps} and {warmup}")
     cases = cases or default_cases()
@@ -165,14 +177,57 @@ def run_speed(out, data_root, mask_dir=None, cases=None, precisions=("fp32", "bf
     for row in rows:  # bf16 (or fp16) against fp32 on the same case
         fp32 = next((r for r in rows if r["case"] == row["case"] and r["precision"] == "fp32"), None)
         row["end_to_end_speedup_over_fp32"] = row["end_to_end_img_s"] / fp32["end_to_end_img_s"] if fp32 else None
-    record = {"rows": rows, "matmul_peak_gflop_s": peaks, "matmul_size": matmul_size,
+    loader_cases = [(size, mask, where) for size in loader_sizes for where in AUGMENT_ON for mask in MASK_KINDS]
+    loader_rows = [measure_loader(data_root, mask_dir, mask, size, where, device, loader_batch, max(1, workers),
+                                  loader_batches, stats)
+                   for size, mask, where in progress_bar(loader_cases, desc="data path", unit="case",
+                                                         disable=not progress)]
+    lever_rows = measure_levers(warmup=warmup, steps=steps, progress=progress) if levers else []
+    projections = _projections(rows, loader_rows, peaks, assume_tflops, loader_cores)
+    record = {"rows": rows, "loader_rows": loader_rows, "lever_rows": lever_rows, "projections": projections,
+              "matmul_peak_gflop_s": peaks, "matmul_size": matmul_size,
               "device": device, "device_name": device_name(device), "threads": torch.get_num_threads(),
               "cores": len(os.sched_getaffinity(0)), "workers": workers, "warmup_steps": warmup,
               "timed_steps": steps, "data_root": str(data_root), "environment": environment_info()}
     save_json(record, out / "speed.json")
     write_atomically(out / "speed.csv", lambda tmp: _write_csv(tmp, rows))
+    if loader_rows:
+        write_atomically(out / "loader.csv", lambda tmp: _write_csv(tmp, loader_rows))
+    if lever_rows:
+        write_atomically(out / "levers.csv", lambda tmp: _write_csv(tmp, lever_rows))
     write_atomically(out / "speed.md", lambda tmp: tmp.write_text(markdown(record)))
     return out, record
+
+
+def _projections(rows, loader_rows, peaks, assume_tflops, loader_cores):
+    """The paper-preset projections (benchmarks.loader_speed), one per --augment-on, from this
+    run's rows: the loader's random-region rate at 227 px; the device's measured feature-network
+    rate at 227 px in its fastest precision, less the time of the batch-level augmentation where
+    that was measured on it, unless `assume_tflops` names another device."""
+    feature = [row for row in rows if row["arch"] == "alexnet" and row["image_size"] == PAPER_PRETRAINING["image_size"]]
+    fastest = max(feature, key=lambda row: row["model_only_img_s"], default=None)
+    gflop = fastest["gflop_per_step"] / fastest["batch_size"] if fastest else \
+        training_gflop_per_image(PAPER_PRETRAINING["image_size"])
+    cores = loader_cores or len(os.sched_getaffinity(0))
+    projections = []
+    for loader in loader_rows:
+        if (loader["image_size"], loader["mask"]) != (PAPER_PRETRAINING["image_size"], PAPER_PRETRAINING["mask"]):
+            continue
+        if assume_tflops:
+            projection = project_paper_pretraining(loader["img_s_per_worker"], cores, assume_tflops, gflop)
+        elif fastest:
+            model = fastest["model_only_img_s"]
+            if loader["device_img_s"]:
+                model = 1 / (1 / model + 1 / loader["device_img_s"])
+            projection = project_paper_pretraining(loader["img_s_per_worker"], cores, max(peaks.values()) / 1e3,
+                                                   gflop, measured_model_img_s=model)
+        else:
+            projection = project_paper_pretraining(loader["img_s_per_worker"], cores, max(peaks.values()) / 1e3, gflop)
+        if loader["augment_on"] == "device":  # the device's share of the augmentation
+            projection["device_augment"] = "not included (not measured there)" if assume_tflops or not fastest \
+                else "included"
+        projections.append({"augment_on": loader["augment_on"], **projection})
+    return projections
 
 
 def device_name(device):
@@ -213,6 +268,29 @@ def markdown(record):
              "|" + "---|" * len(COLUMNS)]
     for row in record["rows"]:
         lines.append("| " + " | ".join(_cell(row, key, fmt) for key, _, fmt in COLUMNS) + " |")
+    if record.get("loader_rows"):
+        lines += ["", f"The data path alone (no model; batch {record['loader_rows'][0]['batch_size']}, "
+                      f"{record['loader_rows'][0]['workers']} loader worker(s)); augment on device: the workers only "
+                      f"slice crops, the device flips, normalises and draws the holes:", "",
+                  "| mask | size | augment on | loader img/s | img/s per worker | device augment img/s |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {row['mask']} | {row['image_size']} | {row['augment_on']} | {row['loader_img_s']:.0f} | "
+                  f"{row['img_s_per_worker']:.0f} | {_cell(row, 'device_img_s', '{:.0f}')} |"
+                  for row in record["loader_rows"]]
+    if record.get("lever_rows"):
+        lines += ["", "The inpainting network's training step (128 px, batch "
+                      f"{record['lever_rows'][0]['batch_size']}, fp32, model only), lever by lever:", "",
+                  "| levers | seed | threads | img/s | vs convolutions | loss after the timed steps |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {row['lever']} | {row['seed']} | {row['threads']} | {row['img_s']:.1f} | "
+                  f"{_cell(row, 'over_convolutions', '{:.2f}x')} | {row['final_loss']:.5f} |" for row in record["lever_rows"]]
+        spreads = [(name, *loss_over_seeds(record["lever_rows"], name)) for name in ("convolutions", LEVER_DEFAULT)]
+        lines += ["", "Loss after the timed steps over seeds: " + "; ".join(
+            f"{name} {mean:.5f} +- {sd:.5f} ({count} seeds)" for name, mean, sd, count in spreads)]
+    if record.get("projections"):
+        lines += [""] + [f"- augment on {p['augment_on']}: {projection_line(p)}"
+                         + (f"; the device's augmentation time {p['device_augment']}" if "device_augment" in p else "")
+                         for p in record["projections"]]
     return "\n".join(lines) + "\n"
 
 

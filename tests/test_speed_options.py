@@ -163,7 +163,8 @@ def test_bench_speed_writes_its_record(toy_voc_root, tmp_path, capsys):
     out = tmp_path / "speed"
     options = ["speed", "--data-root", toy_voc_root, "--feature-sizes", 64, "--feature-batch", 2,
                "--inpaint-batch", 0, "--precisions", "fp32", "--steps", 1, "--warmup", 1,
-               "--matmul-size", 64, "--workers", 0, "--device", "cpu", "--out", out]
+               "--matmul-size", 64, "--workers", 0, "--device", "cpu", "--loader-sizes", 64,
+               "--loader-batch", 4, "--loader-batches", 2, "--out", out]
     assert bench(*options) == 0
     record = json.loads((out / "speed.json").read_text())
     assert set(record["matmul_peak_gflop_s"]) == {"fp32"} and record["matmul_peak_gflop_s"]["fp32"] > 0
@@ -176,7 +177,29 @@ def test_bench_speed_writes_its_record(toy_voc_root, tmp_path, capsys):
     assert row["end_to_end_speedup_over_fp32"] == 1.0
     assert "feature-64" in (out / "speed.md").read_text()
     assert (out / "speed.csv").read_text().startswith("case,")
+    # The data path alone: every mask kind, per image in the loader and per batch on the device.
+    loader_rows = record["loader_rows"]
+    assert {(row["mask"], row["augment_on"]) for row in loader_rows} == {
+        (mask, where) for mask in ("central", "random-block", "random-region", "noise") for where in ("loader", "device")}
+    assert all(row["img_s_per_worker"] > 0 and row["workers"] == 1 for row in loader_rows)
+    assert all((row["device_img_s"] or 0) > 0 for row in loader_rows if row["augment_on"] == "device")
+    assert record["projections"] == []  # no 227 px loader row to project the paper preset from
     assert "feature-64" in capsys.readouterr().out
     # An existing result is never overwritten.
     assert bench(*options) == 2
     assert "already exists" in one_line_error(capsys)
+
+
+def test_projection_names_the_side_that_bounds_a_paper_pretraining():
+    from benchmarks.loader_speed import project_paper_pretraining, projection_line
+    # 5 GFLOP per image on 100 TFLOP/s at 35%: 7,000 img/s; 16 workers x 350 img/s: 5,600 img/s.
+    loader_bound = project_paper_pretraining(350, 16, 100, 5.0, utilization=0.35)
+    assert loader_bound["bound"] == "loader" and loader_bound["device_img_s"] == pytest.approx(7000)
+    assert loader_bound["paper_pretraining_hours"] == pytest.approx(12.8e6 / 5600 / 3600)
+    device_bound = project_paper_pretraining(1500, 16, 100, 5.0, utilization=0.35)
+    assert device_bound["bound"] == "device"
+    assert device_bound["paper_pretraining_hours"] == pytest.approx(12.8e6 / 7000 / 3600)
+    measured = project_paper_pretraining(350, 2, 1, 5.0, measured_model_img_s=40)
+    assert measured["device_measured"] and measured["bound"] == "device" and measured["utilization"] is None
+    assert "bound by the loader" in projection_line(loader_bound) and "assumed" in projection_line(loader_bound)
+    assert "(measured)" in projection_line(measured)

@@ -1,0 +1,117 @@
+"""The pretraining data path alone, and which side bounds a run: `bench speed`'s loader rows and
+its projection line.
+
+A loader row is the images/s that `bench pretrain`'s own DataLoader delivers with no model: the
+uint8 image cache, random crops and flips, normalisation, hole masks and collation, for one mask
+kind at one input size, divided by its worker processes (0 workers: the main process does the
+work, counted as one). With --augment-on device the workers only slice crops, and the row also
+gives the rate of the flips, normalisation and holes done a batch at a time on the device. The projection compares what the loader can deliver on a machine with
+`cores` cores (one worker per core) with what a device of a given peak can train, for the
+`paper` preset's pretraining (227 px, batch 128, 100k steps, random-region holes).
+"""
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from data.sampling import epoch_batches
+from pretrain.methods import get_method
+from pretrain.train import PretrainConfig, build, pretraining_engine, resolve_config
+
+# The paper preset's pretraining (benchmarks/presets/paper.yaml; DESIGN §3).
+PAPER_PRETRAINING = {"image_size": 227, "batch_size": 128, "steps": 100_000, "mask": "random-region"}
+# Fraction of its bf16 peak a GPU is assumed to reach on the AlexNet context encoder's training
+# step when it was not measured: an assumption, printed with every projection that uses it (our
+# 2-core AVX-512/AMX CPU reaches 65% of its fp32 peak and 21% of its bf16 peak on this step).
+ASSUMED_UTILIZATION = 0.25
+DEVICE_TIMED_BATCHES = 5
+
+
+def loader_config(data_root, mask_dir, mask, image_size, batch_size, workers, dataset_stats, augment_on, device):
+    return PretrainConfig(method="context-encoder", arch="alexnet", mask=mask, data_root=str(data_root),
+                          mask_dir=mask_dir, image_size=image_size, batch_size=batch_size, steps=1, seed=0,
+                          device=device, workers=workers, dataset_mean=dataset_stats[0], dataset_std=dataset_stats[1],
+                          augment_on=augment_on)
+
+
+def measure_loader(data_root, mask_dir, mask, image_size, augment_on="loader", device="cpu", batch_size=64,
+                   workers=1, batches=20, dataset_stats=(None, None), progress=False):
+    """One loader row: images/s delivered by the pretraining DataLoader, model-free, after one
+    untimed batch (which starts the workers); with augment_on "device", also the images/s of the
+    batch-level work left to `device` (flip, normalisation, holes), timed on the last batches."""
+    config, paths = resolve_config(loader_config(data_root, mask_dir, mask, image_size, batch_size, workers,
+                                                 dataset_stats, augment_on, device))
+    _, dataset = build(config, paths, progress)
+    loader = iter(epoch_batches(dataset, batch_size, config.seed, 0, workers, device))
+    next(loader)
+    started, last = time.perf_counter(), []
+    for _ in range(batches):
+        last = [next(loader), *last][:DEVICE_TIMED_BATCHES]
+    rate = batches * batch_size / (time.perf_counter() - started)
+    del loader  # stops the workers
+    row = {"mask": mask, "image_size": image_size, "augment_on": augment_on, "batch_size": batch_size,
+           "workers": workers, "loader_img_s": rate, "img_s_per_worker": rate / max(1, workers),
+           "device_img_s": None}
+    if augment_on == "device":
+        last = [{key: value.to(config.device) for key, value in batch.items()} for batch in last]
+        dataset.finish_batch(last[0])  # warm-up
+        _synchronize(config.device)
+        started = time.perf_counter()
+        for batch in last:
+            dataset.finish_batch(batch)
+        _synchronize(config.device)
+        row["device_img_s"] = len(last) * batch_size / (time.perf_counter() - started)
+    return row
+
+
+def _synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def training_gflop_per_image(image_size, mask="random-region", arch="alexnet", batch_size=2):
+    """GFLOP per image of one training step of the context encoder (forward and backward,
+    FlopCounterMode; a step's FLOPs are proportional to its batch)."""
+    config = PretrainConfig(method="context-encoder", arch=arch, mask=mask, image_size=image_size,
+                            batch_size=batch_size, device="cpu", dataset_mean=[0.5] * 3, dataset_std=[0.25] * 3)
+    method = get_method(config.method)(config, config.dataset_mean, config.dataset_std)
+    method.train()
+    engine, train_step = pretraining_engine(method, config, None, progress=False)
+    hole = torch.zeros(batch_size, 1, image_size, image_size)
+    hole[..., image_size // 4:3 * image_size // 4, image_size // 4:3 * image_size // 4] = 1
+    batch = {"image": torch.randn(batch_size, 3, image_size, image_size), "hole": hole}
+    with FlopCounterMode(display=False) as counter:
+        engine.train_one_step(train_step, method, batch)
+    return counter.get_total_flops() / 1e9 / batch_size
+
+
+def project_paper_pretraining(loader_img_s_per_worker, cores, peak_tflops, gflop_per_image,
+                              utilization=ASSUMED_UTILIZATION, measured_model_img_s=None):
+    """Which side bounds a paper-preset pretraining step, and its projected wall time.
+
+    The device trains `measured_model_img_s` images/s when that was measured, else
+    peak x utilization / FLOPs per image; the loader delivers its per-worker rate x `cores`."""
+    device_img_s = measured_model_img_s or peak_tflops * 1e3 * utilization / gflop_per_image
+    loader_img_s = loader_img_s_per_worker * cores
+    rate = min(device_img_s, loader_img_s)
+    images = PAPER_PRETRAINING["steps"] * PAPER_PRETRAINING["batch_size"]
+    return {"device_img_s": device_img_s, "device_measured": measured_model_img_s is not None,
+            "loader_img_s": loader_img_s, "cores": cores, "peak_tflops": peak_tflops,
+            "utilization": None if measured_model_img_s else utilization, "gflop_per_image": gflop_per_image,
+            "bound": "loader" if loader_img_s < device_img_s else "device",
+            "paper_pretraining_hours": images / rate / 3600}
+
+
+def projection_line(projection):
+    device = (f"device {projection['device_img_s']:,.0f} img/s "
+              + ("(measured)" if projection["device_measured"] else
+                 f"({projection['peak_tflops']:g} TFLOP/s x {projection['utilization']:.0%} / "
+                 f"{projection['gflop_per_image']:.2f} GFLOP per image, assumed)"))
+    return (f"paper preset pretraining (227 px, batch 128, 100k steps): {device}; loader "
+            f"{projection['loader_img_s']:,.0f} img/s ({projection['cores']} workers); bound by the "
+            f"{projection['bound']}; {_duration(projection['paper_pretraining_hours'])} projected per run")
+
+
+def _duration(hours):
+    return f"{hours:.1f} h" if hours >= 2 else f"{hours * 60:.0f} min"
+
