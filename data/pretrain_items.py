@@ -24,7 +24,9 @@ FLIP_STREAM = 1 << 20  # the device flip's draws: a stream no mask round reaches
 class PretrainImages(Dataset):
     """Items are looked up by (epoch, index) keys from `EpochOrder`; each is
     {"image": (3, S, S) normalised} plus {"hole": (1, S, S) float} when a mask sampler is given
-    and {"label": int64 class index} when labels are given."""
+    and {"label": int64 class index} when labels are given. With augment_on "device" an item is
+    {"pixels": (S, S, 3) uint8 crop, "key": (epoch, index)} (+ label), and `finish_batch` makes
+    the image and hole of a whole batch."""
 
     def __init__(self, paths, image_size, load_size, mean, std, mask_sampler=None, seed=0, labels=None,
                  cache=None, augment_on="loader"):
@@ -54,16 +56,14 @@ class PretrainImages(Dataset):
         top = int(rng.integers(0, image.shape[0] - side + 1))
         left = int(rng.integers(0, image.shape[1] - side + 1))
         crop = image[top:top + side, left:left + side]
-        if self.augment_on == "device":
+        if self.augment_on == "device":  # the rest is done a batch at a time, in finish_batch
             item = {"pixels": torch.from_numpy(np.ascontiguousarray(crop)), "key": torch.tensor([epoch, index])}
-            if self.labels is not None:
-                item["label"] = torch.tensor(self.labels[index])
-            return item
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        item = {"image": normalized_tensor(crop, self.mean, self.std)}
-        if self.mask_sampler is not None:
-            item["hole"] = torch.from_numpy(self.mask_sampler(rng)).float().unsqueeze(0)
+        else:
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            item = {"image": normalized_tensor(crop, self.mean, self.std)}
+            if self.mask_sampler is not None:
+                item["hole"] = torch.from_numpy(self.mask_sampler(rng)).float().unsqueeze(0)
         if self.labels is not None:
             item["label"] = torch.tensor(self.labels[index])
         return item
