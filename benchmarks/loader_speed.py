@@ -5,9 +5,11 @@ A loader row is the images/s that `bench pretrain`'s own DataLoader delivers wit
 uint8 image cache, random crops and flips, normalisation, hole masks and collation, for one mask
 kind at one input size, divided by its worker processes (0 workers: the main process does the
 work, counted as one). With --augment-on device the workers only slice crops, and the row also
-gives the rate of the flips, normalisation and holes done a batch at a time on the device. The projection compares what the loader can deliver on a machine with
-`cores` cores (one worker per core) with what a device of a given peak can train, for the
-`paper` preset's pretraining (227 px, batch 128, 100k steps, random-region holes).
+gives the rate of the flips, normalisation and holes done a batch at a time on the device.
+
+The projection compares what the loader can deliver on a machine with `cores` cores (one worker
+per core) with what a device of a given peak can train, for the `paper` preset's pretraining
+(227 px, batch 128, 100k steps, random-region holes).
 """
 import time
 

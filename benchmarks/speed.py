@@ -13,9 +13,12 @@ in each precision asked for. It reports images/s, the ratio end-to-end / model-o
 loading is hidden completely), the FLOPs of a training step (forward + backward, counted by
 torch.utils.flop_counter.FlopCounterMode) and the achieved GFLOP/s as a fraction of the peak of
 that precision; and the mean loss of the end-to-end steps, which see the same batches in every
-precision, so a precision that hurts training shows there.
+precision, so a precision that hurts training shows there. Then the data path alone and the
+bound of a paper-preset pretraining (benchmarks.loader_speed) and, with --levers, the inpainting
+network's speed levers (benchmarks.inpaint_levers).
 
-The results go to <out>/speed.json (with the machine and versions), speed.csv and speed.md.
+The results go to <out>/speed.json (with the machine and versions), speed.csv, loader.csv,
+levers.csv and speed.md.
 """
 import csv
 import dataclasses
@@ -36,7 +39,7 @@ from pretrain.train import PretrainConfig, build, pretraining_engine, resolve_co
 from runtime import speedups
 from runtime.errors import UserError
 from runtime.progress import progress_bar
-from runtime.runfiles import create_run_dir, environment_info, save_json, write_atomically
+from runtime.runfiles import check_new_run_dir, environment_info, save_json, staged_run_dir, write_atomically
 from .inpaint_levers import DEFAULT as LEVER_DEFAULT, loss_over_seeds, measure_levers
 from .loader_speed import PAPER_PRETRAINING, measure_loader, project_paper_pretraining, projection_line, \
     training_gflop_per_image
@@ -155,7 +158,7 @@ def run_speed(out, data_root, mask_dir=None, cases=None, precisions=("fp32", "bf
     cases = cases or default_cases()
     for precision in precisions:
         speedups.check_precision(precision, device)
-    out = create_run_dir(out, overwrite)
+    out = check_new_run_dir(out, overwrite)  # refuse before measuring, not after
     peaks = {}
     for precision in sorted(set(precisions) | {"fp32"}):
         dtype = {"fp32": torch.float32, **speedups.DTYPES}[precision]
@@ -189,13 +192,15 @@ def run_speed(out, data_root, mask_dir=None, cases=None, precisions=("fp32", "bf
               "device": device, "device_name": device_name(device), "threads": torch.get_num_threads(),
               "cores": len(os.sched_getaffinity(0)), "workers": workers, "warmup_steps": warmup,
               "timed_steps": steps, "data_root": str(data_root), "environment": environment_info()}
-    save_json(record, out / "speed.json")
-    write_atomically(out / "speed.csv", lambda tmp: _write_csv(tmp, rows))
-    if loader_rows:
-        write_atomically(out / "loader.csv", lambda tmp: _write_csv(tmp, loader_rows))
-    if lever_rows:
-        write_atomically(out / "levers.csv", lambda tmp: _write_csv(tmp, lever_rows))
-    write_atomically(out / "speed.md", lambda tmp: tmp.write_text(markdown(record)))
+    # Written beside `out` and renamed: a run stopped midway leaves an earlier record in place.
+    with staged_run_dir(out, overwrite) as staging:
+        save_json(record, staging / "speed.json")
+        write_atomically(staging / "speed.csv", lambda tmp: _write_csv(tmp, rows))
+        if loader_rows:
+            write_atomically(staging / "loader.csv", lambda tmp: _write_csv(tmp, loader_rows))
+        if lever_rows:
+            write_atomically(staging / "levers.csv", lambda tmp: _write_csv(tmp, lever_rows))
+        write_atomically(staging / "speed.md", lambda tmp: tmp.write_text(markdown(record)))
     return out, record
 
 
@@ -213,16 +218,15 @@ def _projections(rows, loader_rows, peaks, assume_tflops, loader_cores):
     for loader in loader_rows:
         if (loader["image_size"], loader["mask"]) != (PAPER_PRETRAINING["image_size"], PAPER_PRETRAINING["mask"]):
             continue
-        if assume_tflops:
-            projection = project_paper_pretraining(loader["img_s_per_worker"], cores, assume_tflops, gflop)
-        elif fastest:
+        if assume_tflops or not fastest:  # another device, or none measured here: an assumed utilisation
+            projection = project_paper_pretraining(loader["img_s_per_worker"], cores,
+                                                   assume_tflops or max(peaks.values()) / 1e3, gflop)
+        else:
             model = fastest["model_only_img_s"]
             if loader["device_img_s"]:
                 model = 1 / (1 / model + 1 / loader["device_img_s"])
             projection = project_paper_pretraining(loader["img_s_per_worker"], cores, max(peaks.values()) / 1e3,
                                                    gflop, measured_model_img_s=model)
-        else:
-            projection = project_paper_pretraining(loader["img_s_per_worker"], cores, max(peaks.values()) / 1e3, gflop)
         if loader["augment_on"] == "device":  # the device's share of the augmentation
             projection["device_augment"] = "not included (not measured there)" if assume_tflops or not fastest \
                 else "included"

@@ -168,43 +168,40 @@ def test_discriminator_layout_at_64():
     assert sum(isinstance(m, nn.BatchNorm2d) for m in net.net) == 3  # not after the first conv
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_subpixel_upconv_equals_the_transposed_convolution(bias):
-    """Same parameters, same output and the same gradients as nn.ConvTranspose2d(k 4, stride 2,
-    padding 1), on a non-square input."""
-    subpixel = SubPixelUpConv(5, 3, bias=bias)
-    transposed = nn.ConvTranspose2d(5, 3, 4, 2, 1, bias=bias)
-    transposed.load_state_dict(subpixel.state_dict())
-    x = torch.randn(2, 5, 7, 6, dtype=torch.float64, requires_grad=True)
-    subpixel.double(), transposed.double()
-    out, expected = subpixel(x), transposed(x)
-    assert out.shape == expected.shape == (2, 3, 14, 12)
+def _assert_computes_the_same(layer, plain, shape):
+    """`layer` (a faster form) and `plain` (the torch layer it stands for), given the same
+    parameters, give the same output and gradients on a float64 input of `shape`."""
+    plain.load_state_dict(layer.state_dict())
+    layer.double(), plain.double()
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    out, expected = layer(x), plain(x)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     upstream = torch.randn_like(out)
-    grads = torch.autograd.grad(out, [x, *subpixel.parameters()], upstream)
-    expected_grads = torch.autograd.grad(expected, [x, *transposed.parameters()], upstream)
+    grads = torch.autograd.grad(out, [x, *layer.parameters()], upstream)
+    expected_grads = torch.autograd.grad(expected, [x, *plain.parameters()], upstream)
     for grad, expected_grad in zip(grads, expected_grads):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+    return out
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_matmul_forms_equal_the_convolutions(bias):
+def test_subpixel_upconv_equals_the_transposed_convolution(bias):
+    """Same parameters, output and gradients as nn.ConvTranspose2d(k 4, stride 2, padding 1), on a
+    non-square input."""
+    out = _assert_computes_the_same(SubPixelUpConv(5, 3, bias=bias), nn.ConvTranspose2d(5, 3, 4, 2, 1, bias=bias),
+                                    (2, 5, 7, 6))
+    assert out.shape == (2, 3, 14, 12)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", ["matmul", "other"])
+def test_matmul_forms_equal_the_convolutions(bias, shape):
     """WholeInputConv (kernel = input) and PointInputUpConv (1x1 input) compute what nn.Conv2d and
     nn.ConvTranspose2d compute, gradients included; other input sizes take the convolution path."""
-    cases = [(WholeInputConv(6, 5, 4, bias=bias), nn.Conv2d(6, 5, 4, bias=bias), (3, 6, 4, 4), (2, 6, 7, 5)),
-             (PointInputUpConv(6, 5, 4, bias=bias), nn.ConvTranspose2d(6, 5, 4, bias=bias), (3, 6, 1, 1), (2, 6, 3, 2))]
-    for layer, plain, shape, other_shape in cases:
-        plain.load_state_dict(layer.state_dict())
-        layer.double(), plain.double()
-        for size in (shape, other_shape):
-            x = torch.randn(size, dtype=torch.float64, requires_grad=True)
-            out, expected = layer(x), plain(x)
-            torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
-            upstream = torch.randn_like(out)
-            grads = torch.autograd.grad(out, [x, *layer.parameters()], upstream)
-            expected_grads = torch.autograd.grad(expected, [x, *plain.parameters()], upstream)
-            for grad, expected_grad in zip(grads, expected_grads):
-                torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-12)
+    _assert_computes_the_same(WholeInputConv(6, 5, 4, bias=bias), nn.Conv2d(6, 5, 4, bias=bias),
+                              (3, 6, 4, 4) if shape == "matmul" else (2, 6, 7, 5))
+    _assert_computes_the_same(PointInputUpConv(6, 5, 4, bias=bias), nn.ConvTranspose2d(6, 5, 4, bias=bias),
+                              (3, 6, 1, 1) if shape == "matmul" else (2, 6, 3, 2))
 
 
 def test_inpainting_bottleneck_and_discriminator_end_run_as_matmuls(inpainting_generator):

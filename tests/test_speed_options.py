@@ -159,7 +159,7 @@ def test_autocast_weight_cache_follows_optimiser_steps():
 
 # ------------------------------------------------------------------------------ bench speed
 
-def test_bench_speed_writes_its_record(toy_voc_root, tmp_path, capsys):
+def test_bench_speed_writes_its_record(toy_voc_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "speed"
     options = ["speed", "--data-root", toy_voc_root, "--feature-sizes", 64, "--feature-batch", 2,
                "--inpaint-batch", 0, "--precisions", "fp32", "--steps", 1, "--warmup", 1,
@@ -185,9 +185,16 @@ def test_bench_speed_writes_its_record(toy_voc_root, tmp_path, capsys):
     assert all((row["device_img_s"] or 0) > 0 for row in loader_rows if row["augment_on"] == "device")
     assert record["projections"] == []  # no 227 px loader row to project the paper preset from
     assert "feature-64" in capsys.readouterr().out
-    # An existing result is never overwritten.
+    # An existing result is never overwritten; with --overwrite, a run that stops midway keeps it.
     assert bench(*options) == 2
     assert "already exists" in one_line_error(capsys)
+    import benchmarks.speed
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(benchmarks.speed, "measure_loader", interrupted)
+    assert bench(*options, "--overwrite") == 130  # interrupted
+    assert json.loads((out / "speed.json").read_text()) == record
 
 
 def test_projection_names_the_side_that_bounds_a_paper_pretraining():
