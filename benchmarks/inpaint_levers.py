@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from data.masks import central_mask
 from pretrain.methods import get_method
 from pretrain.networks import PointInputUpConv, SubPixelUpConv, WholeInputConv
 from pretrain.train import PretrainConfig, pretraining_engine
@@ -80,8 +81,7 @@ def measure_lever(name, batch_size=64, warmup=2, steps=5, seed=0):
     method.train()
     engine, train_step = pretraining_engine(method, config, None, progress=False)
     generator = torch.Generator().manual_seed(1234)  # the same batch for every lever and seed
-    hole = torch.zeros(batch_size, 1, 128, 128)
-    hole[..., 32:96, 32:96] = 1
+    hole = torch.from_numpy(central_mask(128)).float().expand(batch_size, 1, 128, 128)
     batch = {"image": torch.randn(batch_size, 3, 128, 128, generator=generator).contiguous(memory_format=memory_format),
              "hole": hole}
     with _threads(threads):

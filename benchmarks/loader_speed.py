@@ -16,9 +16,11 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from data.masks import central_mask
 from data.sampling import epoch_batches
 from pretrain.methods import get_method
 from pretrain.train import PretrainConfig, build, pretraining_engine, resolve_config
+from runtime.device import synchronize
 
 # The paper preset's pretraining (benchmarks/presets/paper.yaml; DESIGN §3).
 PAPER_PRETRAINING = {"image_size": 227, "batch_size": 128, "steps": 100_000, "mask": "random-region"}
@@ -57,18 +59,13 @@ def measure_loader(data_root, mask_dir, mask, image_size, augment_on="loader", d
     if augment_on == "device":
         last = [{key: value.to(config.device) for key, value in batch.items()} for batch in last]
         dataset.finish_batch(last[0])  # warm-up
-        _synchronize(config.device)
+        synchronize(config.device)
         started = time.perf_counter()
         for batch in last:
             dataset.finish_batch(batch)
-        _synchronize(config.device)
+        synchronize(config.device)
         row["device_img_s"] = len(last) * batch_size / (time.perf_counter() - started)
     return row
-
-
-def _synchronize(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def training_gflop_per_image(image_size, mask="random-region", arch="alexnet", batch_size=2):
@@ -79,8 +76,7 @@ def training_gflop_per_image(image_size, mask="random-region", arch="alexnet", b
     method = get_method(config.method)(config, config.dataset_mean, config.dataset_std)
     method.train()
     engine, train_step = pretraining_engine(method, config, None, progress=False)
-    hole = torch.zeros(batch_size, 1, image_size, image_size)
-    hole[..., image_size // 4:3 * image_size // 4, image_size // 4:3 * image_size // 4] = 1
+    hole = torch.from_numpy(central_mask(image_size)).float().expand(batch_size, 1, image_size, image_size)
     batch = {"image": torch.randn(batch_size, 3, image_size, image_size), "hole": hole}
     with FlopCounterMode(display=False) as counter:
         engine.train_one_step(train_step, method, batch)

@@ -37,6 +37,7 @@ from data.pretrain_items import AUGMENT_ON
 from data.pixels import channel_stats
 from pretrain.train import PretrainConfig, build, pretraining_engine, resolve_config, training_batches, training_images
 from runtime import speedups
+from runtime.device import synchronize
 from runtime.errors import UserError
 from runtime.progress import progress_bar
 from runtime.runfiles import check_new_run_dir, environment_info, save_json, staged_run_dir, write_atomically
@@ -69,31 +70,26 @@ def matmul_gflops(dtype, device, size=2048, min_seconds=1.0):
     b = torch.randn(size, size, device=device).to(dtype)
     for _ in range(3):
         torch.mm(a, b)
-    _synchronize(device)
+    synchronize(device)
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < min_seconds or count < 3:
         torch.mm(a, b)
         count += 1
         if count % 4 == 0:
-            _synchronize(device)
-    _synchronize(device)
+            synchronize(device)
+    synchronize(device)
     return 2 * size**3 * count / (time.perf_counter() - started) / 1e9
-
-
-def _synchronize(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _timed_steps(step, warmup, steps, device):
     """Seconds per step of `step()` over `steps` calls after `warmup` untimed ones; and the losses."""
     for _ in range(warmup):
         step()
-    _synchronize(device)
+    synchronize(device)
     started, losses = time.perf_counter(), []
     for _ in range(steps):
         losses.append(step())
-    _synchronize(device)
+    synchronize(device)
     return (time.perf_counter() - started) / steps, losses
 
 

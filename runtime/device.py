@@ -31,6 +31,12 @@ def resolve_device(name):
     return name
 
 
+def synchronize(device):
+    """Wait for the work queued on a CUDA `device` (for timing); nothing on a CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def seed_everything(seed):
     """Seed every global generator a method might draw from: Python's, NumPy's and torch's.
     (DataLoader workers get their seeds from the loader's own generator; see seed_worker.)"""

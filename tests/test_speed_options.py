@@ -210,3 +210,27 @@ def test_projection_names_the_side_that_bounds_a_paper_pretraining():
     assert measured["device_measured"] and measured["bound"] == "device" and measured["utilization"] is None
     assert "bound by the loader" in projection_line(loader_bound) and "assumed" in projection_line(loader_bound)
     assert "(measured)" in projection_line(measured)
+
+
+def test_speed_levers_change_the_speed_not_the_computation():
+    """`bench speed --levers` rows: the forms share parameters, so after one step from the same
+    weights on the same batch the losses agree up to rounding; each row has its ratio."""
+    from torch import nn
+
+    from benchmarks.inpaint_levers import loss_over_seeds, measure_levers, set_layer_forms
+    from pretrain.networks import InpaintingGenerator, PointInputUpConv, SubPixelUpConv, WholeInputConv
+    net = InpaintingGenerator()
+    set_layer_forms(net, matmul=False, subpixel=True)
+    kinds = {type(layer) for layer in net.modules()}
+    assert WholeInputConv not in kinds and PointInputUpConv not in kinds and SubPixelUpConv in kinds
+    assert type(net.decoder[0]) is nn.ConvTranspose2d
+
+    rows = measure_levers(("convolutions", "matmul", "matmul + sub-pixel"), batch_size=2, warmup=0, steps=1,
+                          noise_seeds=(1,), progress=False)
+    assert [(row["lever"], row["seed"]) for row in rows] == [
+        ("convolutions", 0), ("matmul", 0), ("matmul + sub-pixel", 0), ("convolutions", 1), ("matmul", 1)]
+    seed0 = [row["final_loss"] for row in rows if row["seed"] == 0]
+    assert max(seed0) - min(seed0) < 1e-4 * abs(seed0[0])
+    assert rows[0]["over_convolutions"] == 1.0 and all(row["img_s"] > 0 for row in rows)
+    mean, spread, count = loss_over_seeds(rows, "matmul")
+    assert count == 2 and spread > 0
