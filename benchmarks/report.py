@@ -24,7 +24,7 @@ RUN_PICTURES = {  # file -> caption, in the order shown
     "detections.png": "ground truth white; top detections: true positives green, false positives red",
 }
 SUITE_PICTURES = {
-    "table.png": "the table as bars (mean over seeds, error bars one standard deviation)",
+    "table.png": "the table as bars (mean over seeds; error bars one standard deviation where there are several)",
     "probe_curves.png": "kNN probe accuracy during pretraining, per method (mean over seeds)",
 }
 STYLE = """

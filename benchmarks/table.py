@@ -190,13 +190,15 @@ def _plot(summary, path):
     for axis, column in zip(axes[0], columns):
         chosen = (summary["column"] == column).to_numpy()
         part, labels = summary[chosen], names[chosen].tolist()
-        axis.bar(range(len(part)), part["mean"] * 100, yerr=part["std"].fillna(0) * 100, capsize=4,
+        # One seed has no spread: its NaN std draws no error bar (0 would claim a spread of zero).
+        axis.bar(range(len(part)), part["mean"] * 100, yerr=part["std"] * 100, capsize=4,
                  color=[f"C{groups.index(label)}" for label in labels])
         axis.set_xticks(range(len(part)), labels, rotation=30, ha="right", fontsize=8)
         axis.set_title(column)
         axis.set_ylabel("%")
     if one_data_set:
-        figure.suptitle(f"measured on {summary['data'].iloc[0]} (mean ± std over seeds)", fontsize=10)
+        spread = "one seed" if (summary["n"] == 1).all() else "mean ± std over seeds"
+        figure.suptitle(f"measured on {summary['data'].iloc[0]} ({spread})", fontsize=10)
     figure.tight_layout()
     figure.savefig(path, format="png", dpi=120)
     plt.close(figure)
