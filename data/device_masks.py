@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from runtime.errors import UserError
-from .masks import MASK_KINDS, MAX_COVERAGE, central_mask
+from .masks import (BLOCK_REJECTIONS, MAX_COVERAGE, NOISE_BLOB_PX, NOISE_COVERAGE, REGION_AREA, REGION_MIN_COVERAGE,
+                    REGION_REJECTIONS, central_mask)
 
 MASK32 = 0xFFFFFFFF
 MAX_ROUNDS = 200
@@ -58,19 +59,16 @@ def uniform(seed, keys, stream, count):
 
 
 class DeviceMasks:
-    """Draws masks of one kind for one image side, a batch at a time: `masks(keys)` is a
-    (B, 1, side, side) float tensor (1 = hole) on the keys' device."""
+    """Draws masks of `sampler`'s kind and side (a data.masks.MaskSampler, which has checked them),
+    a batch at a time: `masks(keys)` is a (B, 1, side, side) float tensor (1 = hole) on the keys'
+    device."""
 
-    def __init__(self, kind, side, seed, overlap=0, shapes=None):
-        if kind not in MASK_KINDS:
-            raise UserError(f"unknown mask {kind!r}; choose from {', '.join(MASK_KINDS)}")
-        if kind == "random-region" and not shapes:
-            raise UserError("random-region masks need a folder of VOC segmentation masks (--mask-dir)")
-        self.kind, self.side, self.seed = kind, side, seed
-        self.central = torch.from_numpy(central_mask(side, overlap)) if kind == "central" else None
+    def __init__(self, sampler, seed):
+        self.kind, self.side, self.seed = sampler.kind, sampler.side, seed
+        self.central = torch.from_numpy(central_mask(sampler.side, sampler.overlap)) if self.kind == "central" else None
         self.canvas = self.areas = None
-        if kind == "random-region":
-            self.canvas, self.areas = _shape_canvas(shapes)
+        if self.kind == "random-region":
+            self.canvas, self.areas = _shape_canvas(sampler.shapes)
 
     def __call__(self, keys):
         device = keys.device
@@ -86,7 +84,7 @@ class DeviceMasks:
         return mask.unsqueeze(1).float()
 
 
-def random_blocks(seed, keys, side, max_coverage=MAX_COVERAGE, max_rejections=5):
+def random_blocks(seed, keys, side, max_coverage=MAX_COVERAGE, max_rejections=BLOCK_REJECTIONS):
     """(B, side, side) bool: data.masks.random_block_mask's rule for every item at once."""
     low, high = max(1, side // 8), max(1, side // 4)
     mask = torch.zeros(len(keys), side, side, dtype=torch.bool, device=keys.device)
@@ -108,7 +106,7 @@ def random_blocks(seed, keys, side, max_coverage=MAX_COVERAGE, max_rejections=5)
     return mask
 
 
-def noise(seed, keys, side, coverage=(0.2, 0.3), blob_px=16.7):
+def noise(seed, keys, side, coverage=NOISE_COVERAGE, blob_px=NOISE_BLOB_PX):
     """(B, side, side) bool: data.masks.noise_mask's rule for every item at once."""
     cells = int(np.ceil(side / blob_px)) + 1
     grid = uniform(seed, keys, 0, cells * cells).view(-1, 1, cells, cells)
@@ -133,8 +131,8 @@ def _shape_canvas(shapes):
     return canvas, canvas.flatten(1).sum(1).float()
 
 
-def random_regions(seed, keys, side, canvas, areas, min_coverage=0.15, max_coverage=MAX_COVERAGE,
-                   max_rejections=20):
+def random_regions(seed, keys, side, canvas, areas, min_coverage=REGION_MIN_COVERAGE, max_coverage=MAX_COVERAGE,
+                   max_rejections=REGION_REJECTIONS):
     """(B, side, side) bool: data.masks.random_region_mask's rule for every item at once; and
     (B, N) int64: how many times each shape was pasted into each item."""
     count = len(keys)
@@ -152,7 +150,8 @@ def random_regions(seed, keys, side, canvas, areas, min_coverage=0.15, max_cover
         u = uniform(seed, keys, round_, 6)
         index = (u[:, 0] * len(canvas)).long().clamp(max=len(canvas) - 1)
         flip = torch.where(u[:, 1] < 0.5, -1.0, 1.0)
-        scale = torch.sqrt((0.03 + 0.17 * u[:, 2]) * side * side / areas[index])
+        low, high = REGION_AREA
+        scale = torch.sqrt((low + (high - low) * u[:, 2]) * side * side / areas[index])
         angle = (u[:, 3] * 2 - 1) * math.pi
         place_x, place_y = u[:, 4] * side, u[:, 5] * side
         # Each output pixel back to the shape's canvas: undo the move, rotation, scale and flip.

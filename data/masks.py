@@ -23,6 +23,13 @@ from runtime.errors import UserError
 
 MASK_KINDS = ("central", "random-block", "random-region", "noise")
 MAX_COVERAGE = 0.25
+# The rules' constants, shared with data.device_masks (the same rules drawn a batch at a time).
+BLOCK_REJECTIONS = 5
+REGION_MIN_COVERAGE = 0.15
+REGION_REJECTIONS = 20
+REGION_AREA = (0.03, 0.20)  # a pasted shape's area, as a fraction of the image
+NOISE_COVERAGE = (0.2, 0.3)
+NOISE_BLOB_PX = 16.7
 
 
 def central_mask(side, overlap=0):
@@ -36,7 +43,7 @@ def central_mask(side, overlap=0):
     return mask
 
 
-def random_block_mask(rng, side, max_coverage=MAX_COVERAGE, max_rejections=5):
+def random_block_mask(rng, side, max_coverage=MAX_COVERAGE, max_rejections=BLOCK_REJECTIONS):
     mask = np.zeros((side, side), dtype=bool)
     low, high = max(1, side // 8), max(1, side // 4)
     rejections = 0
@@ -52,8 +59,8 @@ def random_block_mask(rng, side, max_coverage=MAX_COVERAGE, max_rejections=5):
     return mask
 
 
-def random_region_mask(rng, side, shapes, min_coverage=0.15, max_coverage=MAX_COVERAGE,
-                       max_rejections=20):
+def random_region_mask(rng, side, shapes, min_coverage=REGION_MIN_COVERAGE, max_coverage=MAX_COVERAGE,
+                       max_rejections=REGION_REJECTIONS):
     if not shapes:
         raise UserError("random-region masks need at least one shape")
     mask = np.zeros((side, side), dtype=bool)
@@ -73,7 +80,7 @@ def _deform_and_place(rng, shape, side):
     if rng.random() < 0.5:
         shape = shape[:, ::-1]
     area = shape.sum()
-    scale = np.sqrt(rng.uniform(0.03, 0.20) * side * side / area)
+    scale = np.sqrt(rng.uniform(*REGION_AREA) * side * side / area)
     angle = rng.uniform(-180.0, 180.0)
     centre_src = (shape.shape[1] / 2.0, shape.shape[0] / 2.0)
     matrix = cv2.getRotationMatrix2D(centre_src, angle, scale)
@@ -83,7 +90,7 @@ def _deform_and_place(rng, shape, side):
     return warped.astype(bool)
 
 
-def noise_mask(rng, side, coverage=(0.2, 0.3), blob_px=16.7):
+def noise_mask(rng, side, coverage=NOISE_COVERAGE, blob_px=NOISE_BLOB_PX):
     # The released code thresholds upsampled noise at 0.25 and rejects crops outside 20-30%;
     # at 227 px almost every crop is rejected, so we threshold at the quantile that gives a
     # coverage drawn from that band directly. The blob scale (~17 px) is the released one.

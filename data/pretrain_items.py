@@ -36,7 +36,7 @@ class PretrainImages(Dataset):
             raise UserError(f"--augment-on must be one of {', '.join(AUGMENT_ON)}, got {augment_on!r}")
         self.augment_on = augment_on
         self.device_masks = None if mask_sampler is None or augment_on == "loader" else \
-            DeviceMasks(mask_sampler.kind, mask_sampler.side, seed, mask_sampler.overlap, mask_sampler.shapes)
+            DeviceMasks(mask_sampler, seed)
         self.paths, self.image_size, self.load_size = list(paths), image_size, load_size
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)

@@ -33,7 +33,7 @@ def _reference(kind, count=DRAWS, side=SIDE):
 
 
 def _device(kind, count=DRAWS, side=SIDE):
-    masks = DeviceMasks(kind, side, seed=7, shapes=_shapes() if kind == "random-region" else None)
+    masks = DeviceMasks(MaskSampler(kind, side, shapes=_shapes() if kind == "random-region" else None), seed=7)
     return masks(_keys(count))[:, 0].bool().numpy()
 
 
@@ -64,7 +64,7 @@ def test_uniform_is_a_pure_function_of_the_item_and_looks_uniform():
 def test_an_item_has_the_same_hole_in_any_batch(kind):
     """What makes exact resume and the 2-process split hold: a hole depends on (seed, epoch,
     index) only."""
-    masks = DeviceMasks(kind, SIDE, seed=1, overlap=2, shapes=_shapes())
+    masks = DeviceMasks(MaskSampler(kind, SIDE, overlap=2, shapes=_shapes()), seed=1)
     whole = masks(_keys(8))
     halves = torch.cat([masks(_keys(4)), masks(_keys(4, start=4))])
     assert whole.shape == (8, 1, SIDE, SIDE) and torch.equal(whole, halves)
@@ -73,7 +73,7 @@ def test_an_item_has_the_same_hole_in_any_batch(kind):
 
 
 def test_central_is_the_reference_square():
-    masks = DeviceMasks("central", 96, seed=0, overlap=4)
+    masks = DeviceMasks(MaskSampler("central", 96, overlap=4), seed=0)
     expected = torch.from_numpy(central_mask(96, 4)).float()
     assert all(torch.equal(mask[0], expected) for mask in masks(_keys(3)))
 
