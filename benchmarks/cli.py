@@ -277,7 +277,7 @@ def print_table(tables, folder):
 
 
 def add_suite_parser(commands):
-    from benchmarks.launcher import ClusterOptions
+    from benchmarks.launcher import LAUNCHERS, ClusterOptions
     p = add_command(commands, "suite", help="pretrain every method, run every task for several seeds, build the table",
         description="Run a preset (benchmarks/presets/*.yaml, or a YAML file of the same form): "
                     "pretraining for each method and seed, every transfer task on every encoder, "
@@ -293,7 +293,7 @@ def add_suite_parser(commands):
     p.add_argument("--out", default=None, help="suite folder (default: runs/suite-<preset>)")
     add_plugin_option(p)
     scale = p.add_argument_group("running at scale (submitit: pip install -e '.[cluster]')")
-    scale.add_argument("--launcher", choices=("sequential", "local", "slurm"), default="sequential",
+    scale.add_argument("--launcher", choices=LAUNCHERS, default="sequential",
                        help="sequential: one job after another in this process; local: each job its own "
                             "process, up to --jobs at once; slurm: each job a SLURM job, transfers after "
                             "their pretraining")
