@@ -131,7 +131,8 @@ def add_transfer_parser(commands):
         description="Fine-tune (or probe) an encoder on a PASCAL VOC task and write "
                     "<out>/record.json with the metric, per-class numbers and the full config. "
                     "seg: FCN-32s, VOC2012 train -> val, mean IU. cls: VOC2007 trainval -> test, mAP. "
-                    "det: Fast R-CNN, VOC2007 trainval -> test, VOC07 mAP at IoU 0.5.")
+                    "det: Fast R-CNN, VOC2007 trainval -> test, VOC07 mAP at IoU 0.5. "
+                    "probe: frozen features on a class-folder root (train -> val), kNN and linear top-1.")
     add_options(p, TransferConfig)
     p.add_argument("--out", default=None,
                    help="run folder (default: runs/transfer/<task>-<protocol>-<init run>-seed<seed>)")
@@ -148,7 +149,8 @@ def run_transfer(args):
     from transfer.finetune import TransferConfig
     from transfer.tasks import run_task, transfer_run_name
     config = TransferConfig(**option_values(args, TransferConfig))
-    config.data_root = str(config.data_root or default_data_root())
+    if config.task != "probe":  # the toy set is VOC; the probe needs a class-folder root
+        config.data_root = str(config.data_root or default_data_root())
     out = args.out or transfer_run_name(config)
     with staged_run_dir(out, args.overwrite, args.resume) as staging:
         record = run_task(config, staging)
@@ -273,7 +275,8 @@ def run_table(args):
 def print_table(tables, folder):
     for stem, table in tables.items():
         print(table.to_string(index=False))
-        print(f"written: {Path(folder) / stem}.md (+ .csv, .json{', .png' if stem == 'table' else ''})\n")
+        also = {"table": ".csv, .json, .png", "inpaint_table": ".csv, .json"}.get(stem, ".csv")
+        print(f"written: {Path(folder) / stem}.md (+ {also})\n")
 
 
 def add_suite_parser(commands):

@@ -1,25 +1,28 @@
-"""One-seed pretraining variants of the context encoder compared by their kNN probe curves (issue 12,
-item 5): which of learning rate, hole kind, image size and optimiser changes whether pretraining
-helps the frozen features. Each variant is one `bench pretrain` run with --probe-data; finished runs
-are skipped, so a stopped sweep continues.
+"""Pretraining variants compared in-domain, one change at a time (issue 21): which change keeps a
+context encoder (or an autoencoder) from destroying its own features. Each variant is one
+`bench pretrain` run probed by kNN on a class-folder root (frozen pool5, plus the share of units
+per layer that never fire) every --probe-every steps; at the end its encoder gets the in-domain
+linear probe at every layer (`bench transfer --task probe`'s measurement). Finished runs are
+skipped, so a stopped sweep continues.
 
-    python -m benchmarks.probe_sweep --pretrain-data ../shared/data/imagenette/train \
-        --probe-data ../shared/data/pets-voc --mask-dir ../shared/data/voc-masks/SegmentationClassAug \
-        --out runs/probe-sweep --results results/imagenet-subset-pets/probe-sweep
+    python -m benchmarks.probe_sweep --pretrain-data ../shared/data/imagenette/train \\
+        --probe-data ../shared/data/imagenette --mask-dir ../shared/data/voc-masks/SegmentationClassAug \\
+        --out runs/probe-sweep --results results/imagenet-subset-pets/in-domain-sweep
 
-Writes into --results: probe_curves.png and .csv (variant, step, mAP), probe_sweep.md/.csv (start,
-best, final and the share of pool5 channels silent on the probe images at the end).
+Writes into --results: probe_curves.png and .csv (variant, step, kNN top-1), sweep.md/.csv (per
+variant: kNN at the start and end, linear top-1 at pool5 and its best layer, dead pool5 values).
 """
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
 from benchmarks.cli import main as bench
-from pretrain.backbones import frozen_features
-from pretrain.curves import PROBE_KEY, probe_comparison, read_metrics
-from pretrain.probe import KNNProbe
+from pretrain.curves import probe_comparison, probe_score_key, read_metrics
+from pretrain.probe import ClassFolderProbe
+from runtime.device import resolve_device
 from transfer.encoders import load_encoder
 from .table import markdown_table
 
@@ -27,12 +30,15 @@ BASE = ["--method", "context-encoder", "--mask", "random-region", "--image-size"
         "--lr", "1e-4", "--seed", "0"]
 # name -> options that replace the base's (one change each from the preset's context encoder).
 VARIANTS = {
-    "adam-1e-4 (preset)": [],
-    "adam-1e-3": ["--lr", "1e-3"],
-    "adam-1e-5": ["--lr", "1e-5"],
-    "central holes": ["--mask", "central"],
-    "160 px": ["--image-size", "160"],
-    "sgd 1e-2": ["--optimizer", "sgd", "--lr", "1e-2"],
+    "preset": [],
+    "batchnorm": ["--encoder-norm", "batch"],
+    "batchnorm lr1e-3": ["--encoder-norm", "batch", "--lr", "1e-3"],
+    "warmup": ["--warmup-steps", "100"],
+    "small output": ["--output-scale", "0.1"],
+    "no dropout": ["--dropout", "0"],
+    "sgd": ["--optimizer", "sgd", "--lr", "1e-2"],
+    "autoencoder": ["--method", "autoencoder"],
+    "autoencoder batchnorm": ["--method", "autoencoder", "--encoder-norm", "batch"],
 }
 
 
@@ -43,45 +49,54 @@ def with_changes(base, changes):
     return [item for pair in options.items() for item in pair]
 
 
-def silent_channels(run_dir, probe_root):
-    """Share of the encoder's output channels that are zero on every probe image and position."""
+def final_probe(run_dir, probe_root):
+    """The in-domain probe of a run's saved encoder, linear at every layer; cached in run_dir."""
+    cached = Path(run_dir) / "in_domain.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
     encoder, info = load_encoder(run_dir)
-    probe = KNNProbe(probe_root, info["image_size"], info["input_mean"], info["input_std"])
-    features = frozen_features(encoder, probe.images[probe.test_split])
-    return float((features.amax(dim=(0, 2, 3)) <= 0).float().mean())
+    probe = ClassFolderProbe(probe_root, info["image_size"], info["input_mean"], info["input_std"])
+    scores = probe(encoder, resolve_device("auto"), linear=True)
+    cached.write_text(json.dumps(scores, indent=1))
+    return scores
 
 
 def summarise(runs, probe_root, results):
     results.mkdir(parents=True, exist_ok=True)
     probe_comparison({name: [run_dir] for name, run_dir in runs.items()}, results / "probe_curves.png",
-                     "Context encoder variants, seed 0: frozen pool5 kNN probe")
+                     "Pretraining variants, seed 0: in-domain kNN probe of frozen pool5")
     rows = []
     for name, run_dir in runs.items():
-        probes = read_metrics(run_dir)[1][PROBE_KEY]
-        rows.append({"variant": name, "step 0": 100 * probes.iloc[0], "best": 100 * probes.max(),
-                     "best at step": int(probes.idxmax()), "final": 100 * probes.iloc[-1],
-                     "final step": int(probes.index[-1]),
-                     "silent pool5 channels (%)": 100 * silent_channels(run_dir, probe_root)})
+        probes = read_metrics(run_dir)[1]
+        knn = probes[probe_score_key(probes)]
+        final = final_probe(run_dir, probe_root)
+        linear = {k.removeprefix("linear_top1_"): v for k, v in final.items() if k.startswith("linear_top1_")}
+        best = max(linear, key=linear.get)
+        rows.append({"variant": name, "steps": int(knn.index[-1]), "kNN step 0": 100 * knn.iloc[0],
+                     "kNN final": 100 * final["probe_knn_top1"], "linear pool5": 100 * linear["pool5"],
+                     "best linear layer": f"{best} {100 * linear[best]:.1f}",
+                     "dead pool5 (%)": 100 * final["dead_pool5"],
+                     "dead conv (%)": " ".join(f"{100 * final[f'dead_conv{i}']:.0f}" for i in range(1, 6))})
     table = pd.DataFrame(rows).round(1)
-    table.to_csv(results / "probe_sweep.csv", index=False)
-    (results / "probe_sweep.md").write_text(markdown_table(table))
+    table.to_csv(results / "sweep.csv", index=False)
+    (results / "sweep.md").write_text(markdown_table(table))
     return table
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pretrain-data", required=True)
-    parser.add_argument("--probe-data", required=True)
+    parser.add_argument("--probe-data", required=True, help="a class-folder root (train/<class>/, val/<class>/)")
     parser.add_argument("--mask-dir", required=True)
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--probe-every", type=int, default=100)
+    parser.add_argument("--probe-every", type=int, default=200)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default="runs/probe-sweep")
     parser.add_argument("--results", required=True)
     args = parser.parse_args(argv)
     runs = {}
     for name in args.variants:
-        run_dir = Path(args.out) / name.split(" (")[0].replace(" ", "-")
+        run_dir = Path(args.out) / f"{name.replace(' ', '-')}-{args.steps}"
         runs[name] = run_dir
         if (run_dir / "encoder.pt").is_file():
             continue
@@ -92,6 +107,8 @@ def main(argv=None):
         print(f"variant {name}: bench pretrain {' '.join(options)}", flush=True)
         if bench(["pretrain", *(options if not resume else ["--out", str(run_dir)]), *resume]) != 0:
             return 1
+        final_probe(run_dir, args.probe_data)
+        print(summarise(runs, args.probe_data, Path(args.results)).to_string(index=False), flush=True)
     print(summarise(runs, args.probe_data, Path(args.results)).to_string(index=False))
     return 0
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from runtime.errors import UserError
 from runtime.runfiles import write_atomically
+from .resolution import RESOLVING_SPREADS
 
 REPORT = "report.html"
 RUN_PICTURES = {  # file -> caption, in the order shown
@@ -141,6 +142,17 @@ def report_html(folder):
         parts += ["<h2>Results beside the paper's Table 2</h2>",
                   "<p>Grey rows are the paper's numbers (PASCAL VOC, 227 px); the others were measured "
                   "here, mean ± standard deviation over seeds (n seeds).</p>", _table(table.get("rows"))]
+        if table.get("resolution"):
+            parts += ["<h3>What the table can resolve</h3>",
+                      f"<p>Per column, in percentage points: the range of the measured rows, the positive control "
+                      f"(supervised minus the best random init) and the pooled seed spread. A column ranks "
+                      f"pretraining when range and control are both at least {RESOLVING_SPREADS} spreads.</p>",
+                      _table(table["resolution"])]
+        if table.get("differences"):
+            parts += ["<h3>Each pretrained row against the best random init and the autoencoder</h3>",
+                      "<p>Difference of the means in percentage points, with its 95% confidence interval over "
+                      "seeds (Welch's t): above, level (the interval holds zero) or below.</p>",
+                      _table(table["differences"])]
     parts.append(_figures(folder, folder, SUITE_PICTURES))
     if pretraining:
         parts += ["<h2>Pretraining runs</h2>", *(_pretraining_section(run, folder) for run in pretraining)]

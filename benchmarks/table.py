@@ -2,6 +2,11 @@
 
 Table 2 (transfer): measured rows group records by (pretraining method, data set); each task cell
 is "mean ± std (n)" over seeds, in percent. Written as table.csv, table.md, table.json, table.png.
+In-domain probe records (`--task probe`, on a class-folder root) fill the In-domain columns of
+their method's row. Beside it, what the table can resolve (benchmarks.resolution): per column its
+range, positive control and seed spread (resolution.csv/.md), and per pretrained row its
+difference from the best random init and the autoencoder with a 95% interval
+(differences.csv/.md); table.json holds both.
 Table 1 (inpainting, from `bench eval-inpaint` records): one row per (method, data set, hole kind),
 mean L1 and L2 in percent, PSNR in dB and SSIM, each "mean ± std (n)" over pretraining seeds.
 Written as inpaint_table.csv, .md and .json.
@@ -15,6 +20,7 @@ import pandas as pd
 
 from runtime.errors import UserError
 from runtime.runfiles import save_json, write_atomically
+from .resolution import column_resolution, row_differences
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -29,7 +35,9 @@ INPAINT_COLUMNS = [("l1", "Mean L1 (%)", 100, 2), ("l2", "Mean L2 (%)", 100, 2),
 # Column of each (task, protocol); the paper's numbers are full fine-tuning.
 COLUMNS = {("cls", "finetune"): "Classification", ("cls", "svm"): "Classification (SVM)",
            ("det", "selective-search"): "Detection", ("det", "rpn"): "Detection (RPN)",
-           ("seg", "finetune"): "Segmentation"}
+           ("seg", "finetune"): "Segmentation", ("probe", "knn"): "In-domain kNN",
+           ("probe", "linear"): "In-domain linear"}
+IN_DOMAIN = {"In-domain kNN": "probe_knn_top1", "In-domain linear": None}  # None: the record's value
 PAPER_COLUMNS = {"cls": "Classification", "det": "Detection", "seg": "Segmentation"}
 
 
@@ -49,19 +57,34 @@ def read_records(folder):
 
 
 def load_records(records):
-    """One row per transfer record of `records` (from read_records)."""
+    """One row per transfer record of `records` (from read_records), two for an in-domain probe
+    record (kNN and linear); an in-domain row joins its method's transfer row when the method was
+    transferred to one data set (its "data" becomes that data set's, "probe_data" keeps its own)."""
     rows = []
     for path, record, task in records:
         if task == INPAINT_TASK:
             continue
         try:
-            rows.append({"method": record.get("pretrain_label") or record["pretrain_method"], "data": Path(record["data_root"]).name,
-                         "column": COLUMNS[_variant(record)],
-                         "value": record["value"], "seed": record["seed"],
-                         "pretrain_seconds": record["pretrain_seconds"], "record": str(path)})
-        except KeyError as exc:
+            base = {"method": record.get("pretrain_label") or record["pretrain_method"],
+                    "pretrain_method": record["pretrain_method"], "data": Path(record["data_root"]).name,
+                    "probe_data": "", "seed": record["seed"], "pretrain_seconds": record["pretrain_seconds"],
+                    "record": str(path)}
+            if task == "probe":
+                for column, key in IN_DOMAIN.items():
+                    value = record["value"] if key is None else record["metrics"][key]
+                    rows.append({**base, "column": column, "value": value, "probe_data": base["data"]})
+            else:
+                rows.append({**base, "column": COLUMNS[_variant(record)], "value": record["value"]})
+        except (KeyError, TypeError) as exc:
             raise UserError(f"{path} is not a transfer record ({exc})") from None
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    in_domain = frame["column"].isin(list(IN_DOMAIN))
+    for method, group in frame[~in_domain].groupby("method"):
+        if group["data"].nunique() == 1:
+            frame.loc[in_domain & (frame["method"] == method), "data"] = group["data"].iloc[0]
+    return frame
 
 
 def load_inpaint_records(records):
@@ -118,7 +141,9 @@ def build_table(records):
                      "Pretraining time": p["pretraining_time"],
                      **{PAPER_COLUMNS[t]: ("" if pd.isna(p[t]) else f"{p[t]:.1f}") for t in PAPER_COLUMNS}})
     for (method, data), group in records.groupby(["method", "data"], sort=True):
-        row = {"Pretraining": method, "Source": f"measured: {data}",
+        probe_data = sorted(set(group["probe_data"]) - {"", data})
+        source = f"measured: {data}" + "".join(f"; in-domain: {name}" for name in probe_data)
+        row = {"Pretraining": method, "Source": source,
                "Pretraining time": _duration(group["pretrain_seconds"].mean())}
         for column in COLUMNS.values():
             row[column] = _cell(group.loc[group["column"] == column, "value"])
@@ -157,9 +182,16 @@ def write_table(records_folder, out_folder):
     transfer = load_records(records)
     if not transfer.empty:
         table, summary = build_table(transfer)
-        _write("table", table, summary, out)
+        resolution, differences = column_resolution(transfer).round(1), row_differences(transfer).round(1)
+        _write("table", table, summary, out, resolution=resolution.to_dict(orient="records"),
+               differences=differences.to_dict(orient="records"))
         write_atomically(out / "table.png", lambda tmp: _plot(summary, tmp))
         tables["table"] = table
+        for stem, frame in (("resolution", resolution), ("differences", differences)):
+            if not frame.empty:
+                write_atomically(out / f"{stem}.csv", lambda tmp: frame.to_csv(tmp, index=False))
+                write_atomically(out / f"{stem}.md", lambda tmp: tmp.write_text(markdown_table(frame)))
+                tables[stem] = frame
     inpainting = load_inpaint_records(records)
     if not inpainting.empty:
         table, summary = build_inpaint_table(inpainting)
@@ -168,11 +200,11 @@ def write_table(records_folder, out_folder):
     return tables
 
 
-def _write(stem, table, summary, out):
+def _write(stem, table, summary, out, **extra):
     write_atomically(out / f"{stem}.csv", lambda tmp: table.to_csv(tmp, index=False))
     write_atomically(out / f"{stem}.md", lambda tmp: tmp.write_text(markdown_table(table)))
     save_json({"rows": table.to_dict(orient="records"),
-               "measured": summary.to_dict(orient="records")}, out / f"{stem}.json")
+               "measured": summary.to_dict(orient="records"), **extra}, out / f"{stem}.json")
 
 
 def markdown_table(table):

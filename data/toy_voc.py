@@ -127,14 +127,16 @@ def _texture(texture, main, second, h, w, cx, cy, side):
     return np.where(t[..., None], second, main)
 
 
-def _scene(rng, size, classes):
-    """One image: (uint8 RGB array, instance map with ids 1..K and 255 void, list of object dicts)."""
+def _scene(rng, size, classes, objects_per_image=OBJECTS_PER_IMAGE, only_class=None):
+    """One image: (uint8 RGB array, instance map with ids 1..K and 255 void, list of object dicts);
+    its objects are of random classes, or all of `only_class`."""
     h, w = (int(rng.integers(round(0.8 * size), round(1.25 * size) + 1)) for _ in range(2))
     image = _background(rng, h, w, size)
     placed = []  # (class index, centre x, centre y, side, box)
-    for _ in range(int(rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1))):
+    for _ in range(int(rng.integers(objects_per_image[0], objects_per_image[1] + 1))):
         for _attempt in range(20):
-            cls, side = int(rng.integers(classes)), rng.uniform(*OBJECT_SIDE) * min(h, w)
+            cls = int(rng.integers(classes)) if only_class is None else only_class
+            side = rng.uniform(*OBJECT_SIDE) * min(h, w)
             cx, cy = rng.uniform(0.3 * side, w - 0.3 * side), rng.uniform(0.3 * side, h - 0.3 * side)
             box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
             if all(_iou(box, other[4]) <= 0.3 for other in placed):
@@ -256,6 +258,22 @@ def write_toy_voc(out_dir, n_images=200, size=128, seed=0, classes=10):
         voc = out_dir / "VOCdevkit" / f"VOC{year}"
         summary["years"][str(year)] = _write_year(voc, year, n_images, size, seed, classes)
     (out_dir / "toy_voc.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return out_dir
+
+
+def write_toy_class_folders(out_dir, per_class=(12, 6), size=64, seed=0, classes=4):
+    """A class-folder root of toy scenes (the layout of ImageNet and imagenette): out_dir/train/<class>/
+    and out_dir/val/<class>/ with per_class images each, one object of the folder's class in each
+    image. Same arguments give identical files. Returns out_dir."""
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    for split, count in zip(("train", "val"), per_class):
+        for cls in range(classes):
+            folder = out_dir / split / VOC_CLASSES[cls]
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                image = _scene(rng, size, classes, objects_per_image=(1, 1), only_class=cls)[0]
+                Image.fromarray(image).save(folder / f"{index:04d}.jpg", quality=90)
     return out_dir
 
 

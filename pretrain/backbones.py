@@ -1,17 +1,28 @@
 """Backbones: the networks pretext methods train and transfer tasks load ("arch").
 
-"alexnet"      the paper's: torchvision's AlexNet conv1..pool5, He-initialised (see he_init).
+"alexnet"      the paper's: torchvision's AlexNet conv1..pool5, He-initialised (see he_init);
+               with encoder_norm "batch" each convolution is followed by BatchNorm while it
+               pretrains, folded into the convolution when the encoder is saved (plain_encoder).
 "timm:<name>"  any timm model by name (timm:resnet18, timm:resnet50, ...), cut after its last
                stage (timm's features_only): its channels and output stride come from timm.
 Both return one (B, C, h, w) feature map; feature_shape() says C and h for an input size.
 """
+import copy
+
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from runtime.errors import UserError
 from .networks import ALEXNET_POOL5_CHANNELS, alexnet_encoder, feature_shape, he_init  # noqa: F401
 
 TIMM_PREFIX = "timm:"
+ENCODER_NORMS = ("none", "batch")
+
+
+class ConvBatchNorm(nn.Sequential):
+    """A convolution and the BatchNorm after it: an encoder layer that pretrains normalised and
+    is saved as the one convolution it folds into."""
 
 
 class TimmBackbone(nn.Module):
@@ -41,15 +52,36 @@ def label_with_arch(label, arch):
     return f"{label} [{arch}]" if arch.startswith(TIMM_PREFIX) else label
 
 
-def build_backbone(arch):
-    """A freshly initialised backbone for `arch` ("alexnet" or "timm:<name>")."""
+def build_backbone(arch, norm="none"):
+    """A freshly initialised backbone for `arch` ("alexnet" or "timm:<name>"); norm "batch" puts
+    BatchNorm after each AlexNet convolution (timm models bring their own normalisation)."""
     if arch == "alexnet":
         encoder = alexnet_encoder()
         he_init(encoder, linear_output=False)  # a ReLU follows conv5 inside the features
+        if norm == "batch":
+            for index, layer in enumerate(encoder):
+                if isinstance(layer, nn.Conv2d):
+                    encoder[index] = ConvBatchNorm(layer, nn.BatchNorm2d(layer.out_channels))
         return encoder
+    if norm != "none":
+        raise UserError(f"--encoder-norm {norm} applies to --arch alexnet only; {arch} has its own normalisation")
     if arch.startswith(TIMM_PREFIX):
         return TimmBackbone(arch.removeprefix(TIMM_PREFIX))
     raise UserError(f"unknown --arch {arch!r}; use alexnet or timm:<model name> (e.g. timm:resnet18)")
+
+
+def plain_encoder(encoder):
+    """`encoder` as its plain architecture: a copy with every ConvBatchNorm folded into its
+    convolution with BatchNorm's running statistics (what eval mode computes), so that an AlexNet
+    pretrained with BatchNorm saves as, and loads into, torchvision's AlexNet features. An encoder
+    without ConvBatchNorm is returned as it is."""
+    if not any(isinstance(m, ConvBatchNorm) for m in encoder.modules()):
+        return encoder
+    plain = copy.deepcopy(encoder).eval()
+    for index, layer in enumerate(plain):
+        if isinstance(layer, ConvBatchNorm):
+            plain[index] = fuse_conv_bn_eval(*layer)
+    return plain.train(encoder.training)
 
 
 def frozen_features(encoder, images, batch_size=64):

@@ -1,6 +1,6 @@
 """Curves of a training run from its metrics.jsonl: loss.png (every loss term, smoothed, the raw
 values faint; pretraining and transfer runs) and, when a pretraining run was probed, probe.png
-(kNN mAP against steps)."""
+(the kNN score against steps, and beside it the share of units per layer that never fire)."""
 import json
 from pathlib import Path
 
@@ -10,16 +10,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import pandas as pd  # noqa: E402
 
-PROBE_KEY = "probe_knn_map"
+# A probe row's score: kNN mAP on a VOC root, kNN top-1 on a class-folder root.
+PROBE_KEYS = {"probe_knn_map": "kNN mAP (%)", "probe_knn_top1": "kNN top-1 (%)"}
+DEAD_PREFIX = "dead_"
 
 
 def read_metrics(run_dir):
-    """(training steps, probe rows) of a run as two DataFrames indexed by step."""
+    """(training steps, probe rows) of a run as two DataFrames indexed by step; probe rows hold
+    one of PROBE_KEYS and, when recorded, dead_<layer> shares."""
     path = Path(run_dir) / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-    probes = pd.DataFrame([r for r in rows if PROBE_KEY in r], columns=["step", PROBE_KEY])
-    steps = pd.DataFrame([r for r in rows if PROBE_KEY not in r])
-    return steps.set_index("step") if len(steps) else steps, probes.set_index("step")
+    is_probe = [any(key in r for key in PROBE_KEYS) for r in rows]
+    probes = pd.DataFrame([r for r, p in zip(rows, is_probe) if p])
+    steps = pd.DataFrame([r for r, p in zip(rows, is_probe) if not p])
+    probes = probes.drop(columns=["elapsed_s"], errors="ignore")
+    return (steps.set_index("step") if len(steps) else steps,
+            probes.set_index("step") if len(probes) else pd.DataFrame(columns=list(PROBE_KEYS)))
+
+
+def probe_score_key(probes):
+    """The score column that `probes` (read_metrics' second result) holds, or None."""
+    return next((key for key in PROBE_KEYS if key in probes.columns and probes[key].notna().any()), None)
 
 
 def plot_curves(run_dir, name=None):
@@ -39,11 +50,20 @@ def plot_curves(run_dir, name=None):
         ax.set(xlabel="step", ylabel="loss", title=f"{name}: training loss (smoothed, raw faint)")
         ax.legend()
         written.append(_save(fig, run_dir / "loss.png"))
-    if len(probes):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(probes.index, 100 * probes[PROBE_KEY], marker="o")
-        ax.set(xlabel="pretraining step", ylabel="kNN mAP (%)", title=f"{name}: frozen pool5 kNN probe")
-        ax.grid(alpha=0.3)
+    key = probe_score_key(probes)
+    if key:
+        dead = [c for c in probes.columns if c.startswith(DEAD_PREFIX)]
+        fig, axes = plt.subplots(1, 2 if dead else 1, figsize=(11 if dead else 6, 3.5), squeeze=False)
+        axes[0, 0].plot(probes.index, 100 * probes[key], marker="o")
+        axes[0, 0].set(xlabel="pretraining step", ylabel=PROBE_KEYS[key], title=f"{name}: frozen-feature kNN probe")
+        axes[0, 0].grid(alpha=0.3)
+        if dead:
+            for column in dead:
+                axes[0, 1].plot(probes.index, 100 * probes[column], marker=".", label=column.removeprefix(DEAD_PREFIX))
+            axes[0, 1].set(xlabel="pretraining step", ylabel="units that never fire (%)",
+                           title="unit health (channels; every value of the output)")
+            axes[0, 1].grid(alpha=0.3)
+            axes[0, 1].legend(fontsize=8)
         written.append(_save(fig, run_dir / "probe.png"))
     return written
 
@@ -53,21 +73,26 @@ def probe_comparison(runs, path, title):
     per seed); each name is drawn as the mean over its runs with a +-1 std band. Writes `path`
     (PNG) and the curves beside it as CSV (name, run, step, mAP); returns the CSV rows as a
     DataFrame (empty when no run was probed)."""
-    rows = [{"name": name, "run": Path(run_dir).name, "step": step, PROBE_KEY: value}
-            for name, run_dirs in runs.items() for run_dir in run_dirs
-            for step, value in read_metrics(run_dir)[1][PROBE_KEY].items()]
-    curves = pd.DataFrame(rows, columns=["name", "run", "step", PROBE_KEY])
+    rows = []
+    for name, run_dirs in runs.items():
+        for run_dir in run_dirs:
+            probes = read_metrics(run_dir)[1]
+            key = probe_score_key(probes)
+            if key:
+                rows += [{"name": name, "run": Path(run_dir).name, "step": step, "score": key, "value": value}
+                         for step, value in probes[key].items()]
+    curves = pd.DataFrame(rows, columns=["name", "run", "step", "score", "value"])
     if curves.empty:
         return curves
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, part in curves.groupby("name", sort=False):
-        stats = part.groupby("step")[PROBE_KEY].agg(["mean", "std", "count"]) * [100, 100, 1]
+        stats = part.groupby("step")["value"].agg(["mean", "std", "count"]) * [100, 100, 1]
         runs_drawn = int(stats["count"].max())
         line = ax.plot(stats.index, stats["mean"], marker=".", label=f"{name} (n={runs_drawn})")[0]
         if runs_drawn > 1:
             ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
                             color=line.get_color(), alpha=0.15)
-    ax.set(xlabel="pretraining step", ylabel="kNN mAP (%)", title=title)
+    ax.set(xlabel="pretraining step", ylabel=" / ".join(PROBE_KEYS[k] for k in curves["score"].unique()), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, Path(path))

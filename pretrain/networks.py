@@ -1,6 +1,7 @@
 """The paper's networks (DESIGN §3): the AlexNet feature-learning context encoder, the
 inpainting generator (4000-d bottleneck) and the DCGAN discriminator."""
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -8,6 +9,7 @@ import torchvision
 from torch import nn
 
 from runtime.errors import UserError
+from runtime.options import check_ranges, option
 
 ALEXNET_POOL5_CHANNELS = 256
 ALEXNET_POOL5_STRIDE = 32  # conv1's 4 x three 2x max-pools
@@ -86,6 +88,18 @@ def _upconv(in_ch, out_ch):
     return UpConvolution(in_ch, out_ch, kernel_size=5, stride=2, padding=2)
 
 
+@dataclass
+class FeatureNetworkOptions:
+    """Options of the feature-learning network (FeatureContextEncoder), for the methods built on it."""
+    dropout: float = option(0.5, "dropout after the channel-wise fully-connected layer (the paper: 0.5)")
+    output_scale: float = option(1.0, "factor on the last up-convolution's initial weights: below 1 starts the "
+                                 "predictions near the mean colour instead of far off it")
+
+    def __post_init__(self):
+        check_ranges([("--dropout", self.dropout, 0 <= self.dropout < 1, "in [0, 1)"),
+                      ("--output-scale", self.output_scale, self.output_scale >= 0, "0 or more")])
+
+
 class FeatureContextEncoder(nn.Module):
     """Encoder -> channel-wise FC (+dropout) -> 1x1 channel mixing to 256 -> up-convolutions,
     resized to the input size. Predicts every pixel; the loss picks the hole.
@@ -95,7 +109,7 @@ class FeatureContextEncoder(nn.Module):
     which the 1x1 convolution maps its channels to 256 and there is one up-convolution per factor 2
     of its output stride (five for AlexNet's and a ResNet's 32)."""
 
-    def __init__(self, encoder, image_size, dropout=0.5):
+    def __init__(self, encoder, image_size, dropout=0.5, output_scale=1.0):
         super().__init__()
         channels, side = feature_shape(encoder, image_size)
         self.image_size = image_size
@@ -111,6 +125,8 @@ class FeatureContextEncoder(nn.Module):
         self.decoder = nn.Sequential(*layers[:-1])  # no ReLU after the last up-convolution
         he_init(self.bottleneck, linear_output=False)
         he_init(self.decoder)
+        with torch.no_grad():
+            self.decoder[-1].weight.mul_(output_scale)
 
     def forward(self, x):
         out = self.decoder(self.bottleneck(self.encoder(x)))

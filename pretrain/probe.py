@@ -1,23 +1,40 @@
-"""A frozen-feature probe of the encoder during pretraining (`bench pretrain --probe-data ROOT`).
+"""Frozen-feature probes of an encoder: what its features are worth without any fine-tuning.
 
-Weighted k-nearest-neighbour classification on L2-normalised pool5 features (as the kNN monitors
-of solo-learn and DINO): each test image of a labelled VOC root scores class c by the
-similarity-weighted vote of its k nearest training images, exp(cos / T), and the probe reports
-mAP over the classes that have positives and negatives in the test split (difficult labels
-ignored). It needs no training, so on 2 CPU cores it costs a few seconds: one forward pass over
-the centre crops, which are decoded once.
+Two kinds of labelled data, one reading of the encoder:
+* a VOC root (multi-label): weighted kNN on L2-normalised output features (as the kNN monitors of
+  solo-learn and DINO); each test image scores class c by the similarity-weighted vote of its k
+  nearest training images, exp(cos / T); the score is mAP over the classes that have positives
+  and negatives (difficult labels ignored);
+* a class-folder root (ImageNet's layout, root/<split>/<class>/<image>, single-label): the same
+  kNN vote, scored as top-1 accuracy, on a class-balanced sample of each split; and, when asked,
+  a linear classifier (logistic regression on standardised features) at every layer, each layer's
+  map average-pooled to about 9k values as in the 2016 linear-probe protocol (Zhang et al.,
+  "Colorful Image Colorization", ECCV 2016).
+Both report unit health: per layer, the share of units that never fire on the probe images (a
+channel whose ReLU output is zero at every position of every image; for the output, every value).
+Images are decoded once; a probe is one forward pass over centre crops.
 """
+import math
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from torch import nn
 
-from data.images import find_voc_dir, read_class_labels
+from data.images import IMAGE_SUFFIXES, find_voc_dir, is_voc_root, read_class_labels
 from data.pixels import load_rgb, normalized_tensor
-from .backbones import frozen_features
+from runtime.errors import UserError
 
 NEIGHBOURS = 20
 TEMPERATURE = 0.07
+POOLED_VALUES = 9216    # a layer's map is average-pooled to about this many values for the linear probe
+PER_CLASS = (300, 150)  # class-folder probe: images per class of the train and test splits
+DEAD_WARNING = 0.10     # `bench pretrain` warns when this share of the output's values never fires
 
 
 def knn_class_scores(train_features, train_labels, test_features, k=NEIGHBOURS, temperature=TEMPERATURE):
@@ -41,33 +58,173 @@ def multilabel_map(scores, labels):
     return float(np.mean(aps)) if aps else float("nan")
 
 
-class KNNProbe:
-    """kNN mAP of an encoder's features on `root` (a labelled VOC root): train_split -> test_split."""
+def knn_top1(train_features, train_labels, test_features, test_labels):
+    """Top-1 accuracy of the weighted kNN vote (features L2-normalised here; labels class indices)."""
+    train, test = F.normalize(train_features, dim=1), F.normalize(test_features, dim=1)
+    votes = knn_class_scores(train, F.one_hot(train_labels).float(), test)
+    return float((votes.argmax(1) == test_labels).float().mean())
 
-    def __init__(self, root, image_size, mean, std, train_split="train", test_split="val", year=None):
-        voc = find_voc_dir(root, year)
-        mean, std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-        self.images, self.labels = {}, {}
-        for split in (train_split, test_split):
-            ids, labels = read_class_labels(voc, split)
-            self.images[split] = torch.stack([
-                normalized_tensor(_centre_square(load_rgb(voc / "JPEGImages" / f"{i}.jpg", image_size), image_size),
-                                  mean, std) for i in ids])
-            self.labels[split] = labels
-        self.train_split, self.test_split = train_split, test_split
 
-    def features(self, encoder, split, device):
-        features = frozen_features(encoder, self.images[split].to(device)).flatten(1).float().cpu()
-        return F.normalize(features, dim=1)
+def linear_top1(train_features, train_labels, test_features, test_labels, max_iter=300):
+    """Top-1 accuracy of a multinomial logistic regression (L2, C=1) on standardised features."""
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
+    classifier.fit(train_features.numpy(), train_labels.numpy())
+    return float((classifier.predict(test_features.numpy()) == test_labels.numpy()).mean())
 
-    def __call__(self, encoder, device):
-        """The encoder's kNN mAP (in eval mode; its train/eval mode is restored)."""
-        train, test = (self.features(encoder, s, device) for s in (self.train_split, self.test_split))
-        positives = torch.from_numpy(self.labels[self.train_split] != -1).float()  # difficult counts as present
-        scores = knn_class_scores(train, positives, test)
-        return multilabel_map(scores.numpy(), self.labels[self.test_split])
+
+def layer_names(encoder):
+    """{module: name} of the activations a probe reads besides the output: for a Sequential
+    encoder (AlexNet) the ReLU after each convolution, conv1 .. convN. The output is read as
+    `output_name(encoder)`."""
+    relus = [m for m in encoder.children() if isinstance(m, nn.ReLU)] if isinstance(encoder, nn.Sequential) else []
+    return {relu: f"conv{i}" for i, relu in enumerate(relus, 1)}
+
+
+def output_name(encoder):
+    """pool5 for AlexNet (a Sequential ending in its fifth max-pool), else "output"."""
+    if isinstance(encoder, nn.Sequential) and isinstance(encoder[-1], nn.MaxPool2d):
+        return f"pool{len(layer_names(encoder))}"
+    return "output"
+
+
+def read_layers(encoder, images, device, pooled=False, batch_size=64):
+    """One frozen pass (eval mode, no gradients; the mode is restored) over `images`.
+
+    Returns (output features (N, D) on the CPU, {layer: each unit's largest value (see
+    dead_units)}, {layer: (N, ~POOLED_VALUES) average-pooled features} when `pooled`, else {}).
+    A unit is a channel for the convolution layers and a single value for the output."""
+    names = layer_names(encoder)
+    fired, pooled_features, outputs, current = {}, {n: [] for n in names.values()} if pooled else {}, [], {}
+    hooks = [m.register_forward_hook(lambda module, _, out: current.__setitem__(names[module], out))
+             for m in names]
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            for batch in images.split(batch_size):
+                out = encoder(batch.to(device)).float()
+                current[output_name(encoder)] = out.flatten(1)
+                outputs.append(out.flatten(1).cpu())
+                for name, value in current.items():
+                    value = value.float()
+                    peak = value.amax(dim=(0, 2, 3)) if value.dim() == 4 else value.amax(0)
+                    fired[name] = torch.maximum(fired[name], peak) if name in fired else peak
+                    if pooled and value.dim() == 4:
+                        side = max(1, min(value.shape[-1], round(math.sqrt(POOLED_VALUES / value.shape[1]))))
+                        pooled_features[name].append(F.adaptive_avg_pool2d(value, side).flatten(1).cpu())
+                current.clear()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        encoder.train(was_training)
+    return torch.cat(outputs), {k: v.cpu() for k, v in fired.items()}, \
+        {name: torch.cat(parts) for name, parts in pooled_features.items()}
+
+
+def dead_units(*peaks):
+    """{dead_<layer>: share of the layer's units that never fire}: whose largest value over every
+    image of every `peaks` (read_layers' second result) is not positive."""
+    return {f"dead_{name}": float((torch.stack([p[name] for p in peaks]).amax(0) <= 0).float().mean())
+            for name in peaks[0]}
+
+
+def _centre_crops(paths, image_size, mean, std):
+    mean, std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    return torch.stack([normalized_tensor(_centre_square(load_rgb(p, image_size), image_size), mean, std)
+                        for p in paths])
 
 
 def _centre_square(image, side):
     left, top = (image.width - side) // 2, (image.height - side) // 2
     return image.crop((left, top, left + side, top + side))
+
+
+class KNNProbe:
+    """kNN mAP of an encoder's features on `root` (a labelled VOC root): train_split -> test_split."""
+    score_key = "probe_knn_map"
+
+    def __init__(self, root, image_size, mean, std, train_split="train", test_split="val", year=None):
+        voc = find_voc_dir(root, year)
+        self.images, self.labels = {}, {}
+        for split in (train_split, test_split):
+            ids, labels = read_class_labels(voc, split)
+            self.images[split] = _centre_crops([voc / "JPEGImages" / f"{i}.jpg" for i in ids], image_size, mean, std)
+            self.labels[split] = labels
+        self.train_split, self.test_split = train_split, test_split
+
+    def __call__(self, encoder, device):
+        """{probe_knn_map, dead_<layer>...}: kNN mAP on the test split and unit health on both."""
+        (train, peaks_train, _), (test, peaks_test, _) = (
+            read_layers(encoder, self.images[split], device) for split in (self.train_split, self.test_split))
+        positives = torch.from_numpy(self.labels[self.train_split] != -1).float()  # difficult counts as present
+        scores = knn_class_scores(F.normalize(train, dim=1), positives, F.normalize(test, dim=1))
+        return {self.score_key: multilabel_map(scores.numpy(), self.labels[self.test_split]),
+                **dead_units(peaks_train, peaks_test)}
+
+
+class ClassFolderProbe:
+    """kNN top-1 (and, with linear=True, a linear probe per layer) of an encoder's frozen features
+    on a class-folder root: root/<train_split>/<class>/ -> root/<test_split>/<class>/, a fixed
+    class-balanced sample of `per_class` images per class of each split."""
+    score_key = "probe_knn_top1"
+
+    def __init__(self, root, image_size, mean, std, train_split="train", test_split="val", per_class=PER_CLASS):
+        root = Path(root)
+        self.images, self.labels = {}, {}
+        self.classes = class_folders(root / train_split)
+        for split, count in zip((train_split, test_split), per_class):
+            paths, labels = class_balanced_sample(root / split, self.classes, count)
+            self.images[split] = _centre_crops(paths, image_size, mean, std)
+            self.labels[split] = torch.tensor(labels)
+        self.train_split, self.test_split = train_split, test_split
+
+    def __call__(self, encoder, device, linear=False):
+        """{probe_knn_top1, dead_<layer>...}; with `linear`, also linear_top1_<layer> for every
+        convolution layer (pooled to ~9k values) and for the output."""
+        (train, peaks_train, pooled_train), (test, peaks_test, pooled_test) = (
+            read_layers(encoder, self.images[split], device, pooled=linear) for split in (self.train_split, self.test_split))
+        y_train, y_test = self.labels[self.train_split], self.labels[self.test_split]
+        result = {self.score_key: knn_top1(train, y_train, test, y_test), **dead_units(peaks_train, peaks_test)}
+        if linear:
+            pooled_train[output_name(encoder)], pooled_test[output_name(encoder)] = train, test
+            for name in pooled_train:
+                result[f"linear_top1_{name}"] = linear_top1(pooled_train[name], y_train, pooled_test[name], y_test)
+        return result
+
+
+def class_folders(split_dir):
+    """Sorted class folder names of a split folder (at least two)."""
+    if not split_dir.is_dir():
+        raise UserError(f"{split_dir} does not exist (a class-folder root holds <split>/<class>/<image>)")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise UserError(f"{split_dir} has {len(classes)} class folder(s); a probe needs at least 2")
+    return classes
+
+
+def class_balanced_sample(split_dir, classes, per_class, seed=0):
+    """(paths, class indices): up to `per_class` images of each class folder, a fixed random choice."""
+    rng = np.random.default_rng(seed)
+    paths, labels = [], []
+    for index, name in enumerate(classes):
+        files = sorted(p for p in (split_dir / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"class folder {split_dir / name} has no images")
+        chosen = sorted(rng.choice(len(files), size=min(per_class, len(files)), replace=False))
+        paths += [files[i] for i in chosen]
+        labels += [index] * len(chosen)
+    return paths, labels
+
+
+def is_class_folder_root(root, split="train"):
+    return (Path(root) / split).is_dir() and not is_voc_root(root)
+
+
+def make_probe(root, image_size, mean, std, splits=("train", "val")):
+    """The probe that fits `root`: KNNProbe for a VOC root, ClassFolderProbe for root/<split>/<class>/."""
+    if is_voc_root(root):
+        return KNNProbe(root, image_size, mean, std, *splits)
+    if is_class_folder_root(root, splits[0]):
+        return ClassFolderProbe(root, image_size, mean, std, *splits)
+    raise UserError(f"--probe-data {root} is neither a VOC root (ImageSets/Main labels) nor a class-folder "
+                    f"root ({splits[0]}/<class>/<image> and {splits[1]}/<class>/<image>)")

@@ -28,12 +28,12 @@ from runtime.device import DeviceOptions, check_scaling_options, resolve_device,
 from runtime.engine import Engine, check_training_options, prepare_model
 from runtime.errors import UserError
 from runtime.options import option
-from runtime.progress import info
+from runtime.progress import info, warning
 from runtime.runfiles import check_new_run_dir, check_resumable, create_run_dir, environment_info, save_json, save_torch
-from .backbones import label_with_arch
+from .backbones import ENCODER_NORMS, label_with_arch, plain_encoder
 from .curves import plot_curves
 from .methods import get_method, method_names
-from .probe import KNNProbe
+from .probe import DEAD_WARNING, make_probe, output_name
 
 PREVIEW_IMAGES = 8
 
@@ -46,6 +46,9 @@ class PretrainConfig(DeviceOptions):
     arch: str = option("alexnet", "backbone: alexnet (the paper's feature-learning network, any size >= 63 px) or "
                        "timm:<model name> (e.g. timm:resnet18); context-encoder also takes inpaint (the 128 px "
                        "inpainting network with a 4000-d bottleneck)")
+    encoder_norm: str = option("none", "batch: BatchNorm after each AlexNet convolution while pretraining, folded "
+                               "into the convolutions when encoder.pt is written (it stays a plain AlexNet)",
+                               choices=ENCODER_NORMS)
     mask: str = option("random-region", "hole strategy of methods with holes", choices=MASK_KINDS)
     data_root: str = option("", "a VOC root (VOCdevkit parent, VOCdevkit or VOC<year>) or any folder of images; "
                             "default: the built-in toy VOC set")
@@ -60,6 +63,7 @@ class PretrainConfig(DeviceOptions):
     lr: float | None = option(None, "learning rate (default: the method's own; the context encoder's Adam: "
                               "1e-3 central / 1e-4 other masks for alexnet, 2e-3 for inpaint)")
     steps: int = option(300, "training iterations (default: 300; with --resume: the run's own)")
+    warmup_steps: int = option(0, "learning rate rises linearly from lr / N to lr over the first N steps (0: none)")
     seed: int = option(0, "seed of weights, batches, holes and dropout")
     bad_images: str = option("fail", BAD_IMAGES_HELP, choices=BAD_IMAGE_POLICIES)
     augment_on: str = option("loader", "where crops are flipped and normalised and holes drawn: loader (per image "
@@ -68,9 +72,11 @@ class PretrainConfig(DeviceOptions):
                              choices=AUGMENT_ON)
     image_cache: bool = option(True, "decode and resize every image once into the uint8 memory-mapped cache "
                                "under the cache folder ($BENCH_CACHE_DIR/images)")
-    probe_data: str | None = option(None, "a labelled VOC root: every --probe-every steps (and at step 0) score "
-                                    "the encoder's frozen pool5 features by kNN on its --probe-splits (mAP into "
-                                    "metrics.jsonl and probe.png)")
+    probe_data: str | None = option(None, "labelled images: a VOC root (kNN mAP) or a class-folder root "
+                                    "<split>/<class>/<image> such as imagenette (kNN top-1); every --probe-every "
+                                    "steps (and at step 0) the encoder's frozen pool5 features are scored by kNN on "
+                                    "its --probe-splits, and the share of units per layer that never fire is "
+                                    "logged (metrics.jsonl, probe.png)")
     probe_every: int = option(100, "steps between probes")
     probe_splits: list[str] = option(["train", "val"], "image sets of --probe-data: kNN neighbours, scored images",
                                      nargs=2, metavar=("TRAIN", "TEST"))
@@ -93,9 +99,12 @@ def resolve_config(config):
     dataset statistics. Returns (resolved config, image paths)."""
     config = dataclasses.replace(config)
     check_training_options(config, ("--preview-every", config.preview_every, config.preview_every >= 1, "at least 1"),
-                           ("--probe-every", config.probe_every, config.probe_every >= 1, "at least 1"))
-    if config.probe_data is not None and not images.is_voc_root(config.probe_data):
-        raise UserError(f"--probe-data {config.probe_data} is not a VOC root (it needs ImageSets/Main labels)")
+                           ("--probe-every", config.probe_every, config.probe_every >= 1, "at least 1"),
+                           ("--warmup-steps", config.warmup_steps, config.warmup_steps >= 0, "0 or more"))
+    if config.probe_data is not None and not (images.is_voc_root(config.probe_data)
+                                              or Path(config.probe_data, config.probe_splits[0]).is_dir()):
+        raise UserError(f"--probe-data {config.probe_data} is neither a VOC root (ImageSets/Main labels) nor a "
+                        f"class-folder root ({config.probe_splits[0]}/<class>/<image>)")
     paths = training_images(config)
     if len(paths) < config.batch_size:
         raise UserError(f"only {len(paths)} images in {config.data_root} ({config.split}) for a batch "
@@ -218,9 +227,11 @@ def pretraining_engine(method, config, run_dir, progress=True):
     """(the engine that trains `method` in run_dir, resuming from its checkpoint when there is one;
     the step it runs: the method's own train_step with the method's optimisers)."""
     optimizers = method.configure_optimizers()
+    schedules = {name: torch.optim.lr_scheduler.LinearLR(optimizer, 1 / config.warmup_steps, 1, config.warmup_steps)
+                 for name, optimizer in optimizers.items()} if config.warmup_steps else {}
     engine = Engine(method, optimizers, run_dir, steps=config.steps, batch_size=config.batch_size, seed=config.seed,
                     device=config.device, precision=config.precision, checkpoint_every=config.checkpoint_every,
-                    desc=f"pretraining {config.method}", progress=progress)
+                    schedules=schedules, desc=f"pretraining {config.method}", progress=progress)
     return engine, lambda trained, batch: trained.train_step(batch, optimizers)
 
 
@@ -230,18 +241,27 @@ def _train(config, method, dataset, run_dir, progress=True):
     main = distributed.is_main()
     engine, train_step = pretraining_engine(method, config, run_dir, progress)
     preview_batch = _preview_batch(dataset, config) if main else None
-    probe = KNNProbe(config.probe_data, config.image_size, method.input_mean, method.input_std,
-                     *config.probe_splits) if main and config.probe_data else None
+    probe = make_probe(config.probe_data, config.image_size, method.input_mean, method.input_std,
+                       config.probe_splits) if main and config.probe_data else None
+    warned = False
 
     def after_step(step, metrics):
         if metrics is not None and (step % config.preview_every == 0 or step == config.steps):
             _save_preview(method, dataset, preview_batch, run_dir, step)
         # The probe curve starts at the initialisation (the call before the first step).
+        nonlocal warned
         if probe is not None and (step % config.probe_every == 0 or step == config.steps):
-            score = probe(method.encoder, config.device)
-            engine.log({"step": step, "probe_knn_map": score, "elapsed_s": round(engine.elapsed, 3)})
+            scores = probe(method.encoder, config.device)
+            engine.log({"step": step, **scores, "elapsed_s": round(engine.elapsed, 3)})
             plot_curves(run_dir)
-            info(f"step {step}: probe kNN mAP {100 * score:.1f}%")
+            output = output_name(method.encoder)
+            dead = scores[f"dead_{output}"]
+            info(f"step {step}: probe {probe.score_key.removeprefix('probe_')} {100 * scores[probe.score_key]:.1f}%, "
+                 f"{100 * dead:.1f}% of {output} never fires")
+            if dead > DEAD_WARNING and not warned:
+                warned = True
+                warning(f"step {step}: {100 * dead:.0f}% of {output} never fires on the probe images (over "
+                        f"{100 * DEAD_WARNING:.0f}%): pretraining is killing units; see probe.png")
 
     engine.run(train_step, lambda start: training_batches(dataset, config, start), after_step)
     if main:
@@ -266,7 +286,7 @@ def pretraining_label(config, method):
 
 
 def _save_encoder(method, config, run_dir, elapsed, step):
-    state = {key: value.detach().cpu() for key, value in method.encoder.state_dict().items()}
+    state = {key: value.detach().cpu() for key, value in plain_encoder(method.encoder).state_dict().items()}
     save_torch(state, run_dir / "encoder.pt")
     loss_terms = {"mask": config.mask} if method.uses_masks else {}
     save_json({"method": config.method, "label": pretraining_label(config, method), "arch": method.encoder_arch,

@@ -63,3 +63,8 @@ def info(message):
     """A status line on stderr, between progress lines, unless --quiet."""
     if _level != "quiet":
         tqdm.write(message, file=sys.stderr)
+
+
+def warning(message):
+    """A "warning: ..." line on stderr, between progress lines; shown even with --quiet."""
+    tqdm.write(f"warning: {message}", file=sys.stderr)

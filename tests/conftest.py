@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import pretrain.methods
-from data.toy_voc import write_toy_voc
+from data.toy_voc import write_toy_class_folders, write_toy_voc
 from helpers import bench
 
 
@@ -49,3 +49,9 @@ def toy_copy(toy_voc_root, tmp_path):
 def private_registry(monkeypatch):
     """Methods a test registers (plug-ins) go into a copy of the registry, not the one other tests see."""
     monkeypatch.setattr(pretrain.methods, "METHODS", dict(pretrain.methods.METHODS))
+
+
+@pytest.fixture(scope="session")
+def toy_class_folders(tmp_path_factory):
+    """A class-folder root (train/<class>/, val/<class>/) of toy scenes: 4 classes, 12 + 6 images each."""
+    return write_toy_class_folders(tmp_path_factory.mktemp("toy-classes"))

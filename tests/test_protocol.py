@@ -11,7 +11,7 @@ from torch import nn
 
 from data.masks import MaskSampler
 from data.voc import VOCClassification
-from pretrain.curves import PROBE_KEY
+PROBE_KEY = "probe_knn_map"
 from pretrain.methods.context_encoder import ContextEncoder
 from pretrain.probe import knn_class_scores, multilabel_map
 from pretrain.train import PretrainConfig
@@ -124,7 +124,7 @@ def test_random_gaussian_init_is_the_papers():
     for layer in encoder:
         if isinstance(layer, nn.Conv2d):
             assert abs(float(layer.weight.detach().std()) - 0.01) < 0.001 and not layer.bias.any()
-    assert not info["data_init"] and info["label"] == "random Gaussian (0.01)"
+    assert not info["data_init"] and info["label"] == "random Gaussian 0.01, not rescaled"
 
 
 def test_kraehenbuehl_init_standardises_the_random_encoder(toy_voc_root):
@@ -139,7 +139,7 @@ def test_kraehenbuehl_init_standardises_the_random_encoder(toy_voc_root):
                 channels = x.transpose(0, 1).flatten(1)
                 live = channels.std(1) > 1e-6
                 assert torch.allclose(channels.std(1)[live], torch.ones(int(live.sum())), atol=1e-3)
-    assert task.init_info["label"] == "random + Krähenbühl init"
+    assert task.init_info["label"] == "random + Krähenbühl init (the paper's Random Gaussian)"
 
 
 def test_transfer_takes_the_size_the_encoder_was_pretrained_at(toy_voc_root, pretrain_run, tmp_path):

@@ -99,7 +99,7 @@ def test_separate_pretraining_and_transfer_data_init_rows_and_probe_curves(toy_v
     assert set(curves["name"]) == {"ce"} and list(curves["step"]) == [0, 1, 2]
     assert (out / "probe_curves.png").read_bytes()[:4] == b"\x89PNG"
     table = pd.read_csv(out / "table.csv", keep_default_na=False).set_index("Pretraining")
-    assert table.loc["random Gaussian (0.01)", "Classification (SVM)"].endswith("(n=1)")
+    assert table.loc["random Gaussian 0.01, not rescaled", "Classification (SVM)"].endswith("(n=1)")
 
 
 def test_methods_preset_gives_a_row_per_built_in_method(toy_voc_root, tmp_path):

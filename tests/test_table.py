@@ -33,7 +33,7 @@ def test_table_rows_and_numbers(records, tmp_path):
     table = pd.read_csv(out / "table.csv", keep_default_na=False).set_index("Pretraining")
     # Paper rows first, as printed in the paper.
     assert table.loc["Context encoder (paper)", "Classification"] == "56.5"
-    assert table.loc["Random Gaussian (paper)", "Segmentation"] == "19.8"
+    assert table.loc["Random Gaussian + Krähenbühl scaling (paper)", "Segmentation"] == "19.8"
     assert table.loc["Wang et al. (paper)", "Segmentation"] == ""
     ce = table.loc["context-encoder (random-region)"]
     # mean of 50 and 70 is 60; sample std sqrt(((-10)^2 + 10^2) / 1) = 14.14

@@ -29,14 +29,17 @@ def task_names():
 @dataclass
 class TransferConfig(DeviceOptions):
     """Everything a transfer run depends on; each field with help text is a `bench transfer` flag."""
-    task: str = option("seg", "seg: FCN-32s, mean IU; cls: mAP; det: Fast R-CNN, VOC07 mAP at IoU 0.5",
+    task: str = option("seg", "seg: FCN-32s, mean IU; cls: mAP; det: Fast R-CNN, VOC07 mAP at IoU 0.5; probe: "
+                       "frozen features on a class-folder root (train/<class>/, val/<class>/), kNN top-1 and "
+                       "a linear probe at every layer",
                        choices=task_names, required=True)
     protocol: str = option("finetune", "cls only: finetune everything, or linear SVMs on frozen pool5 features",
                            choices=("finetune", "svm"))
     init: str = option("random", "a `bench pretrain` run folder, an encoder.pt, 'random' (He-normal), "
                        "'random-gaussian' (N(0, 0.01^2)), 'random-kraehenbuehl' (data-dependent) or "
                        "'torchvision-alexnet:PATH'")
-    data_root: str = option("", "a VOC root; default: the built-in toy VOC set")
+    data_root: str = option("", "a VOC root (default: the built-in toy VOC set); for --task probe a class-folder "
+                            "root such as ../shared/data/imagenette")
     year: str | None = option(None, "VOC year (default: 2012 for seg, 2007 for cls/det, else the newest present)")
     train_split: str | None = option(None, "default: train (seg), trainval (cls, det)")
     test_split: str | None = option(None, "default: val (seg), test (cls, det)")
@@ -87,16 +90,23 @@ def set_up_task(config, dataset_class):
     else:
         mean, std = channel_stats(image_paths(train_set))
     crops = _centre_crops(image_paths(train_set), config.image_size, mean, std)
+    init_info = data_dependent_init(encoder, init_info, crops, config.rescale)
+    return TaskSetup(device, encoder, init_info, train_set, test_set, mean, std, crops)
+
+
+def data_dependent_init(encoder, init_info, crops, rescale):
+    """Krähenbühl's init of `encoder` on `crops` (training images) when its --init asks for it,
+    then with `rescale` one scale factor per layer; returns init_info, relabelled when rescaled."""
     if init_info.get("data_init"):
         standardize_units(list(encoder), crops)
-    if config.rescale:
+    if rescale:
         if init_info["arch"] != "alexnet":
             raise UserError(f"--rescale is for AlexNet encoders; {init_info['arch']} has BatchNorm, which "
                             f"normalises its activations already")
         standardize_units(list(encoder), crops, per_layer=True)
         label = init_info.get("label", init_info["method"])
         init_info = {**init_info, "label": f"{label} + rescaled"}
-    return TaskSetup(device, encoder, init_info, train_set, test_set, mean, std, crops)
+    return init_info
 
 
 def _centre_crops(paths, size, mean, std, count=64):

@@ -7,8 +7,9 @@ from runtime import distributed
 from runtime.runfiles import environment_info, save_json
 
 
-def write_record(run_dir, config, init_info, metric_name, metric, per_class, class_names, started):
-    """Write run_dir/record.json (the main process, under torchrun) and return the record."""
+def write_record(run_dir, config, init_info, metric_name, metric, per_class, class_names, started, metrics=None):
+    """Write run_dir/record.json (the main process, under torchrun) and return the record; `metrics`
+    (a dict) holds a task's further measurements."""
     record = {
         "task": config.task, "protocol": config.protocol,
         "init": init_info.get("init"), "pretrain_method": init_info.get("method"),
@@ -19,6 +20,7 @@ def write_record(run_dir, config, init_info, metric_name, metric, per_class, cla
         "train_split": config.train_split, "test_split": config.test_split,
         "metric": metric_name, "value": _finite_or_none(metric),
         "per_class": {name: _finite_or_none(value) for name, value in zip(class_names, per_class)},
+        **({"metrics": {k: _finite_or_none(v) for k, v in metrics.items()}} if metrics else {}),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "config": dataclasses.asdict(config), "environment": environment_info(),
     }

@@ -12,15 +12,17 @@ from runtime.runfiles import CHECKPOINT, save_json
 from .classification import run_classification
 from .detection import run_detection
 from .encoders import pretrained_image_size
+from .in_domain import run_in_domain
 from .segmentation import run_segmentation
 
 DEFAULT_IMAGE_SIZE = 96
-TASKS = {"cls": run_classification, "det": run_detection, "seg": run_segmentation}
+TASKS = {"cls": run_classification, "det": run_detection, "seg": run_segmentation, "probe": run_in_domain}
 # The paper's data for each task (DESIGN §4).
 TASK_DATA = {
     "seg": {"year": "2012", "train_split": "train", "test_split": "val"},
     "cls": {"year": "2007", "train_split": "trainval", "test_split": "test"},
     "det": {"year": "2007", "train_split": "trainval", "test_split": "test"},
+    "probe": {"year": None, "train_split": "train", "test_split": "val"},  # a class-folder root has no year
 }
 
 
@@ -49,7 +51,7 @@ def with_task_data(config):
     when the root has it, else the newest year it has."""
     data = TASK_DATA[config.task]
     return dataclasses.replace(
-        config, year=config.year or voc_year(config.data_root, data["year"]),
+        config, year=config.year or (data["year"] and voc_year(config.data_root, data["year"])),
         train_split=config.train_split or data["train_split"], test_split=config.test_split or data["test_split"])
 
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones import build_backbone
-from ..networks import FeatureContextEncoder
+from ..networks import FeatureContextEncoder, FeatureNetworkOptions
 from . import PretextMethod, register, take_step
 
 
@@ -12,11 +12,13 @@ from . import PretextMethod, register, take_step
 class Autoencoder(PretextMethod):
     name = "autoencoder"
     description = "reconstruct the whole unmasked image through the context encoder's network"
+    Options = FeatureNetworkOptions
 
     def __init__(self, config, dataset_mean, dataset_std):
         super().__init__()
-        self.config = config
-        self.generator = FeatureContextEncoder(build_backbone(config.arch), config.image_size)
+        self.config, self.options = config, self.resolve_options(config)
+        self.generator = FeatureContextEncoder(build_backbone(config.arch, config.encoder_norm), config.image_size,
+                                               self.options.dropout, self.options.output_scale)
         self.encoder_arch = config.arch
         self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
 

@@ -8,7 +8,7 @@ from runtime.errors import UserError
 from runtime.options import check_ranges, option
 from .. import losses
 from ..backbones import build_backbone, is_backbone_arch
-from ..networks import Discriminator, FeatureContextEncoder, InpaintingGenerator
+from ..networks import Discriminator, FeatureContextEncoder, FeatureNetworkOptions, InpaintingGenerator
 from . import PretextMethod, register, take_step
 
 LOSSES = ("l2", "l2+adv")
@@ -16,7 +16,7 @@ OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
-class ContextEncoderOptions:
+class ContextEncoderOptions(FeatureNetworkOptions):
     loss: str = option("l2", "l2: masked L2; l2+adv: 0.999 L2 + 0.001 adversarial (DCGAN discriminator)",
                        choices=LOSSES)
     overlap: int | None = option(None, "width in px of the band around the hole that is predicted too, at "
@@ -27,6 +27,7 @@ class ContextEncoderOptions:
     optimizer: str = option("adam", "the generator's optimiser (sgd: momentum 0.9; give --lr)", choices=OPTIMIZERS)
 
     def __post_init__(self):
+        super().__post_init__()
         check_ranges([("--overlap", self.overlap, self.overlap is None or self.overlap >= 0, "0 or more"),
                       ("--overlap-weight", self.overlap_weight, self.overlap_weight >= 0, "0 or more"),
                       ("--adv-weight", self.adv_weight, 0 <= self.adv_weight <= 1, "in [0, 1]")])
@@ -74,7 +75,8 @@ class ContextEncoder(PretextMethod):
             # tanh outputs: pixels in [-1, 1] as in the released code.
             self.input_mean, self.input_std = [0.5] * 3, [0.5] * 3
         else:
-            self.generator = FeatureContextEncoder(build_backbone(config.arch), side)
+            self.generator = FeatureContextEncoder(build_backbone(config.arch, config.encoder_norm), side,
+                                                   self.options.dropout, self.options.output_scale)
             self.encoder_arch = config.arch
             self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
         # Dropped pixels hold the dataset mean (in the network's input space).

@@ -121,7 +121,7 @@ class RelativeContext(PretextMethod):
         self.grid = patch_grid(config.image_size)
         # Patches are much smaller than the image; those under AlexNet's minimum are scaled up to it.
         self.network_patch = max(self.grid.patch, NETWORK_PATCH_MIN)
-        self.encoder = build_backbone(config.arch)
+        self.encoder = build_backbone(config.arch, config.encoder_norm)
         channels, side = feature_shape(self.encoder, self.network_patch)
         self.head = nn.Sequential(
             nn.Linear(2 * channels * side * side, HIDDEN), nn.ReLU(inplace=True),

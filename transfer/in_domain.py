@@ -1,0 +1,48 @@
+"""In-domain evaluation of frozen features (`bench transfer --task probe`): how much an encoder's
+features, unchanged, tell the classes of a class-folder root (ImageNet's layout, e.g.
+imagenette: train/<class>/ -> val/<class>/).
+
+No fine-tuning, so it needs no schedule and resolves what pretraining did to the features
+themselves: kNN top-1 at the output (pool5 for AlexNet) and a linear probe (logistic regression
+on standardised features) at every layer, each map average-pooled to about 9k values (the 2016
+protocol of Zhang et al.); the record also holds the share of units per layer that never fire.
+The record's value is the linear top-1 at the output; its per_class field holds the linear
+top-1 of each layer, conv1 .. pool5.
+"""
+import time
+from pathlib import Path
+
+from data.pixels import channel_stats
+from pretrain.probe import ClassFolderProbe, class_balanced_sample, class_folders, output_name
+from runtime.device import resolve_device, seed_everything
+from runtime.errors import UserError
+from .encoders import load_encoder
+from .finetune import data_dependent_init
+from .records import write_record
+
+CALIBRATION_IMAGES = 64  # training images for the data-dependent inits, as the other tasks
+
+
+def run_in_domain(config, run_dir, progress=True):
+    started = time.perf_counter()
+    if not config.data_root:
+        raise UserError("--task probe needs --data-root, a class-folder root (train/<class>/, val/<class>/), "
+                        "e.g. ../shared/data/imagenette")
+    root = Path(config.data_root)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    encoder, init_info = load_encoder(config.init)
+    if init_info.get("input_mean") is not None:
+        mean, std = init_info["input_mean"], init_info["input_std"]
+    else:  # a random init: the training images' own statistics
+        split_dir = root / config.train_split
+        mean, std = channel_stats(class_balanced_sample(split_dir, class_folders(split_dir), 100)[0])
+    probe = ClassFolderProbe(root, config.image_size, mean, std, config.train_split, config.test_split)
+    train_images = probe.images[config.train_split]
+    init_info = data_dependent_init(encoder, init_info, train_images[::max(1, len(train_images) // CALIBRATION_IMAGES)],
+                                    config.rescale)
+    scores = probe(encoder.to(device), device, linear=True)
+    layers = [key.removeprefix("linear_top1_") for key in scores if key.startswith("linear_top1_")]
+    return write_record(run_dir, config, init_info, "top-1", scores[f"linear_top1_{output_name(encoder)}"],
+                        [scores[f"linear_top1_{layer}"] for layer in layers], layers, started, metrics=scores)
+
