@@ -290,6 +290,9 @@ def add_suite_parser(commands):
                    help="pretraining images (VOC root or folder); default: the built-in toy VOC set")
     p.add_argument("--transfer-data", "--transfer-data-root", dest="transfer_data_root", default=None,
                    help="VOC root for the tasks (and the pretraining probe); default: --pretrain-data")
+    p.add_argument("--in-domain-data", default=None,
+                   help="class-folder root (train/<class>/, val/<class>/) for the in-domain probe: the presets' "
+                        "probe task and the pretraining probe curves, e.g. ../shared/data/imagenette")
     p.add_argument("--mask-dir", default=None, help="VOC segmentation PNGs for random-region masks")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     p.add_argument("--device", default="auto")
@@ -348,7 +351,7 @@ def run_methods(args):
 
 def run_suite_command(args):
     from benchmarks.launcher import ClusterOptions, cluster_options, launch
-    from benchmarks.suite import check_needs, guide, job_status, load_preset, plan_suite, run_suite, saved_plan
+    from benchmarks.suite import SuiteData, check_needs, guide, job_status, load_preset, plan_suite, run_suite, saved_plan
     from data.toy_voc import default_data_root
     from runtime.progress import info
     if args.status:
@@ -357,16 +360,14 @@ def run_suite_command(args):
         return
     preset = load_preset(args.preset)
     check_needs(preset, args.preset, {"pretrain-data": args.data_root, "transfer-data": args.transfer_data_root,
-                                      "mask-dir": args.mask_dir})
-    data_root = args.data_root or preset.get("data_root") or default_data_root()
+                                      "in-domain-data": args.in_domain_data, "mask-dir": args.mask_dir})
+    data = SuiteData(args.data_root or preset.get("data_root") or default_data_root(), args.transfer_data_root,
+                     args.in_domain_data, args.mask_dir or preset.get("mask_dir"))
     out = args.out or f"runs/suite-{Path(args.preset).stem}"
-    mask_dir = args.mask_dir or preset.get("mask_dir")
     if args.launcher == "sequential" and not args.dry_run:
-        table = run_suite(preset, out, data_root, mask_dir, args.transfer_data_root, args.seeds, args.device,
-                          plugins=args.plugin)
+        table = run_suite(preset, out, data, args.seeds, args.device, plugins=args.plugin)
     else:
-        jobs = plan_suite(preset, out, data_root, mask_dir, args.transfer_data_root, args.seeds, args.device,
-                          plugins=args.plugin)
+        jobs = plan_suite(preset, out, data, args.seeds, args.device, plugins=args.plugin)
         cluster = cluster_options(preset, {k: getattr(args, k) for k in ClusterOptions.__dataclass_fields__})
         table = launch(jobs, out, args.launcher, args.jobs, cluster, args.dry_run)
         if table is None:

@@ -27,6 +27,7 @@ RUN_PICTURES = {  # file -> caption, in the order shown
 SUITE_PICTURES = {
     "table.png": "the table as bars (mean over seeds; error bars one standard deviation where there are several)",
     "probe_curves.png": "kNN probe accuracy during pretraining, per method (mean over seeds)",
+    "layer_probes.png": "in-domain linear probe per layer, measured, beside the published 2016 numbers",
 }
 STYLE = """
 body { font-family: sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1200px; color: #222; }

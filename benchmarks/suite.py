@@ -128,14 +128,27 @@ class Job:
         return finish_suite(self.out, self.needs)
 
 
-def plan_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, seeds=None, device="auto",
-               plugins=(), progress=True):
+@dataclasses.dataclass
+class SuiteData:
+    """Where a suite's data is: pretraining images, the VOC root of the transfer tasks (default:
+    the pretraining root), a class-folder root for the in-domain probe (`task: probe`, and the
+    pretraining probe curves when given), and the random-region shapes."""
+    pretrain: str
+    transfer: str | None = None
+    in_domain: str | None = None
+    mask_dir: str | None = None
+
+
+def plan_suite(preset, out, data, seeds=None, device="auto", plugins=(), progress=True):
     """The preset's jobs in a runnable order: pretrainings, then transfers (each needs its encoder's
-    pretraining, if any), then the table."""
+    pretraining, if any), then the table. `data` is a SuiteData (or a pretraining root)."""
     check_preset(preset)
     out = Path(out)
+    data = data if isinstance(data, SuiteData) else SuiteData(str(data))
     seeds = seeds or preset["seeds"]
-    transfer_root = transfer_data_root or data_root
+    data_root, mask_dir = data.pretrain, data.mask_dir
+    transfer_root = data.transfer or data_root
+    probed_root = data.in_domain or transfer_root
     jobs, encoders = [], {}  # encoders: (method, seed) -> (init, the job that makes it or None)
     common = {"out": out, "plugins": tuple(plugins), "progress": progress}
     for name, options in preset["methods"].items():
@@ -147,15 +160,19 @@ def plan_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, s
             # A method may name its own data (e.g. supervised: {data_root: labelled/class/folders}).
             config = dataclasses.replace(config, data_root=config.data_root or str(data_root),
                                          mask_dir=mask_dir or config.mask_dir, seed=seed, device=device)
-            if preset.get("probe") and config.probe_data is None:  # the probe curve on the transfer data
-                config = dataclasses.replace(config, probe_data=str(transfer_root))
+            if preset.get("probe") and config.probe_data is None:  # the probe curve: in-domain, else transfer data
+                config = dataclasses.replace(config, probe_data=str(probed_root))
             job = Job(f"pretrain/{name}-seed{seed}", config=config, **common)
             encoders[name, seed] = (str(job.run_dir), job.name)
             jobs.append(job)
     for task_name, task_options in preset["tasks"].items():
         for (name, seed), (init, maker) in encoders.items():
             config = parse_options(TransferConfig, {**preset["transfer"], **task_options}, f"preset tasks.{task_name}")
-            config = dataclasses.replace(config, init=init, data_root=str(transfer_root), seed=seed, device=device)
+            if config.task == "probe" and not data.in_domain:
+                raise UserError(f"preset tasks.{task_name} is an in-domain probe: give --in-domain-data, a "
+                                f"class-folder root (train/<class>/, val/<class>/)")
+            task_root = data.in_domain if config.task == "probe" else transfer_root
+            config = dataclasses.replace(config, init=init, data_root=str(task_root), seed=seed, device=device)
             jobs.append(Job(f"transfer/{task_name}-{name}-seed{seed}", config=config,
                             needs=(maker,) if maker else (), **common))
     jobs.append(Job("table", needs=tuple(job.name for job in jobs), **common))
@@ -220,10 +237,9 @@ def job_status(jobs, out):
     return rows
 
 
-def run_suite(preset, out, data_root, mask_dir=None, transfer_data_root=None, seeds=None, device="auto",
-              progress=True, plugins=()):
+def run_suite(preset, out, data, seeds=None, device="auto", progress=True, plugins=()):
     """Run the preset's jobs one after another in this process; return the table."""
-    jobs = plan_suite(preset, out, data_root, mask_dir, transfer_data_root, seeds, device, plugins, progress)
+    jobs = plan_suite(preset, out, data, seeds, device, plugins, progress)
     start_job_states(out, jobs)
     states, failures = {}, []
     for job in jobs[:-1]:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from runtime.errors import UserError
 from runtime.runfiles import save_json, write_atomically
+from .layer_probes import write_layer_probes
 from .resolution import column_resolution, row_differences
 
 matplotlib.use("Agg")
@@ -192,6 +193,7 @@ def write_table(records_folder, out_folder):
                 write_atomically(out / f"{stem}.csv", lambda tmp: frame.to_csv(tmp, index=False))
                 write_atomically(out / f"{stem}.md", lambda tmp: tmp.write_text(markdown_table(frame)))
                 tables[stem] = frame
+        write_layer_probes(records, out)
     inpainting = load_inpaint_records(records)
     if not inpainting.empty:
         table, summary = build_inpaint_table(inpainting)

@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import pandas as pd  # noqa: E402
 
+from .probe import DEAD_WARNING  # noqa: E402
+
 # A probe row's score: kNN mAP on a VOC root, kNN top-1 on a class-folder root.
 PROBE_KEYS = {"probe_knn_map": "kNN mAP (%)", "probe_knn_top1": "kNN top-1 (%)"}
 DEAD_PREFIX = "dead_"
@@ -60,6 +62,8 @@ def plot_curves(run_dir, name=None):
         if dead:
             for column in dead:
                 axes[0, 1].plot(probes.index, 100 * probes[column], marker=".", label=column.removeprefix(DEAD_PREFIX))
+            axes[0, 1].axhline(100 * DEAD_WARNING, color="grey", linestyle="--", linewidth=0.8,
+                               label="bench pretrain warns above")
             axes[0, 1].set(xlabel="pretraining step", ylabel="units that never fire (%)",
                            title="unit health (channels; every value of the output)")
             axes[0, 1].grid(alpha=0.3)

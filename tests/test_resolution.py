@@ -74,23 +74,24 @@ def test_each_pretrained_row_is_compared_with_the_best_random_init_and_the_autoe
     assert not any(name in ("random", "krahenbuhl") for name, _ in table.index)  # random rows are references
 
 
-def record(folder, name, method, label, task, value, seed, data, metrics=None, protocol="finetune"):
+def record(folder, name, method, label, task, value, seed, data, metrics=None, protocol="finetune", per_class=None):
     path = folder / name / "record.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({
         "task": task, "protocol": protocol, "pretrain_method": method, "pretrain_label": label,
         "pretrain_seconds": 60.0, "seed": seed, "data_root": f"/data/{data}", "value": value,
-        **({"metrics": metrics} if metrics else {})}))
+        **({"metrics": metrics, "per_class": per_class} if metrics else {})}))
 
 
 def test_in_domain_records_fill_their_methods_row_and_the_resolution_files(tmp_path):
     folder = tmp_path / "records"
+    layers = {"conv1": 0.2, "conv5": 0.4, "pool5": 0.3}
     for seed in range(2):
         record(folder, f"seg-ce-{seed}", "context-encoder", "context-encoder", "seg", 0.40 + seed / 100, seed, "pets-voc")
         record(folder, f"seg-sup-{seed}", "supervised", "supervised", "seg", 0.55 + seed / 100, seed, "pets-voc")
         record(folder, f"seg-rand-{seed}", "random", "random", "seg", 0.35 + seed / 100, seed, "pets-voc")
         record(folder, f"probe-ce-{seed}", "context-encoder", "context-encoder", "probe", 0.30, seed, "imagenette",
-               {"probe_knn_top1": 0.25 + seed / 100})
+               {"probe_knn_top1": 0.25 + seed / 100}, per_class=layers)
     out = tmp_path / "table"
     tables = write_table(folder, out)
     table = pd.read_csv(out / "table.csv", keep_default_na=False).set_index("Pretraining")
@@ -104,3 +105,6 @@ def test_in_domain_records_fill_their_methods_row_and_the_resolution_files(tmp_p
     assert set(tables) == {"table", "resolution", "differences"}
     saved = json.loads((out / "table.json").read_text())
     assert saved["resolution"] and saved["differences"]
+    per_layer = pd.read_csv(out / "layer_probes.csv").set_index("row")
+    assert per_layer.loc["context-encoder"].tolist() == [20.0, 40.0, 30.0]  # conv1, conv5, pool5 in order
+    assert (out / "layer_probes.png").read_bytes()[:4] == b"\x89PNG"

@@ -41,6 +41,26 @@ def test_suite_runs_everything_then_skips(toy_voc_root, tmp_path, capsys):
     assert capsys.readouterr().err.count("skip") == 2 + 6  # status lines go to stderr
 
 
+def test_in_domain_probe_task_and_curves_use_the_class_folder_root(toy_class_folders, tmp_path, capsys):
+    preset = tmp_path / "in-domain.yaml"
+    preset.write_text(yaml.safe_dump({
+        **TINY, "probe": True, "pretrain": {**TINY["pretrain"], "image_size": 64, "probe_every": 1},
+        "transfer": {**TINY["transfer"], "image_size": 64},
+        "methods": {"ae": {"method": "autoencoder"}, "random": None}, "tasks": {"in-domain": {"task": "probe"}}}))
+    out = tmp_path / "suite"
+    args = ["suite", "--preset", str(preset), "--data-root", str(toy_class_folders / "train"), "--out", str(out)]
+    assert main(args) == 2
+    assert "give --in-domain-data" in capsys.readouterr().err
+    assert main([*args, "--in-domain-data", str(toy_class_folders)]) == 0
+    probes = [json.loads(line) for line in (out / "pretrain" / "ae-seed0" / "metrics.jsonl").read_text().splitlines()
+              if "probe_knn_top1" in line]
+    assert [p["step"] for p in probes] == [0, 1, 2]
+    table = pd.read_csv(out / "table.csv", keep_default_na=False).set_index("Pretraining")
+    assert table.loc["autoencoder", "In-domain linear"].endswith("(n=1)")
+    assert table.loc["random", "In-domain kNN"].endswith("(n=1)")
+    assert (out / "resolution.csv").is_file()
+
+
 def test_a_failed_transfer_is_reported_and_the_others_still_run(toy_voc_root, tmp_path, capsys):
     preset = tmp_path / "failing.yaml"
     preset.write_text(yaml.safe_dump({

@@ -13,6 +13,7 @@ from . import PretextMethod, register, take_step
 
 LOSSES = ("l2", "l2+adv")
 OPTIMIZERS = ("adam", "sgd")
+TARGETS = ("pixels", "context-normalised")
 
 
 @dataclass
@@ -25,6 +26,10 @@ class ContextEncoderOptions(FeatureNetworkOptions):
     overlap_weight: float = option(10.0, "L2 weight of the overlap band relative to the hole")
     adv_weight: float = option(0.001, "weight of the adversarial term with --loss l2+adv")
     optimizer: str = option("adam", "the generator's optimiser (sgd: momentum 0.9; give --lr)", choices=OPTIMIZERS)
+    target: str = option("pixels", "what the network predicts in the holes: the pixels, or the pixels standardised "
+                         "by the mean and std of each image's visible context, per channel (so it cannot score by "
+                         "the image's mean colour alone; fills are mapped back with the same context statistics)",
+                         choices=TARGETS)
 
     def __post_init__(self):
         super().__post_init__()
@@ -83,6 +88,10 @@ class ContextEncoder(PretextMethod):
         fill = (torch.tensor(dataset_mean) - torch.tensor(self.input_mean)) / torch.tensor(self.input_std)
         self.register_buffer("fill", fill.view(1, 3, 1, 1))
         self.adversarial = self.options.loss == "l2+adv"
+        self.context_normalised = self.options.target == "context-normalised"
+        if self.context_normalised and self.patch is not None:
+            raise UserError("--target context-normalised needs a network that predicts the whole image "
+                            "(not --arch inpaint with central holes)")
         if self.adversarial:
             self.discriminator = Discriminator(side // 2 if self.patch else side)
 
@@ -131,6 +140,16 @@ class ContextEncoder(PretextMethod):
         frame[..., self.patch, self.patch] = out
         return frame
 
+    def _in_pixels(self, prediction, image, hole):
+        """`prediction` as pixels (the network's input space), and the L2 target it is scored against."""
+        if not self.context_normalised:
+            return prediction, image
+        visible = 1 - hole
+        count = visible.sum((2, 3), keepdim=True).clamp(min=1)
+        mean = (image * visible).sum((2, 3), keepdim=True) / count
+        std = (((image - mean) ** 2 * visible).sum((2, 3), keepdim=True) / count + 1e-6).sqrt()
+        return prediction * std + mean, (image - mean) / std
+
     def _discriminator_view(self, images):
         # It sees only the predicted patch for central holes, the whole image otherwise.
         return images if self.patch is None else images[..., self.patch, self.patch]
@@ -138,8 +157,9 @@ class ContextEncoder(PretextMethod):
     def train_step(self, batch, optimizers):
         image, hole = batch["image"], batch["hole"]
         masked = self.fill_holes(image, hole)
-        prediction = self._predict(masked)
-        l2 = losses.masked_l2(prediction, image, self.loss_weights(hole))
+        output = self._predict(masked)
+        prediction, target = self._in_pixels(output, image, hole)
+        l2 = losses.masked_l2(output, target, self.loss_weights(hole))
         metrics = {}
         if not self.adversarial:
             loss = l2
@@ -160,7 +180,8 @@ class ContextEncoder(PretextMethod):
     @torch.no_grad()
     def complete(self, image, hole):
         """`image` with its holes filled by the network (normalised like its input)."""
-        return image * (1 - hole) + self._predict(self.fill_holes(image, hole)) * hole
+        prediction = self._in_pixels(self._predict(self.fill_holes(image, hole)), image, hole)[0]
+        return image * (1 - hole) + prediction * hole
 
     @torch.no_grad()
     def preview(self, batch):
