@@ -42,6 +42,8 @@ VARIANTS = {
     "sgd": ["--optimizer", "sgd", "--lr", "1e-2"],
     "autoencoder": ["--method", "autoencoder"],
     "autoencoder batchnorm": ["--method", "autoencoder", "--encoder-norm", "batch"],
+    "autoencoder batchnorm normalised": ["--method", "autoencoder", "--encoder-norm", "batch",
+                                         "--target", "input-normalised"],
 }
 
 

@@ -36,6 +36,15 @@ def masked_l2(prediction, target, weights):
     return total / (count * channels).clamp_min(1.0)
 
 
+def visible_statistics(image, visible):
+    """Per image and channel, the mean and std (population, +1e-6 under the root) of `image`
+    over the pixels where `visible` (B, 1, H, W) is 1: what a fill may be standardised by."""
+    count = visible.sum((2, 3), keepdim=True).clamp(min=1)
+    mean = (image * visible).sum((2, 3), keepdim=True) / count
+    std = (((image - mean) ** 2 * visible).sum((2, 3), keepdim=True) / count + 1e-6).sqrt()
+    return mean, std
+
+
 def adversarial_generator_loss(fake_logits):
     """Non-saturating GAN loss for the generator: -log D(G(x))."""
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))

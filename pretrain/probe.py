@@ -216,15 +216,17 @@ def class_balanced_sample(split_dir, classes, per_class, seed=0):
     return paths, labels
 
 
-def is_class_folder_root(root, split="train"):
-    return (Path(root) / split).is_dir() and not is_voc_root(root)
+def probe_layout(root, splits=("train", "val")):
+    """"voc" for a labelled VOC root, "class-folder" for root/<splits[0]>/<class>/...; else a UserError."""
+    if is_voc_root(root):
+        return "voc"
+    if (Path(root) / splits[0]).is_dir():
+        return "class-folder"
+    raise UserError(f"--probe-data {root} is neither a VOC root (ImageSets/Main labels) nor a class-folder "
+                    f"root ({splits[0]}/<class>/<image> and {splits[1]}/<class>/<image>)")
 
 
 def make_probe(root, image_size, mean, std, splits=("train", "val")):
     """The probe that fits `root`: KNNProbe for a VOC root, ClassFolderProbe for root/<split>/<class>/."""
-    if is_voc_root(root):
-        return KNNProbe(root, image_size, mean, std, *splits)
-    if is_class_folder_root(root, splits[0]):
-        return ClassFolderProbe(root, image_size, mean, std, *splits)
-    raise UserError(f"--probe-data {root} is neither a VOC root (ImageSets/Main labels) nor a class-folder "
-                    f"root ({splits[0]}/<class>/<image> and {splits[1]}/<class>/<image>)")
+    probe = KNNProbe if probe_layout(root, splits) == "voc" else ClassFolderProbe
+    return probe(root, image_size, mean, std, *splits)

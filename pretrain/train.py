@@ -29,11 +29,12 @@ from runtime.engine import Engine, check_training_options, prepare_model
 from runtime.errors import UserError
 from runtime.options import option
 from runtime.progress import info, warning
-from runtime.runfiles import check_new_run_dir, check_resumable, create_run_dir, environment_info, save_json, save_torch
+from runtime.runfiles import (check_new_run_dir, check_resumable, create_run_dir, environment_info, run_lock, save_json,
+                              save_torch)
 from .backbones import ENCODER_NORMS, label_with_arch, plain_encoder
 from .curves import plot_curves
 from .methods import get_method, method_names
-from .probe import DEAD_WARNING, make_probe, output_name
+from .probe import DEAD_WARNING, make_probe, output_name, probe_layout
 
 PREVIEW_IMAGES = 8
 
@@ -101,10 +102,8 @@ def resolve_config(config):
     check_training_options(config, ("--preview-every", config.preview_every, config.preview_every >= 1, "at least 1"),
                            ("--probe-every", config.probe_every, config.probe_every >= 1, "at least 1"),
                            ("--warmup-steps", config.warmup_steps, config.warmup_steps >= 0, "0 or more"))
-    if config.probe_data is not None and not (images.is_voc_root(config.probe_data)
-                                              or Path(config.probe_data, config.probe_splits[0]).is_dir()):
-        raise UserError(f"--probe-data {config.probe_data} is neither a VOC root (ImageSets/Main labels) nor a "
-                        f"class-folder root ({config.probe_splits[0]}/<class>/<image>)")
+    if config.probe_data is not None:
+        probe_layout(config.probe_data, config.probe_splits)
     paths = training_images(config)
     if len(paths) < config.batch_size:
         raise UserError(f"only {len(paths)} images in {config.data_root} ({config.split}) for a batch "
@@ -159,8 +158,15 @@ def _save_preview(method, dataset, preview_batch, run_dir, step):
 def pretrain(config, out, overwrite=False, progress=True):
     """Train `config.method` into a new run folder `out` and return it.
 
-    Under torchrun every process calls this; the main one alone writes the run folder."""
+    Under torchrun every process calls this; the main one alone writes the run folder, holding
+    its lock (runtime.runfiles.run_lock) from the first check to the encoder."""
     check_new_run_dir(out, overwrite)
+    with run_lock(out):
+        check_new_run_dir(out, overwrite)  # again: a run that held the lock may have finished it
+        return _pretrain(config, out, overwrite, progress)
+
+
+def _pretrain(config, out, overwrite, progress):
     config, paths = resolve_config(config)
     run_config = dataclasses.replace(config, device=start_process(config.device))
     method, dataset = build(run_config, paths, progress)
@@ -176,6 +182,12 @@ def pretrain(config, out, overwrite=False, progress=True):
 def resume_pretraining(out, steps=None, progress=True):
     """Continue the run in `out` from its checkpoint, to `steps` (default: its configured steps).
     The number of processes may differ from the interrupted run's: the batches are the same."""
+    check_resumable(out)
+    with run_lock(out):
+        return _resume(out, steps, progress)
+
+
+def _resume(out, steps, progress):
     run_dir = check_resumable(out)
     config = load_run_config(run_dir)
     if steps is not None:

@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 
 from . import distributed
 from .errors import UserError
+from .progress import warning
 
 
 def cache_dir():
@@ -40,6 +42,69 @@ def create_run_dir(out, overwrite=False):
     return out
 
 
+def lock_path(out):
+    """The lock file of run folder `out`: beside it, since the folder itself is replaced."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.lock")
+
+
+@contextmanager
+def run_lock(out):
+    """Hold `out`'s lock while the block writes it: a second writer of the same folder stops with
+    one line naming the first, instead of mixing two runs' files. The lock file is created with
+    O_EXCL and holds the writer's pid and host; a lock whose process is gone (same host) is taken
+    over with a warning. Under torchrun the main process alone takes it."""
+    if not distributed.is_main():
+        yield
+        return
+    path, me = lock_path(out), {"pid": os.getpid(), "host": socket.gethostname()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if attempt == 0 and _is_stale(holder):
+                warning(f"taking over the lock of {out} left by a run that is gone ({path}: {holder or 'unreadable'})")
+                path.unlink(missing_ok=True)
+                continue
+            raise UserError(f"{out} is being written by another run (pid {holder.get('pid')} on "
+                            f"{holder.get('host')}); wait for it or choose another --out (a lock left by "
+                            f"a crashed run on another machine: delete {path})") from None
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(me, file)
+        break
+    try:
+        yield
+    finally:
+        if _lock_holder(path) == me:
+            path.unlink(missing_ok=True)
+
+
+def _lock_holder(path):
+    try:
+        holder = json.loads(Path(path).read_text())
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_stale(holder):
+    """A lock is stale when it names no process (unreadable: its writer died while writing it) or a
+    process of this host that no longer exists."""
+    if not isinstance(holder.get("pid"), int):
+        return True
+    if holder.get("host") != socket.gethostname():
+        return False  # cannot tell from here
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, someone else's
+    return False
+
+
 CHECKPOINT = "checkpoint.pt"  # what --resume continues from, in pretraining and transfer runs
 
 
@@ -65,6 +130,11 @@ def staged_run_dir(out, overwrite=False, resume=False):
     Under torchrun every process enters the block with the same folder; the main process alone
     creates, removes and renames it, and the others wait for it at barriers."""
     out = check_new_run_dir(out, overwrite)
+    with run_lock(out):
+        yield from _staged(out, overwrite, resume)
+
+
+def _staged(out, overwrite, resume):
     staging = staging_dir(out)
     interrupted = has_interrupted_run(out)
     if resume and not interrupted:

@@ -150,3 +150,39 @@ def test_transfer_task_probe_needs_a_class_folder_root(toy_voc_root, tmp_path, c
     assert bench("transfer", "--task", "probe", "--init", "random", "--data-root", tmp_path / "none",
                  "--out", tmp_path / "b") == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_context_normalised_target_is_scored_in_context_units_and_filled_back_in_pixels(monkeypatch):
+    from pretrain.methods import get_method
+    from pretrain.train import PretrainConfig
+    config = PretrainConfig(image_size=64, method_options={"target": "context-normalised"})
+    method = get_method("context-encoder")(config, [0.5] * 3, [0.25] * 3)
+    image = torch.randn(2, 3, 64, 64) * 2 + 1
+    hole = torch.zeros(2, 1, 64, 64)
+    hole[..., 16:40, 8:30] = 1
+    visible = image.masked_select(hole.expand_as(image) == 0).view(2, 3, -1)
+    mean, std = visible.mean(2).view(2, 3, 1, 1), visible.std(2, unbiased=False).view(2, 3, 1, 1)
+    perfect = ((image - mean) / std).requires_grad_()  # what the network should output
+    monkeypatch.setattr(method, "_predict", lambda masked: perfect * 1)
+    metrics = method.train_step({"image": image, "hole": hole}, method.configure_optimizers())
+    assert metrics["l2"] == pytest.approx(0.0, abs=1e-8)
+    assert torch.allclose(method.complete(image, hole), image, atol=1e-4)
+    with pytest.raises(UserError, match="context-normalised needs a network"):
+        get_method("context-encoder")(PretrainConfig(arch="inpaint", image_size=128, mask="central",
+                                                     method_options={"target": "context-normalised"}),
+                                      [0.5] * 3, [0.25] * 3)
+
+
+def test_autoencoder_input_normalised_target_is_scored_and_previewed_in_the_right_units(monkeypatch):
+    from pretrain.methods import get_method
+    from pretrain.train import PretrainConfig
+    config = PretrainConfig(image_size=64, method="autoencoder", method_options={"target": "input-normalised"})
+    method = get_method("autoencoder")(config, [0.5] * 3, [0.25] * 3)
+    image = torch.randn(2, 3, 64, 64) * 3 - 1
+    mean, std = image.mean((2, 3), keepdim=True), image.std((2, 3), unbiased=False, keepdim=True)
+    perfect = ((image - mean) / std).requires_grad_()
+    monkeypatch.setattr(method.generator, "forward", lambda corrupted: perfect * 1)
+    assert method.train_step({"image": image}, {"generator": torch.optim.SGD([perfect], lr=0.0)})["loss"] \
+        == pytest.approx(0.0, abs=1e-8)
+    reconstruction, original = method.preview({"image": image})
+    assert torch.allclose(reconstruction, image, atol=1e-4)

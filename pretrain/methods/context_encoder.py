@@ -144,10 +144,7 @@ class ContextEncoder(PretextMethod):
         """`prediction` as pixels (the network's input space), and the L2 target it is scored against."""
         if not self.context_normalised:
             return prediction, image
-        visible = 1 - hole
-        count = visible.sum((2, 3), keepdim=True).clamp(min=1)
-        mean = (image * visible).sum((2, 3), keepdim=True) / count
-        std = (((image - mean) ** 2 * visible).sum((2, 3), keepdim=True) / count + 1e-6).sqrt()
+        mean, std = losses.visible_statistics(image, 1 - hole)
         return prediction * std + mean, (image - mean) / std
 
     def _discriminator_view(self, images):
