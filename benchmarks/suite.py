@@ -112,7 +112,7 @@ class Job:
     def __call__(self):
         load_plugins(self.plugins)
         if self.kind == "pretrain":
-            if (self.run_dir / CHECKPOINT).is_file():
+            if (self.run_dir / CHECKPOINT).is_file() or has_interrupted_run(self.run_dir):
                 info(f"resuming pretraining {self.name} in {self.run_dir}")
                 resume_pretraining(self.run_dir, progress=self.progress)
             else:

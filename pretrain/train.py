@@ -11,6 +11,7 @@ A run folder holds
 """
 import dataclasses
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +30,8 @@ from runtime.engine import Engine, check_training_options, prepare_model
 from runtime.errors import UserError
 from runtime.options import option
 from runtime.progress import info, warning
-from runtime.runfiles import (check_new_run_dir, check_resumable, create_run_dir, environment_info, run_lock, save_json,
-                              save_torch)
+from runtime.runfiles import (check_new_run_dir, check_resumable, create_run_dir, environment_info, has_interrupted_run,
+                              replace_run_dir, run_lock, save_json, save_torch, staging_dir)
 from .backbones import ENCODER_NORMS, label_with_arch, plain_encoder
 from .curves import plot_curves
 from .methods import get_method, method_names
@@ -159,44 +160,60 @@ def pretrain(config, out, overwrite=False, progress=True):
     """Train `config.method` into a new run folder `out` and return it.
 
     Under torchrun every process calls this; the main one alone writes the run folder, holding
-    its lock (runtime.runfiles.run_lock) from the first check to the encoder."""
+    its lock (runtime.runfiles.run_lock) from the first check to the encoder. With `overwrite`, an
+    existing run in `out` is kept until the new one is complete: the new run is written into a
+    staging folder beside it (runtime.runfiles.staging_dir) that replaces `out` at the end, and a
+    run killed there continues with resume_pretraining(out)."""
     check_new_run_dir(out, overwrite)
     with run_lock(out):
-        check_new_run_dir(out, overwrite)  # again: a run that held the lock may have finished it
-        return _pretrain(config, out, overwrite, progress)
-
-
-def _pretrain(config, out, overwrite, progress):
-    config, paths = resolve_config(config)
-    run_config = dataclasses.replace(config, device=start_process(config.device))
-    method, dataset = build(run_config, paths, progress)
-    distributed.barrier()  # every process has checked `out` before the main one replaces it
-    if distributed.is_main():
-        run_dir = create_run_dir(out, overwrite)
-        save_json({"config": dataclasses.asdict(config), "images": len(paths), "processes": distributed.world_size(),
-                   "environment": environment_info()}, run_dir / "config.json")
-    distributed.barrier()
-    return _train(run_config, method, dataset, Path(out), progress=progress)
+        out = check_new_run_dir(out, overwrite)  # again: a run that held the lock may have finished it
+        replacing = out.exists() and any(out.iterdir())
+        run_dir = staging_dir(out) if replacing else out
+        config, paths = resolve_config(config)
+        run_config = dataclasses.replace(config, device=start_process(config.device))
+        method, dataset = build(run_config, paths, progress)
+        distributed.barrier()  # every process has checked `out` before the main one writes
+        if distributed.is_main():
+            create_run_dir(run_dir, overwrite=True)
+            save_json({"config": dataclasses.asdict(config), "images": len(paths),
+                       "processes": distributed.world_size(), "environment": environment_info()},
+                      run_dir / "config.json")
+        distributed.barrier()
+        try:
+            _train(run_config, method, dataset, run_dir, progress=progress)
+        except BaseException:
+            # A failed replacement leaves the old run as it was; a checkpoint stays for --resume.
+            if replacing and distributed.is_main() and not has_interrupted_run(out):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        return _put_in_place(run_dir, out)
 
 
 def resume_pretraining(out, steps=None, progress=True):
-    """Continue the run in `out` from its checkpoint, to `steps` (default: its configured steps).
-    The number of processes may differ from the interrupted run's: the batches are the same."""
-    check_resumable(out)
+    """Continue the run in `out` from its checkpoint, to `steps` (default: its configured steps);
+    or, when an --overwrite run of `out` was killed, that run in its staging folder, which then
+    replaces `out`. The number of processes may differ from the interrupted run's: the batches
+    are the same."""
+    run_dir = staging_dir(out) if has_interrupted_run(out) else Path(out)
+    check_resumable(run_dir)
     with run_lock(out):
-        return _resume(out, steps, progress)
+        config = load_run_config(check_resumable(run_dir))
+        if steps is not None:
+            config.steps = steps
+        check_training_options(config)
+        check_scaling_options(config)
+        config.device = start_process(config.device)
+        method, dataset = build(config, training_images(config), progress)
+        _train(config, method, dataset, run_dir, progress)
+        return _put_in_place(run_dir, Path(out))
 
 
-def _resume(out, steps, progress):
-    run_dir = check_resumable(out)
-    config = load_run_config(run_dir)
-    if steps is not None:
-        config.steps = steps
-    check_training_options(config)
-    check_scaling_options(config)
-    config.device = start_process(config.device)
-    method, dataset = build(config, training_images(config), progress)
-    return _train(config, method, dataset, run_dir, progress)
+def _put_in_place(run_dir, out):
+    """Rename a finished staging folder over `out` (main process); `out`."""
+    if run_dir != out and distributed.is_main():
+        replace_run_dir(run_dir, out)
+    distributed.barrier()
+    return out
 
 
 # Context-encoder options that were general PretrainConfig fields before methods had options.

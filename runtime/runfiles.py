@@ -158,10 +158,20 @@ def _staged(out, overwrite, resume):
         raise
     distributed.barrier()  # no process reads the staging folder any more
     if main:
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        replace_run_dir(staging, out)
     distributed.barrier()
+
+
+def replace_run_dir(staging, out):
+    """Put the finished run in `staging` at `out`, replacing what was there. The old folder is
+    first renamed aside, so a crash between the two renames leaves both runs on disk."""
+    out = Path(out)
+    aside = out.with_name(f".{out.name}.replaced")
+    shutil.rmtree(aside, ignore_errors=True)
+    if out.exists():
+        out.rename(aside)
+    Path(staging).rename(out)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def check_resumable(out):

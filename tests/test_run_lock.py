@@ -65,3 +65,38 @@ def test_two_writers_to_one_folder_leave_one_complete_run_and_a_clear_error(toy_
     assert config["steps"] == encoder["steps"] == 40  # every file is the first run's
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 40
     assert not lock_path(out).exists()
+
+
+def test_a_failed_overwrite_keeps_the_previous_run_and_a_killed_one_resumes(toy_voc_root, tmp_path, monkeypatch,
+                                                                             capsys):
+    from runtime.engine import Engine
+    from runtime.runfiles import staging_dir
+    out = tmp_path / "run"
+    assert bench("pretrain", "--data-root", toy_voc_root, "--out", out, "--steps", 2, *PRETRAIN) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    monkeypatch.setattr(Engine, "train_one_step", lambda *args: {"loss": float("nan")})
+    assert bench("pretrain", "--data-root", toy_voc_root, "--out", out, "--steps", 3, "--overwrite", *PRETRAIN) == 2
+    assert "non-finite" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not staging_dir(out).exists() and not lock_path(out).exists()
+    monkeypatch.undo()
+    # Killed after its first checkpoint: the old run stays, and --resume finishes the new one in place.
+    original = Engine.train_one_step
+    calls = []
+
+    def killed_after_two(self, *args):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return original(self, *args)
+    monkeypatch.setattr(Engine, "train_one_step", killed_after_two)
+    try:
+        bench("pretrain", "--data-root", toy_voc_root, "--out", out, "--steps", 4, "--checkpoint-every", 2,
+              "--overwrite", *PRETRAIN)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    assert (staging_dir(out) / "checkpoint.pt").is_file()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert bench("pretrain", "--out", out, "--resume") == 0
+    assert json.loads((out / "encoder.json").read_text())["steps"] == 4 and not staging_dir(out).exists()
