@@ -24,6 +24,7 @@ from pretrain.train import PretrainConfig, pretrain, resume_pretraining
 from runtime.errors import UserError
 from runtime.options import parse_options
 from runtime.progress import info
+from runtime.readers import read_json
 from runtime.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir, write_atomically
 from transfer.finetune import TransferConfig, task_names
 from transfer.tasks import run_task
@@ -183,10 +184,11 @@ STATE_FILE = "jobs.json"
 
 
 def _read_job_file(out):
-    try:
-        return json.loads((Path(out) / STATE_FILE).read_text())
-    except (OSError, ValueError):
+    """jobs.json's content; {} for a suite that has none yet."""
+    path = Path(out) / STATE_FILE
+    if not path.exists():
         return {}
+    return read_json(path, hint="; delete it and run the suite again (finished runs are kept and skipped)")
 
 
 def read_job_states(out):

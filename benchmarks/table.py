@@ -11,7 +11,6 @@ Table 1 (inpainting, from `bench eval-inpaint` records): one row per (method, da
 mean L1 and L2 in percent, PSNR in dB and SSIM, each "mean ± std (n)" over pretraining seeds.
 Written as inpaint_table.csv, .md and .json.
 """
-import json
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from runtime.errors import UserError
+from runtime.readers import read_json
 from runtime.runfiles import save_json, write_atomically
 from .layer_probes import write_layer_probes
 from .resolution import column_resolution, row_differences
@@ -49,11 +49,10 @@ def read_records(folder):
         raise UserError(f"no record.json files under {folder}; run `bench transfer` or `bench eval-inpaint` first")
     records = []
     for path in paths:
-        try:
-            record = json.loads(path.read_text())
-            records.append((path, record, record["task"]))
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise UserError(f"{path} is not a transfer or inpainting record ({exc})") from None
+        record = read_json(path)
+        if "task" not in record:
+            raise UserError(f"{path}: not a transfer or inpainting record (it names no task)")
+        records.append((path, record, record["task"]))
     return records
 
 

@@ -6,7 +6,6 @@ rescaled to the run's load size and the centre image_size square is kept. Hole i
 generator seeded by (seed, i), so every row of one evaluation is scored on the same pixels.
 Scores are over the hole only, with pixels in [0, 1] (see transfer.metrics.hole_scores).
 """
-import json
 import math
 import re
 import textwrap
@@ -28,6 +27,7 @@ from runtime.device import resolve_device
 from runtime.engine import read_checkpoint
 from runtime.errors import UserError
 from runtime.progress import progress_bar
+from runtime.readers import read_json
 from runtime.runfiles import CHECKPOINT, environment_info, save_json, write_atomically
 from transfer.metrics import hole_scores
 from . import inpaint_baselines as baselines
@@ -62,11 +62,10 @@ class Inpainter:
         self.run_dir, self.config, self.device = run_dir.resolve(), config, resolve_device(device)
         self.name = self.run_dir.name
         encoder_info = run_dir / "encoder.json"  # written when the run finished
-        self.pretrain_seconds = (json.loads(encoder_info.read_text())["pretrain_seconds"]
-                                 if encoder_info.is_file() else None)
+        self.pretrain_seconds = read_json(encoder_info).get("pretrain_seconds") if encoder_info.is_file() else None
         self.method = ContextEncoder(config, config.dataset_mean, config.dataset_std)
         # Memory-mapped: only the network's tensors are read, not the optimiser state beside them.
-        self.method.load_state_dict(read_checkpoint(checkpoint, mmap=True)["model"])
+        self.method.load_state_dict(read_checkpoint(checkpoint, mmap=True, hint="")["model"])
         self.method.to(self.device).eval()
         # Runs that differ only in their seed share a label, so the table averages over them.
         precision = "" if config.precision == "fp32" else f", {config.precision}"

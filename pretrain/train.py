@@ -10,7 +10,6 @@ A run folder holds
   previews/         PNG grids (rows: masked input / prediction / original), and preview.png, the latest
 """
 import dataclasses
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from runtime.engine import Engine, check_training_options, prepare_model
 from runtime.errors import UserError
 from runtime.options import option
 from runtime.progress import info, warning
+from runtime.readers import read_json
 from runtime.runfiles import (check_new_run_dir, check_resumable, create_run_dir, environment_info, has_interrupted_run,
                               replace_run_dir, run_lock, save_json, save_torch, staging_dir)
 from .backbones import ENCODER_NORMS, label_with_arch, plain_encoder
@@ -222,12 +222,20 @@ EARLIER_GENERAL_FIELDS = ("loss", "overlap", "overlap_weight", "adv_weight", "op
 
 def load_run_config(run_dir):
     """The PretrainConfig a run folder's config.json records (also one written by an earlier version)."""
-    saved = json.loads((Path(run_dir) / "config.json").read_text())["config"]
+    path = Path(run_dir) / "config.json"
+    saved = read_json(path, hint="; the run cannot be resumed").get("config")
+    if not isinstance(saved, dict) or not isinstance(saved.get("method"), str):
+        raise UserError(f"{path}: has no run configuration (a 'config' object naming its method); "
+                        f"the run cannot be resumed")
     if "probe_train_split" in saved:  # before the two were one option
         saved["probe_splits"] = [saved.pop("probe_train_split"), saved.pop("probe_test_split")]
     earlier = {name: saved.pop(name) for name in EARLIER_GENERAL_FIELDS if name in saved}
     own = {f.name for f in dataclasses.fields(get_method(saved["method"]).Options)}
     saved["method_options"] = {**{k: v for k, v in earlier.items() if k in own}, **saved.get("method_options", {})}
+    known = {f.name for f in dataclasses.fields(PretrainConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise UserError(f"{path}: unknown settings {', '.join(unknown)}; the run cannot be resumed")
     return PretrainConfig(**saved)
 
 

@@ -27,6 +27,7 @@ from . import distributed, preemption, speedups
 from .errors import UserError
 from .options import check_ranges, flag
 from .progress import progress_bar
+from .readers import read_torch
 from .runfiles import CHECKPOINT, save_torch
 
 METRICS = "metrics.jsonl"
@@ -236,10 +237,16 @@ class Engine:
             torch.manual_seed(distributed.process_seed(self.seed, rank) + self.step)
 
 
-def read_checkpoint(path, device="cpu", mmap=False):
+RESUME_HINT = "; delete it or start without --resume"
+
+
+def read_checkpoint(path, device="cpu", mmap=False, hint=RESUME_HINT):
     """A checkpoint.pt the engine wrote: {"model": state_dict, "optimizers", "schedules",
-    "grad_scalers", "step", "elapsed", "rng_by_process"}. mmap: read tensors only when used."""
-    state = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    "grad_scalers", "step", "elapsed", "rng_by_process"}. mmap: read tensors only when used.
+    A file that is not one is a UserError naming it, ending with `hint`."""
+    state = read_torch(path, hint, map_location=device, mmap=mmap)
+    if not isinstance(state, dict) or not ("model" in state or "method" in state):
+        raise UserError(f"{path}: not a checkpoint of this suite (it holds no model weights){hint}")
     return _upgraded(state)
 
 

@@ -1,12 +1,12 @@
 """What `--init` means: a pretraining run folder, an encoder file, `random`, or weights from
 torchvision or timm."""
-import json
 from pathlib import Path
 
 import torch
 
 from pretrain.backbones import TIMM_PREFIX, build_backbone, is_backbone_arch, label_with_arch
 from runtime.errors import UserError
+from runtime.readers import read_json, read_torch
 
 RANDOM = "random"
 # No pretraining, three ways (AlexNet): He-normal; plain Gaussian weights as in Caffe's AlexNet
@@ -68,12 +68,22 @@ def load_encoder(init):
                         f"an encoder.pt, or 'random')")
     if not meta_path.is_file():
         raise UserError(f"--init {init}: {meta_path} is missing (it says how the encoder was trained)")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path)
+    _check_normalisation(meta, meta_path)
     arch = meta.get("arch", "")
     if not is_backbone_arch(arch):
         raise UserError(f"--init {init}: transfer needs an alexnet or timm encoder, this one is {arch!r}")
     encoder = _backbone_with(arch, _read_state(init, weights), init, weights)
     return encoder, {"init": str(weights.parent if path.is_dir() else weights), **meta}
+
+
+def _check_normalisation(meta, path):
+    """An encoder.json's input_mean and input_std: each absent, null or three numbers."""
+    for key in ("input_mean", "input_std"):
+        value = meta.get(key)
+        if value is not None and not (isinstance(value, list) and len(value) == 3
+                                      and all(isinstance(v, (int, float)) for v in value)):
+            raise UserError(f"{path}: {key} must be three numbers (one per colour channel), not {value!r}")
 
 
 def _load_torchvision_alexnet(init):
@@ -108,10 +118,7 @@ def _load_timm_weights(init):
 
 
 def _read_state(init, weights):
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unreadable or not a state_dict: say which file
-        raise UserError(f"--init {init}: cannot load {weights}: {exc}") from None
+    state = read_torch(weights, map_location="cpu")
     if not isinstance(state, dict):
         raise UserError(f"--init {init}: {weights} holds a {type(state).__name__}, not a state_dict")
     return state
@@ -143,7 +150,7 @@ def pretrained_image_size(init):
     if str(init) in RANDOM_INITS or str(init).startswith((f"{RANDOM}:", TORCHVISION_PREFIX, TIMM_PREFIX)) \
             or not meta.is_file():
         return None
-    return json.loads(meta.read_text()).get("image_size")
+    return read_json(meta).get("image_size")
 
 
 def _affine_layers(layers):

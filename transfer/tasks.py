@@ -1,6 +1,5 @@
 """One entry point for every transfer task, used by `bench transfer` and `bench suite`."""
 import dataclasses
-import json
 from pathlib import Path
 
 from data.images import voc_year
@@ -8,6 +7,7 @@ from runtime import distributed
 from runtime.device import start_process
 from runtime.engine import check_training_options
 from runtime.errors import UserError
+from runtime.readers import read_json
 from runtime.runfiles import CHECKPOINT, save_json
 from .classification import run_classification
 from .detection import run_detection
@@ -88,7 +88,7 @@ def _check_same_run(config, saved_path):
     """A resumed run must have the interrupted run's settings, or its checkpoint means nothing."""
     if not saved_path.is_file():
         return
-    saved = json.loads(saved_path.read_text())
+    saved = read_json(saved_path, hint="; the run cannot be resumed")
     changed = sorted(key for key, value in dataclasses.asdict(config).items()
                      if key not in RESUMABLE_CHANGES and saved.get(key) != value)
     if changed:

@@ -1,0 +1,141 @@
+"""Every file the suite writes, broken the ways a full disk, a crash or a hand edit breaks it, is
+reported as one line `error: <file>: <what is wrong>` with exit status 2: no traceback, and no
+file of the run folder changed or added."""
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from helpers import bench
+
+
+class NotATensor:
+    """An object that weights_only loading must refuse: unpickling it could run code."""
+
+
+def truncated(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def zero_bytes(path):
+    path.write_bytes(b"")
+
+
+def garbage(path):
+    path.write_text("these are not the bytes you are looking for")
+
+
+def unsafe_pickle(path):
+    with open(path, "wb") as file:
+        pickle.dump({"model": NotATensor()}, file)
+
+
+def json_list(path):
+    path.write_text("[1, 2, 3]")
+
+
+def not_json(path):
+    path.write_text('{"config": {"method": ')
+
+
+def set_json(key, value):
+    def edit(path):
+        content = json.loads(path.read_text())
+        content[key] = value
+        path.write_text(json.dumps(content))
+    return edit
+
+
+def unknown_setting(path):
+    content = json.loads(path.read_text())
+    content["config"]["learning_rate"] = 0.1
+    path.write_text(json.dumps(content))
+
+
+RESUME = ["pretrain", "--resume", "--out", "{run}"]
+TRANSFER = ["transfer", "--task", "cls", "--protocol", "svm", "--init", "{run}", "--data-root", "{toy}",
+            "--image-size", "64", "--workers", "0", "--out", "{tmp}/record"]
+TABLE = ["table", "--records", "{records}", "--out", "{tmp}/table"]
+CASES = {
+    "checkpoint empty": ("checkpoint.pt", zero_bytes, RESUME, "checkpoint.pt: empty (0 bytes); delete it or start"),
+    "checkpoint truncated": ("checkpoint.pt", truncated, RESUME, "checkpoint.pt: truncated or not a torch file"),
+    "checkpoint garbage": ("checkpoint.pt", garbage, RESUME, "checkpoint.pt: truncated or not a torch file"),
+    "checkpoint unsafe": ("checkpoint.pt", unsafe_pickle, RESUME, "checkpoint.pt: refused, it holds objects other"),
+    "checkpoint not one": ("checkpoint.pt", lambda p: torch.save([1, 2], p), RESUME,
+                           "checkpoint.pt: not a checkpoint of this suite"),
+    "config not json": ("config.json", not_json, RESUME, "config.json: not valid JSON"),
+    "config a list": ("config.json", json_list, RESUME, "config.json: holds a JSON list, not a JSON object"),
+    "config empty": ("config.json", zero_bytes, RESUME, "config.json: empty (0 bytes)"),
+    "config unknown setting": ("config.json", unknown_setting, RESUME, "config.json: unknown settings learning_rate"),
+    "config no method": ("config.json", set_json("config", {}), RESUME, "config.json: has no run configuration"),
+    "encoder info not json": ("encoder.json", not_json, TRANSFER, "encoder.json: not valid JSON"),
+    "encoder info a list": ("encoder.json", json_list, TRANSFER, "encoder.json: holds a JSON list"),
+    "encoder info bad mean": ("encoder.json", set_json("input_mean", [0.5, "x"]), TRANSFER,
+                              "encoder.json: input_mean must be three numbers"),
+    "encoder info bad std": ("encoder.json", set_json("input_std", 0.2), TRANSFER,
+                             "encoder.json: input_std must be three numbers"),
+    "encoder weights empty": ("encoder.pt", zero_bytes, TRANSFER, "encoder.pt: empty (0 bytes)"),
+    "encoder weights truncated": ("encoder.pt", truncated, TRANSFER, "encoder.pt: truncated or not a torch file"),
+    "encoder weights unsafe": ("encoder.pt", unsafe_pickle, TRANSFER, "encoder.pt: refused"),
+    "record a list": ("records/a/record.json", json_list, TABLE, "record.json: holds a JSON list"),
+    "record not json": ("records/a/record.json", not_json, TABLE, "record.json: not valid JSON"),
+    "record without task": ("records/a/record.json", lambda p: p.write_text("{}"), TABLE,
+                            "record.json: not a transfer or inpainting record"),
+    "jobs file not json": ("jobs.json", not_json, ["suite", "--status", "{run}"], "jobs.json: not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_broken_file_is_one_line_and_changes_nothing(name, pretrain_run, toy_voc_root, tmp_path, capsys):
+    target, breaking, command, message = CASES[name]
+    run = tmp_path / "run"
+    shutil.copytree(pretrain_run, run)
+    (run / "records" / "a").mkdir(parents=True)
+    (run / "records" / "a" / "record.json").write_text(json.dumps({"task": "cls"}))
+    (run / "jobs.json").write_text(json.dumps({"plan": [], "jobs": {}}))
+    breaking(run / target)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    args = [a.format(run=run, toy=toy_voc_root, tmp=tmp_path, records=run / "records") for a in command]
+    capsys.readouterr()
+    assert bench(*args) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert str(run / target) in lines[0]  # the file, by its path
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_unpickling_never_runs_code(pretrain_run, tmp_path, capsys):
+    """A crafted pickle that would run code when loaded is refused before it runs."""
+    run = tmp_path / "run"
+    shutil.copytree(pretrain_run, run)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (run / "checkpoint.pt").write_bytes(pickle.dumps({"model": Payload()}))
+    assert bench("pretrain", "--resume", "--out", run) == 2
+    assert "refused" in capsys.readouterr().err and not marker.exists()
+
+
+@pytest.mark.parametrize("breaking, message", [(truncated, ".u8: truncated"), (not_json, ".json: not valid JSON")])
+def test_a_broken_image_cache_is_named_before_the_run_folder_exists(toy_voc_root, tmp_path, monkeypatch, capsys,
+                                                                    breaking, message):
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    options = ["pretrain", "--data-root", toy_voc_root, "--steps", 1, "--image-size", 64, "--batch-size", 4,
+               "--workers", 0, "--mask", "central"]
+    assert bench(*options, "--out", tmp_path / "first") == 0
+    suffix = ".u8" if message.startswith(".u8") else ".json"
+    (cache_file,) = (tmp_path / "cache" / "images").glob(f"*{suffix}")
+    breaking(cache_file)
+    capsys.readouterr()
+    assert bench(*options, "--out", tmp_path / "second") == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {cache_file}") and message in lines[0]
+    assert "bench cache clean" in lines[0] and not (tmp_path / "second").exists()
