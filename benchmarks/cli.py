@@ -351,7 +351,9 @@ def run_methods(args):
 
 def run_suite_command(args):
     from benchmarks.launcher import ClusterOptions, cluster_options, launch
-    from benchmarks.suite import SuiteData, check_needs, guide, job_status, load_preset, plan_suite, run_suite, saved_plan
+    from benchmarks.suite import (SuiteData, check_needs, check_preset, guide, job_status, load_preset, plan_suite,
+                                  run_suite, saved_plan)
+    from pretrain.methods import load_plugins
     from data.toy_voc import default_data_root
     from runtime.progress import info
     if args.status:
@@ -359,6 +361,8 @@ def run_suite_command(args):
             print(f"{name:<50} {state:<12} {detail}")
         return
     preset = load_preset(args.preset)
+    load_plugins(args.plugin)
+    check_preset(preset)  # every option of every section, before any data is made or read
     check_needs(preset, args.preset, {"pretrain-data": args.data_root, "transfer-data": args.transfer_data_root,
                                       "in-domain-data": args.in_domain_data, "mask-dir": args.mask_dir})
     data = SuiteData(args.data_root or preset.get("data_root") or default_data_root(), args.transfer_data_root,

@@ -14,8 +14,10 @@ import dataclasses
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 
+import pydantic
 import yaml
 
 from pretrain.curves import probe_comparison
@@ -34,13 +36,46 @@ from .table import write_table
 PRESETS = Path(__file__).resolve().parent / "presets"
 
 
+class PresetFile(pydantic.BaseModel):
+    """The sections of a preset file; the options inside them are checked against the config
+    dataclasses (check_preset), so every key at every level is known and typed."""
+    model_config = pydantic.ConfigDict(extra="forbid")
+    needs: dict[str, str] = {}
+    probe: bool = False
+    data_root: str | None = None
+    mask_dir: str | None = None
+    cluster: dict[str, typing.Any] = {}
+    seeds: list[int]
+    pretrain: dict[str, typing.Any]
+    methods: dict[str, dict[str, typing.Any] | None]
+    transfer: dict[str, typing.Any]
+    tasks: dict[str, dict[str, typing.Any]]
+
+
 def load_preset(name):
-    """A preset by name (benchmarks/presets/<name>.yaml) or by path to a YAML file."""
+    """A preset by name (benchmarks/presets/<name>.yaml) or by path to a YAML file, its sections
+    checked (PresetFile): a misspelt or mistyped key is a one-line error naming it."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else PRESETS / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
         raise UserError(f"unknown preset {name!r}; choose from {known} or give a YAML file")
-    return yaml.safe_load(path.read_text())
+    try:
+        preset = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(preset, dict):
+        raise UserError(f"{path}: a preset is a mapping of sections (seeds, pretrain, methods, transfer, tasks), "
+                        f"got {type(preset).__name__}")
+    try:
+        PresetFile.model_validate(preset)
+    except pydantic.ValidationError as exc:
+        # A misspelt section first: its "unknown" explains the "missing" that comes with it.
+        problem = min(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")
+        key = ".".join(str(part) for part in problem["loc"])
+        message = "unknown section" if problem["type"] == "extra_forbidden" else problem["msg"].lower()
+        got = "" if problem["type"] == "missing" else f", got {problem['input']!r}"
+        raise UserError(f"{path}: {key}: {message}{got}") from None
+    return preset
 
 
 def check_needs(preset, name, given):
@@ -55,6 +90,9 @@ def check_preset(preset):
     for key in ("seeds", "pretrain", "methods", "transfer", "tasks"):
         if key not in preset:
             raise UserError(f"preset has no {key!r} section")
+    general = {f.name for f in dataclasses.fields(PretrainConfig)}
+    parse_options(PretrainConfig, {k: v for k, v in preset["pretrain"].items() if k in general}, "preset pretrain")
+    parse_options(TransferConfig, preset["transfer"], "preset transfer")
     for name, options in preset["methods"].items():
         if not _no_pretraining(options):
             pretrain_config(preset, options, f"methods.{name}")

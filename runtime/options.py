@@ -12,8 +12,11 @@ a preset's or a saved run's values against the fields.
 """
 import argparse
 import dataclasses
+import functools
 import types
 import typing
+
+import pydantic
 
 from .errors import UserError
 
@@ -96,16 +99,37 @@ def parse_options(cls, values, where):
     """`cls(**values)`, with an unknown name or a value outside a field's choices as a one-line error
     naming `where` the values came from."""
     fields = {field.name: field for field in dataclasses.fields(cls)}
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: expected a mapping of option names to values, got {values!r}")
     unknown = sorted(set(values) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields)) or "none"
         raise UserError(f"{where}: unknown option(s) {', '.join(unknown)} (its options: {known})")
+    hints = typing.get_type_hints(cls)
+    checked = {}
     for name, value in values.items():
+        checked[name] = typed(hints[name], value, f"{where}.{name}")
         choices = fields[name].metadata.get("choices")
         choices = choices() if callable(choices) else choices
-        if choices and value not in choices:
+        if choices and checked[name] not in choices:
             raise UserError(f"{where}: {name} must be one of {', '.join(choices)}, got {value!r}")
-    return cls(**values)
+    return cls(**checked)
+
+
+def typed(annotation, value, where):
+    """`value` as type `annotation` (pydantic's lax rules: "5" is an int, 5.5 is not), or a one-line
+    error naming `where` it came from."""
+    try:
+        return _adapter(annotation).validate_python(value)
+    except pydantic.ValidationError as exc:
+        problem = exc.errors()[0]
+        at = "".join(f"[{part}]" for part in problem["loc"])
+        raise UserError(f"{where}{at}: {problem['msg'][0].lower()}{problem['msg'][1:]}, got {value!r}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(annotation):
+    return pydantic.TypeAdapter(annotation)
 
 
 def check_ranges(rules):

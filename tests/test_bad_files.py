@@ -139,3 +139,32 @@ def test_a_broken_image_cache_is_named_before_the_run_folder_exists(toy_voc_root
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {cache_file}") and message in lines[0]
     assert "bench cache clean" in lines[0] and not (tmp_path / "second").exists()
+
+
+GOOD_PRESET = ("seeds: [0]\npretrain: {image_size: 64, steps: 2}\nmethods: {ce: {method: context-encoder}}\n"
+               "transfer: {image_size: 64}\ntasks: {seg: {task: seg}}\n")
+
+
+@pytest.mark.parametrize("text, message", [
+    (GOOD_PRESET.replace("steps: 2", "steps: many"), "preset pretrain.steps: input should be a valid integer"),
+    (GOOD_PRESET.replace("{method: context-encoder}", "{method: context-encoder, steps: 2.5}"),
+     "preset methods.ce.steps: input should be a valid integer"),
+    (GOOD_PRESET.replace("{method: context-encoder}", "{method: context-encoder, stepz: 3}"),
+     "preset methods.ce (--method context-encoder): unknown option(s) stepz"),
+    (GOOD_PRESET.replace("{method: context-encoder}", "{method: context-encoder, loss: l3}"),
+     "loss must be one of l2, l2+adv"),
+    (GOOD_PRESET.replace("seeds: [0]", "seeds: 0"), "seeds: input should be a valid list, got 0"),
+    (GOOD_PRESET.replace("seeds: [0]", "seed: [0]"), "seed: unknown section"),
+    (GOOD_PRESET.replace("methods: {ce: {method: context-encoder}}", "methods: 3"), "methods: input should be a valid"),
+    (GOOD_PRESET.replace("image_size: 64}\ntasks", "image_size: 6.5}\ntasks"), "preset transfer.image_size"),
+    (GOOD_PRESET.replace("{task: seg}", "{task: segment}"), "task must be one of"),
+    ("", "a preset is a mapping of sections"),
+    ("seeds: [0\n", "not valid YAML"),
+])
+def test_a_broken_preset_is_named_before_any_work(text, message, tmp_path, capsys):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(text)
+    assert bench("suite", "--preset", preset, "--out", tmp_path / "suite") == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert not (tmp_path / "suite").exists()  # no jobs.json, no run folder
