@@ -117,8 +117,9 @@ def parse_options(cls, values, where):
 
 
 def typed(annotation, value, where):
-    """`value` as type `annotation` (pydantic's lax rules: "5" is an int, 5.5 is not), or a one-line
-    error naming `where` it came from."""
+    """`value` as type `annotation` (pydantic's lax rules: "5" is an int, 5.5 is not; a number is
+    a string where one is expected, as YAML reads `year: 2012`), or a one-line error naming
+    `where` it came from."""
     try:
         return _adapter(annotation).validate_python(value)
     except pydantic.ValidationError as exc:
@@ -129,7 +130,7 @@ def typed(annotation, value, where):
 
 @functools.lru_cache(maxsize=None)
 def _adapter(annotation):
-    return pydantic.TypeAdapter(annotation)
+    return pydantic.TypeAdapter(annotation, config=pydantic.ConfigDict(coerce_numbers_to_str=True))
 
 
 def check_ranges(rules):
