@@ -180,10 +180,9 @@ class SuiteData:
 
 def plan_suite(preset, out, data, seeds=None, device="auto", plugins=(), progress=True):
     """The preset's jobs in a runnable order: pretrainings, then transfers (each needs its encoder's
-    pretraining, if any), then the table. `data` is a SuiteData (or a pretraining root)."""
+    pretraining, if any), then the table. `data` is a SuiteData."""
     check_preset(preset)
     out = Path(out)
-    data = data if isinstance(data, SuiteData) else SuiteData(str(data))
     seeds = seeds or preset["seeds"]
     data_root, mask_dir = data.pretrain, data.mask_dir
     transfer_root = data.transfer or data_root
