@@ -75,7 +75,7 @@ def plot_curves(run_dir, name=None):
 def probe_comparison(runs, path, title):
     """Probe curves of several runs in one plot: `runs` maps a name to its run folders (e.g. one
     per seed); each name is drawn as the mean over its runs with a +-1 std band. Writes `path`
-    (PNG) and the curves beside it as CSV (name, run, step, mAP); returns the CSV rows as a
+    (PNG) and the curves beside it as CSV (name, run, step, score key, value); returns the CSV rows as a
     DataFrame (empty when no run was probed)."""
     rows = []
     for name, run_dirs in runs.items():

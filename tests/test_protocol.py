@@ -11,11 +11,12 @@ from torch import nn
 
 from data.masks import MaskSampler
 from data.voc import VOCClassification
-PROBE_KEY = "probe_knn_map"
 from pretrain.methods.context_encoder import ContextEncoder
-from pretrain.probe import knn_class_scores, multilabel_map
+from pretrain.probe import KNNProbe, knn_class_scores, multilabel_map
 from pretrain.train import PretrainConfig
 from transfer.encoders import MAX_HEAD_GAIN, calibrate_fresh_head, load_encoder, standardize_units
+
+PROBE_KEY = KNNProbe.score_key
 from transfer.finetune import TransferConfig, set_up_task
 from helpers import bench
 
