@@ -16,10 +16,10 @@ from pretrain.probe import KNNProbe, knn_class_scores, multilabel_map
 from pretrain.train import PretrainConfig
 from transfer.encoders import MAX_HEAD_GAIN, calibrate_fresh_head, load_encoder, standardize_units
 
-PROBE_KEY = KNNProbe.score_key
 from transfer.finetune import TransferConfig, set_up_task
 from helpers import bench
 
+PROBE_KEY = KNNProbe.score_key
 MEAN, STD = [0.5] * 3, [0.25] * 3
 
 
