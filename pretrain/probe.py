@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import average_precision_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
@@ -29,6 +28,7 @@ from torch import nn
 from data.images import IMAGE_SUFFIXES, find_voc_dir, is_voc_root, read_class_labels
 from data.pixels import load_rgb, normalized_tensor
 from runtime.errors import UserError
+from runtime.metrics import classification_ap, nanmean
 
 NEIGHBOURS = 20
 TEMPERATURE = 0.07
@@ -47,15 +47,12 @@ def knn_class_scores(train_features, train_labels, test_features, k=NEIGHBOURS, 
 
 
 def multilabel_map(scores, labels):
-    """mAP over the classes with positive and negative test items; labels 1 / -1 / 0 (difficult,
-    ignored). NaN when no class can be scored."""
-    aps = []
-    for c in range(labels.shape[1]):
-        keep = labels[:, c] != 0
-        y = labels[keep, c] > 0
-        if y.any() and not y.all():
-            aps.append(average_precision_score(y, scores[keep, c]))
-    return float(np.mean(aps)) if aps else float("nan")
+    """mAP (the classification task's, runtime.metrics.classification_ap) over the classes with
+    positive and negative test items; labels 1 / -1 / 0 (difficult, ignored). NaN when no class
+    can be scored."""
+    per_class, _ = classification_ap(scores, labels == 1, labels == 0)
+    # A class without negatives has AP 1 whatever its scores: left out, as one without positives is.
+    return nanmean(per_class[(labels == -1).any(axis=0)])
 
 
 def knn_top1(train_features, train_labels, test_features, test_labels):

@@ -13,10 +13,11 @@ from data.images import VOC_CLASSES
 from data.voc import VOCClassification, VOCDetection, VOCSegmentation
 from pretrain.networks import alexnet_encoder
 from runtime import distributed
+from runtime.metrics import classification_ap
 from transfer.classification import Classifier, classification_scores
 from transfer.detection import DetectionSamples, build_detector, detect
 from transfer.finetune import TransferConfig
-from transfer.metrics import classification_ap, detection_ap, segmentation_scores
+from transfer.metrics import detection_ap, segmentation_scores
 from transfer.segmentation import FCN32s, SegmentationPairs, evaluate_segmentation
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]

@@ -20,10 +20,10 @@ from data.images import VOC_CLASSES
 from data.voc import VOCClassification
 from pretrain.backbones import feature_shape, frozen_features
 from runtime import distributed
+from runtime.metrics import classification_ap
 from runtime.progress import progress_bar
 from .encoders import calibrate_fresh_head
 from .finetune import Crops, evaluation_items, fit, seeded_batches, set_up_task
-from .metrics import classification_ap
 from .records import write_record
 
 TEST_CROPS = 10

@@ -1,7 +1,6 @@
-"""Evaluation metrics of the three transfer tasks (DESIGN.md §4), as pure functions.
+"""Evaluation metrics of the transfer tasks (DESIGN.md §4), as pure functions. Classification's
+mAP is runtime.metrics.classification_ap, which the pretraining probe scores with too.
 
-- Classification: per-class average precision as scikit-learn computes it (the protocol of
-  Krähenbühl's VOC classification script), "difficult" entries ignored per class; mean = mAP.
 - Detection: the PASCAL VOC 2007 devkit (VOCevaldet.m): greedy matching at IoU >= 0.5 in order of
   decreasing score, "difficult" objects ignored, 11-point interpolated AP.
 - Segmentation: a confusion matrix (label 255 ignored) and the FCN paper's scores from it: per-class
@@ -15,63 +14,14 @@ Inputs may be numpy arrays or torch tensors (any device); outputs are numpy arra
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
-from sklearn.metrics import average_precision_score
 from torchvision.ops import box_iou
+
+from runtime.metrics import as_numpy, nanmean
 
 # The 11 recall thresholds of the VOC2007 AP, computed as k / 10 so that each is the double nearest
 # to the decimal (np.arange(0, 1.1, 0.1), as in py-faster-rcnn's voc_eval, gives 0.30000000000000004,
 # 0.6000000000000001 and 0.7000000000000001, so a recall of exactly 3/10, 6/10 or 7/10 misses them).
 VOC07_RECALL_THRESHOLDS = np.arange(11) / 10
-
-
-def _numpy(x, dtype=None):
-    """A numpy copy-or-view of an array-like or torch tensor."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=dtype)
-
-
-def _nanmean(values):
-    """Mean over the non-NaN entries; NaN (without numpy's warning) when all are NaN or none."""
-    values = np.asarray(values, dtype=np.float64)
-    kept = values[~np.isnan(values)]
-    return float(kept.mean()) if kept.size else float("nan")
-
-
-# --------------------------------------------------------------------------- classification
-
-def classification_ap(scores, labels, difficult=None):
-    """Per-class and mean average precision of multi-label scores.
-
-    scores: (N, C) floats, higher = more confident. labels: (N, C), 1 positive / 0 negative.
-    difficult: optional (N, C) bool; a True entry is excluded from its class's evaluation (VOC
-    images where the class occurs only as difficult objects).
-
-    Per-class AP is sklearn.metrics.average_precision_score on the kept entries of that column
-    (sum over positives-ranked thresholds of (R_n - R_{n-1}) P_n, i.e. no interpolation). A class
-    with no positive among its kept entries has no defined AP: it gets NaN and is left out of the
-    mean. Returns (per_class float64 (C,), mean float); mean is NaN if every class is NaN.
-    """
-    scores = _numpy(scores, np.float64)
-    labels = _numpy(labels)
-    if scores.ndim != 2 or labels.shape != scores.shape:
-        raise ValueError(f"scores and labels must both be (N, C); got {scores.shape} and {labels.shape}")
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError("labels must be 0 or 1")
-    labels = labels.astype(np.int64)
-    if difficult is None:
-        keep = np.ones(scores.shape, dtype=bool)
-    else:
-        difficult = _numpy(difficult)
-        if difficult.shape != scores.shape:
-            raise ValueError(f"difficult must be {scores.shape}; got {difficult.shape}")
-        keep = ~difficult.astype(bool)
-    per_class = np.full(scores.shape[1], np.nan)
-    for c in range(scores.shape[1]):
-        y, s = labels[keep[:, c], c], scores[keep[:, c], c]
-        if y.sum() > 0:
-            per_class[c] = average_precision_score(y, s)
-    return per_class, _nanmean(per_class)
 
 
 # --------------------------------------------------------------------------------- detection
@@ -83,8 +33,8 @@ def voc07_ap(recall, precision):
     AP = mean over t in {0, 0.1, ..., 1.0} of the largest precision at a recall >= t, 0 where no
     point reaches t. An empty curve gives 0.
     """
-    recall = _numpy(recall, np.float64).ravel()
-    precision = _numpy(precision, np.float64).ravel()
+    recall = as_numpy(recall, np.float64).ravel()
+    precision = as_numpy(precision, np.float64).ravel()
     if recall.shape != precision.shape:
         raise ValueError(f"recall and precision differ in length: {recall.size} vs {precision.size}")
     total = 0.0
@@ -95,11 +45,11 @@ def voc07_ap(recall, precision):
 
 
 def _boxes(x):
-    return torch.as_tensor(_numpy(x, np.float64)).reshape(-1, 4)
+    return torch.as_tensor(as_numpy(x, np.float64)).reshape(-1, 4)
 
 
 def _class_labels(x, num_classes, what):
-    labels = _numpy(x).astype(np.int64).ravel()
+    labels = as_numpy(x).astype(np.int64).ravel()
     if labels.size and (labels.min() < 1 or labels.max() > num_classes):
         raise ValueError(f"{what} labels must be in 1..{num_classes}; got {labels.min()}..{labels.max()}")
     return labels
@@ -118,13 +68,13 @@ def match_detections(boxes, scores, gt_boxes, gt_difficult, iou_threshold=0.5):
     takes the box; otherwise (taken, IoU too low, no box) a FALSE_POSITIVE.
     """
     boxes, gt_boxes = _boxes(boxes), _boxes(gt_boxes)
-    gt_difficult = _numpy(gt_difficult).astype(bool).ravel()
+    gt_difficult = as_numpy(gt_difficult).astype(bool).ravel()
     outcomes = np.full(len(boxes), FALSE_POSITIVE, dtype=np.int64)
     if not len(boxes) or not len(gt_boxes):
         return outcomes
     iou = box_iou(boxes, gt_boxes).numpy()
     taken = np.zeros(len(gt_boxes), dtype=bool)
-    for k in np.argsort(-_numpy(scores, np.float64).ravel(), kind="stable"):
+    for k in np.argsort(-as_numpy(scores, np.float64).ravel(), kind="stable"):
         best = int(np.argmax(iou[k]))
         if iou[k, best] < iou_threshold or (taken[best] and not gt_difficult[best]):
             continue
@@ -164,9 +114,9 @@ def detection_ap(detections, ground_truth, num_classes, iou_threshold=0.5):
     gts, dets = [], []
     for det, gt in zip(detections, ground_truth):
         g_boxes, g_labels = _boxes(gt["boxes"]), _class_labels(gt["labels"], num_classes, "ground truth")
-        g_difficult = _numpy(gt["difficult"]).astype(bool).ravel()
+        g_difficult = as_numpy(gt["difficult"]).astype(bool).ravel()
         d_boxes, d_labels = _boxes(det["boxes"]), _class_labels(det["labels"], num_classes, "detection")
-        d_scores = _numpy(det["scores"], np.float64).ravel()
+        d_scores = as_numpy(det["scores"], np.float64).ravel()
         if not len(g_boxes) == len(g_labels) == len(g_difficult):
             raise ValueError("ground truth boxes, labels and difficult differ in length")
         if not len(d_boxes) == len(d_labels) == len(d_scores):
@@ -194,7 +144,7 @@ def detection_ap(detections, ground_truth, num_classes, iou_threshold=0.5):
         recall = tp / n_positives
         precision = tp / np.maximum(tp + fp, 1.0)  # tp + fp >= 1 at every kept point
         per_class[c - 1] = voc07_ap(recall, precision)
-    return per_class, _nanmean(per_class)
+    return per_class, nanmean(per_class)
 
 
 # ------------------------------------------------------------------------------ segmentation
@@ -207,8 +157,8 @@ def confusion_matrix(pred, target, num_classes, ignore_index=255):
     outside 0..C-1, in either, raises ValueError. Matrices add up, so accumulate over a data set by
     summing the per-batch results.
     """
-    pred = _numpy(pred).ravel()
-    target = _numpy(target).ravel()
+    pred = as_numpy(pred).ravel()
+    target = as_numpy(target).ravel()
     if pred.size != target.size:
         raise ValueError(f"pred has {pred.size} elements but target has {target.size}")
     keep = target != ignore_index
@@ -230,7 +180,7 @@ def segmentation_scores(confusion):
     correct / all pixels; mean_accuracy: nanmean over classes present in the ground truth of
     TP / ground-truth pixels}. Scalars are floats, NaN for an empty matrix.
     """
-    confusion = _numpy(confusion, np.float64)
+    confusion = as_numpy(confusion, np.float64)
     if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
         raise ValueError(f"confusion must be square (C, C); got {confusion.shape}")
     tp = np.diag(confusion)
@@ -242,9 +192,9 @@ def segmentation_scores(confusion):
     total = confusion.sum()
     return {
         "per_class_iu": per_class_iu,
-        "mean_iu": _nanmean(per_class_iu),
+        "mean_iu": nanmean(per_class_iu),
         "pixel_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
-        "mean_accuracy": _nanmean(per_class_acc),
+        "mean_accuracy": nanmean(per_class_acc),
     }
 
 
@@ -258,8 +208,8 @@ def hole_scores(filled, original, hole):
     an (N,) float64 array: mean |error|, mean squared error, 10 log10(1 / that MSE) (inf for an
     exact fill) and the mean of scikit-image's SSIM map (7x7 windows) over the hole pixels.
     """
-    filled, original = _numpy(filled, np.float64), _numpy(original, np.float64)
-    hole = _numpy(hole, bool)
+    filled, original = as_numpy(filled, np.float64), as_numpy(original, np.float64)
+    hole = as_numpy(hole, bool)
     if filled.shape != original.shape or filled.ndim != 4 or filled.shape[-1] != 3:
         raise ValueError(f"filled and original must both be (N, H, W, 3); got {filled.shape} and {original.shape}")
     if hole.shape != filled.shape[:3]:
