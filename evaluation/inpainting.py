@@ -4,7 +4,7 @@ images (`bench inpaint`) and score fills against the truth next to baselines (`b
 Evaluation images are prepared as in pretraining, without the randomness: the shorter side is
 rescaled to the run's load size and the centre image_size square is kept. Hole i is drawn from a
 generator seeded by (seed, i), so every row of one evaluation is scored on the same pixels.
-Scores are over the hole only, with pixels in [0, 1] (see transfer.metrics.hole_scores).
+Scores are over the hole only, with pixels in [0, 1] (see hole_scores).
 """
 import math
 import re
@@ -16,6 +16,7 @@ import matplotlib
 import numpy as np
 import torch
 from PIL import Image
+from skimage.metrics import structural_similarity
 
 from data.images import list_images
 from data.masks import MaskSampler
@@ -26,10 +27,10 @@ from pretrain.train import load_run_config
 from runtime.device import resolve_device
 from runtime.engine import read_checkpoint
 from runtime.errors import UserError
+from runtime.metrics import as_numpy
 from runtime.progress import progress_bar
 from runtime.readers import read_json
 from runtime.runfiles import CHECKPOINT, environment_info, save_json, write_atomically
-from transfer.metrics import hole_scores
 from . import inpaint_baselines as baselines
 
 matplotlib.use("Agg")
@@ -127,6 +128,35 @@ def draw_holes(sampler, count, seed):
     if not holes.any(axis=(1, 2)).all():
         raise UserError("a drawn hole is empty; use a larger image size or another --mask")
     return holes
+
+
+def hole_scores(filled, original, hole):
+    """Per-image scores of inpainted images over their holes.
+
+    `filled`, `original`: (N, H, W, 3) floats in [0, 1]; `hole`: (N, H, W) bool, True where the
+    pixels were dropped (every image must have at least one). Returns {l1, l2, psnr, ssim}, each
+    an (N,) float64 array: mean |error|, mean squared error, 10 log10(1 / that MSE) (inf for an
+    exact fill) and the mean of scikit-image's SSIM map (7x7 windows) over the hole pixels. The
+    [0, 1] range is the paper's (Table 1): on [-1, 1] the numbers could not be compared with it.
+    """
+    filled, original = as_numpy(filled, np.float64), as_numpy(original, np.float64)
+    hole = as_numpy(hole, bool)
+    if filled.shape != original.shape or filled.ndim != 4 or filled.shape[-1] != 3:
+        raise ValueError(f"filled and original must both be (N, H, W, 3); got {filled.shape} and {original.shape}")
+    if hole.shape != filled.shape[:3]:
+        raise ValueError(f"hole must be (N, H, W) = {filled.shape[:3]}; got {hole.shape}")
+    pixels = hole.sum(axis=(1, 2)) * 3
+    if (pixels == 0).any():
+        raise ValueError("every image needs a non-empty hole")
+    error = (filled - original) * hole[..., None]
+    l1 = np.abs(error).sum(axis=(1, 2, 3)) / pixels
+    l2 = (error ** 2).sum(axis=(1, 2, 3)) / pixels
+    with np.errstate(divide="ignore"):
+        psnr = 10 * np.log10(1 / l2)
+    ssim = np.array([
+        structural_similarity(f, o, channel_axis=-1, data_range=1.0, full=True)[1][h].mean()
+        for f, o, h in zip(filled, original, hole)])
+    return {"l1": l1, "l2": l2, "psnr": psnr, "ssim": ssim}
 
 
 def centre_crops(paths, image_size, load_size, progress=True, desc="loading images"):

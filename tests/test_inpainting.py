@@ -9,8 +9,7 @@ from PIL import Image
 
 from benchmarks.table import write_table
 from evaluation import inpaint_baselines as baselines
-from evaluation.inpainting import evaluate_inpainting
-from transfer.metrics import hole_scores
+from evaluation.inpainting import evaluate_inpainting, hole_scores
 from helpers import bench
 
 

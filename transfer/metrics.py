@@ -5,15 +5,12 @@ mAP is runtime.metrics.classification_ap, which the pretraining probe scores wit
   decreasing score, "difficult" objects ignored, 11-point interpolated AP.
 - Segmentation: a confusion matrix (label 255 ignored) and the FCN paper's scores from it: per-class
   IU, mean IU over classes, pixel accuracy, mean accuracy.
-- Inpainting: L1, L2 (mean squared error), PSNR and SSIM over the hole only, pixels in [0, 1]
-  (the paper's Table 1 range; computing them on [-1, 1] gives numbers that cannot be compared).
 
 A class that cannot be scored (no positive to find) gets NaN and is left out of the mean, silently.
 Inputs may be numpy arrays or torch tensors (any device); outputs are numpy arrays and floats.
 """
 import numpy as np
 import torch
-from skimage.metrics import structural_similarity
 from torchvision.ops import box_iou
 
 from runtime.metrics import as_numpy, nanmean
@@ -196,33 +193,3 @@ def segmentation_scores(confusion):
         "pixel_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
         "mean_accuracy": nanmean(per_class_acc),
     }
-
-
-# --------------------------------------------------------------------------- inpainting
-
-def hole_scores(filled, original, hole):
-    """Per-image scores of inpainted images over their holes.
-
-    `filled`, `original`: (N, H, W, 3) floats in [0, 1]; `hole`: (N, H, W) bool, True where the
-    pixels were dropped (every image must have at least one). Returns {l1, l2, psnr, ssim}, each
-    an (N,) float64 array: mean |error|, mean squared error, 10 log10(1 / that MSE) (inf for an
-    exact fill) and the mean of scikit-image's SSIM map (7x7 windows) over the hole pixels.
-    """
-    filled, original = as_numpy(filled, np.float64), as_numpy(original, np.float64)
-    hole = as_numpy(hole, bool)
-    if filled.shape != original.shape or filled.ndim != 4 or filled.shape[-1] != 3:
-        raise ValueError(f"filled and original must both be (N, H, W, 3); got {filled.shape} and {original.shape}")
-    if hole.shape != filled.shape[:3]:
-        raise ValueError(f"hole must be (N, H, W) = {filled.shape[:3]}; got {hole.shape}")
-    pixels = hole.sum(axis=(1, 2)) * 3
-    if (pixels == 0).any():
-        raise ValueError("every image needs a non-empty hole")
-    error = (filled - original) * hole[..., None]
-    l1 = np.abs(error).sum(axis=(1, 2, 3)) / pixels
-    l2 = (error ** 2).sum(axis=(1, 2, 3)) / pixels
-    with np.errstate(divide="ignore"):
-        psnr = 10 * np.log10(1 / l2)
-    ssim = np.array([
-        structural_similarity(f, o, channel_axis=-1, data_range=1.0, full=True)[1][h].mean()
-        for f, o, h in zip(filled, original, hole)])
-    return {"l1": l1, "l2": l2, "psnr": psnr, "ssim": ssim}
