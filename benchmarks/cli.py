@@ -21,6 +21,7 @@ EXAMPLES = {
     "methods": "bench methods --plugin my_methods.py",
     "data": "bench data toy --out runs/toy-voc",
     "toy": "bench data toy --out runs/toy-voc --images 50",
+    "check": "bench data check ../shared/data/VOCdevkit --year 2012 --out voc2012-problems.csv",
     "speed": "bench speed --feature-sizes 128 --precisions fp32 bf16",
     "cache": "bench cache clean --older-than 30",
     "list": "bench cache list",
@@ -384,7 +385,7 @@ def run_suite_command(args):
 
 def add_data_parser(commands):
     from data.toy_voc import DEFAULT_TOY
-    p = add_command(commands, "data", help="make data sets")
+    p = add_command(commands, "data", help="make or check data sets")
     kinds = p.add_subparsers(dest="kind", required=True)
     toy = add_command(kinds, "toy", help="write the synthetic toy VOCdevkit (VOC2007 + VOC2012)")
     toy.add_argument("--out", required=True, help="folder to write VOCdevkit/ into (must be new or empty)")
@@ -394,6 +395,17 @@ def add_data_parser(commands):
     toy.add_argument("--classes", type=positive_int, default=DEFAULT_TOY["classes"],
                      help="objects are drawn from the first N of VOC's 20 classes")
     toy.set_defaults(handler=run_data_toy)
+    check = add_command(kinds, "check", help="list what is wrong with a VOC root's annotations and masks",
+        description="Check every split of a VOC root: the files each split lists (JPEG; annotation for "
+                    "ImageSets/Main, class and object masks for ImageSets/Segmentation), boxes outside their "
+                    "image, inverted or empty, mask class ids outside 0..20 and 255, mask modes and sizes, and "
+                    "annotation sizes against the JPEG. Prints one line per problem (file, kind, detail) and a "
+                    "summary; exits 0 when clean, 1 when there are problems. `bench transfer` runs the same "
+                    "check on its splits (--bad-annotations).")
+    check.add_argument("root", metavar="ROOT", help="a VOC root: the folder holding VOCdevkit/, VOCdevkit/ or VOC<year>/")
+    check.add_argument("--year", default=None, help="check only this VOC year (default: every year under ROOT)")
+    check.add_argument("--out", default=None, help="also write the problems to this CSV file")
+    check.set_defaults(handler=run_data_check)
 
 
 def run_data_toy(args):
@@ -403,6 +415,18 @@ def run_data_toy(args):
         raise UserError(f"{out} is not empty; choose a new folder")
     root = write_toy_voc(out, args.images, args.size, args.seed, args.classes)
     print(f"toy VOC written to {root} ({args.images} images per year, see toy_voc.json)")
+
+
+def run_data_check(args):
+    from data.check import root_problems, summary, write_problems
+    problems, checked = root_problems(args.root, args.year)
+    for problem in problems:
+        print(f"{problem.file}  {problem.kind}  {problem.detail}")
+    if args.out:
+        write_problems(problems, args.out)
+    print(summary(problems, checked))
+    if problems:
+        sys.exit(1)  # so that scripts can tell a clean root by the exit status
 
 
 def add_cache_parser(commands):

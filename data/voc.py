@@ -3,6 +3,8 @@ segmentation.
 
 torchvision's VOC datasets accept only the fixed split names (train/val/trainval/test) and the
 fixed year layout; we need any split name and any VOC-layout root, so we read the layout ourselves.
+Each Dataset takes `leave_out`, ids its split drops: the images data/check.py found problems with,
+under --bad-annotations skip.
 """
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -86,10 +88,14 @@ class VOCClassification(Dataset):
     """
 
     PER_IMAGE = ("ids", "labels", "difficult")
+    IMAGE_SETS = "Main"  # where its split files are
+    NEEDS = ("image",)  # what of each image data/check.py checks for it
 
-    def __init__(self, root, split, year=None, transform=None):
+    def __init__(self, root, split, year=None, transform=None, leave_out=()):
         self.voc_dir = find_voc_dir(root, year)
-        self.ids, labels = read_class_labels(self.voc_dir, split)
+        ids, labels = read_class_labels(self.voc_dir, split)
+        keep = [i for i, image_id in enumerate(ids) if image_id not in leave_out]
+        self.ids, labels = [ids[i] for i in keep], labels[keep]
         _check_files(self.voc_dir, self.ids, split, {"JPEGImages": ".jpg"})
         self.labels = torch.from_numpy(labels == 1).float()
         self.difficult = torch.from_numpy(labels == 0)
@@ -117,10 +123,12 @@ class VOCDetection(Dataset):
     """
 
     PER_IMAGE = ("ids", "annotations")
+    IMAGE_SETS = "Main"
+    NEEDS = ("image", "annotation")
 
-    def __init__(self, root, split, year=None, transform=None):
+    def __init__(self, root, split, year=None, transform=None, leave_out=()):
         self.voc_dir = find_voc_dir(root, year)
-        self.ids = read_split(self.voc_dir, split)
+        self.ids = [image_id for image_id in read_split(self.voc_dir, split) if image_id not in leave_out]
         _check_files(self.voc_dir, self.ids, split, {"JPEGImages": ".jpg", "Annotations": ".xml"})
         self.annotations = []
         for image_id in self.ids:
@@ -154,19 +162,27 @@ class VOCDetection(Dataset):
         return image, target
 
 
+def mask_misfit(mask, image_size):
+    """(kind, what is wrong) when an opened mask does not fit its image of `image_size`, else None:
+    VOC masks are one channel of indices ('P' or 'L') the size of their image. Reads only the
+    PNG header; the kinds are data/check.py's."""
+    if mask.mode not in ("P", "L"):
+        return "mask-mode", f"has mode {mask.mode}; VOC masks are palette ('P') or grey ('L') images of class indices"
+    if mask.size != image_size:
+        return "mask-size", f"is {mask.size[0]}x{mask.size[1]} but its image is {image_size[0]}x{image_size[1]}"
+    return None
+
+
 def _load_mask(path, image_size):
-    """A VOC mask PNG: one channel of indices ('P' or 'L') and the size of its image."""
+    """A VOC mask PNG, decoded, if it fits its image (see mask_misfit)."""
     try:
         with Image.open(path) as mask:
             mask.load()
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read mask {path}: {exc}") from None
-    if mask.mode not in ("P", "L"):
-        raise UserError(f"mask {path} has mode {mask.mode}; VOC masks are palette ('P') or grey ('L') "
-                        f"images of class indices")
-    if mask.size != image_size:
-        raise UserError(f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image is "
-                        f"{image_size[0]}x{image_size[1]}")
+    misfit = mask_misfit(mask, image_size)
+    if misfit:
+        raise UserError(f"mask {path} {misfit[1]}")
     return mask
 
 
@@ -179,10 +195,13 @@ class VOCSegmentation(Dataset):
     """
 
     PER_IMAGE = ("ids",)
+    IMAGE_SETS = "Segmentation"
+    NEEDS = ("image", "masks")
 
-    def __init__(self, root, split, year=None, transform=None):
+    def __init__(self, root, split, year=None, transform=None, leave_out=()):
         self.voc_dir = find_voc_dir(root, year)
-        self.ids = read_split(self.voc_dir, split, image_sets="Segmentation")
+        self.ids = [image_id for image_id in read_split(self.voc_dir, split, self.IMAGE_SETS)
+                    if image_id not in leave_out]
         _check_files(self.voc_dir, self.ids, split,
                      {"JPEGImages": ".jpg", "SegmentationClass": ".png", "SegmentationObject": ".png"})
         self.transform = transform

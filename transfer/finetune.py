@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from data.check import BAD_ANNOTATION_POLICIES, BAD_ANNOTATIONS_HELP, checked_dataset
 from data.pixels import (BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, load_rgb, normalized_tensor,
                          resize_shorter_side)
 from data.sampling import EVAL_EPOCH, SeededItems, epoch_batches, loader_options
@@ -55,6 +56,7 @@ class TransferConfig(DeviceOptions):
                            "training images first (Kraehenbuehl et al.'s between-layer calibration)")
     seed: int = option(0, "seed of the fresh layers, batches and dropout")
     bad_images: str = option("fail", BAD_IMAGES_HELP, choices=BAD_IMAGE_POLICIES)
+    bad_annotations: str = option("error", BAD_ANNOTATIONS_HELP, choices=BAD_ANNOTATION_POLICIES)
     checkpoint_every: int = option(100, "steps between training checkpoints (what --resume continues from)")
     image_size_from: str | None = None  # set by run_task: "option", "encoder.json" or "default"
 
@@ -81,8 +83,10 @@ def set_up_task(config, dataset_class):
     device = start_process(config.device)
     seed_everything(config.seed)
     encoder, init_info = load_encoder(config.init)
-    train_set = dataset_class(config.data_root, config.train_split, config.year)
-    test_set = dataset_class(config.data_root, config.test_split, config.year)
+    # Both splits are checked before any training, so a bad test file cannot end a run after it.
+    train_set, test_set = (checked_dataset(dataset_class, config.data_root, split, config.year,
+                                           config.bad_annotations)
+                           for split in (config.train_split, config.test_split))
     for dataset, split in ((train_set, config.train_split), (test_set, config.test_split)):
         drop_unreadable(dataset, config.bad_images, f"{dataset.voc_dir.name} {split}")
     if init_info.get("input_mean") is not None:

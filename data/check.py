@@ -1,0 +1,209 @@
+"""Checks of a VOC root's files before anything trains on them: the files each split needs, boxes
+against their image, and mask class ids, modes and sizes.
+
+Problems are reported, never repaired (no box is clipped): under the --bad-annotations policy a
+run stops naming the first problem ("error") or leaves the images with problems out of their
+split with a warning ("skip"); `bench data check ROOT` lists every problem of a root.
+Unreadable JPEGs are --bad-images' business (data/pixels.py), so they are not reported here.
+"""
+import csv
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from PIL import Image
+
+from runtime.errors import UserError
+from .images import VOC_CLASSES, find_voc_dir, read_split
+from .voc import VOCDetection, VOCSegmentation, mask_misfit, parse_annotation
+
+BAD_ANNOTATION_POLICIES = ("error", "skip")
+BAD_ANNOTATIONS_HELP = ("an image whose files are wrong (a box outside the image, inverted or empty; a mask class "
+                        "id out of range; a mask or annotation size that differs from the image; a file its split "
+                        "lists that is missing): stop the run naming it (error), or leave those images out with a "
+                        "warning (skip); `bench data check ROOT` lists them all")
+VOID = 255  # the mask value of unlabelled pixels
+FILE_NOUNS = {".jpg": "image", ".xml": "annotation", ".png": "mask"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the files of image `image_id`: `file` is the file at fault (the missing
+    one, for a missing file) and `kind` a short tag such as box-outside or mask-class."""
+    file: str
+    kind: str
+    detail: str
+    image_id: str
+
+    def __str__(self):
+        return f"{FILE_NOUNS[Path(self.file).suffix]} {self.file}: {self.detail}"
+
+
+def annotation_problems(voc_dir, ids, needs, listed_in):
+    """The problems of images `ids` of the VOC<year> folder `voc_dir`, in what a task reads of them:
+    `needs` holds "image" (the JPEG), "annotation" (the XML and its boxes) and/or "masks" (the class
+    and object PNGs). `listed_in` names the split file the ids come from, for missing files."""
+    voc_dir = Path(voc_dir)
+    problems = []
+    for image_id in ids:
+        image = voc_dir / "JPEGImages" / f"{image_id}.jpg"
+        if "image" in needs and not image.is_file():
+            problems.append(Problem(str(image), "missing-image", f"missing, though {listed_in} lists it", image_id))
+        image_size = _image_size(image)
+        if "annotation" in needs:
+            problems += _annotation_problems(voc_dir / "Annotations" / f"{image_id}.xml", image_id, image_size,
+                                             listed_in)
+        if "masks" in needs:
+            for folder in ("SegmentationClass", "SegmentationObject"):
+                problems += _mask_problems(voc_dir / folder / f"{image_id}.png", image_id, image_size, listed_in)
+    return problems
+
+
+def _image_size(path):
+    """(width, height) from the JPEG header, or None when the file is missing or unreadable."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError):
+        return None
+
+
+def _annotation_problems(path, image_id, image_size, listed_in):
+    if not path.is_file():
+        return [Problem(str(path), "missing-annotation", f"missing, though {listed_in} lists it", image_id)]
+    try:
+        annotation = parse_annotation(path)
+    except UserError as error:
+        return [Problem(str(path), "bad-annotation", str(error).replace(f" {path}", ""), image_id)]
+    problems = []
+
+    def found(kind, detail):
+        problems.append(Problem(str(path), kind, detail, image_id))
+
+    width, height = annotation["width"], annotation["height"]
+    if image_size is not None and image_size != (width, height):
+        found("size-mismatch", f"gives the size {width}x{height} but the image is {image_size[0]}x{image_size[1]}")
+    for number, obj in enumerate(annotation["objects"], 1):
+        if obj["name"] not in VOC_CLASSES:
+            found("unknown-class", f"object {number} is a {obj['name']!r}, not one of the 20 VOC classes")
+        x1, y1, x2, y2 = obj["box"]
+        # The file's own numbers (1-based, inclusive), which is what a user edits.
+        box = (f"object {number} ({obj['name']}): box xmin {x1 + 1:g}, ymin {y1 + 1:g}, xmax {x2:g}, "
+               f"ymax {y2:g}")
+        if x2 < x1 or y2 < y1:
+            found("inverted-box", f"{box} is inverted (xmin after xmax or ymin after ymax)")
+        elif x2 == x1 or y2 == y1:
+            found("empty-box", f"{box} has zero width or height")
+        if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            found("box-outside", f"{box} reaches outside the {width}x{height} image")
+    return problems
+
+
+def _mask_problems(path, image_id, image_size, listed_in):
+    if not path.is_file():
+        return [Problem(str(path), "missing-mask", f"missing, though {listed_in} lists it", image_id)]
+    problems = []
+    try:
+        with Image.open(path) as mask:
+            misfit = mask_misfit(mask, image_size or mask.size)  # no size to compare with: only the mode
+            if misfit:
+                problems.append(Problem(str(path), *misfit, image_id))
+            # Object masks hold instance ids, which have no fixed range.
+            if path.parent.name == "SegmentationClass" and mask.mode in ("P", "L"):
+                counts = mask.histogram()  # one count per index value
+                wrong = [value for value in range(len(VOC_CLASSES) + 1, VOID) if counts[value]]
+                if wrong:
+                    problems.append(Problem(str(path), "mask-class",
+                                            f"has class id(s) {', '.join(map(str, wrong[:5]))}"
+                                            f"{' ...' if len(wrong) > 5 else ''} outside 0..{len(VOC_CLASSES)} "
+                                            f"and {VOID} (void)", image_id))
+    except (OSError, ValueError) as error:
+        problems.append(Problem(str(path), "bad-mask", f"cannot be read: {error}", image_id))
+    return problems
+
+
+def ids_to_leave_out(problems, policy, what, root):
+    """The ids of the images with `problems` in `what` (a split, named in messages) under the
+    --bad-annotations policy: "error" stops at the first problem with one line that counts the
+    rest; "skip" returns every image with a problem, with one warning that counts them."""
+    if policy not in BAD_ANNOTATION_POLICIES:
+        raise UserError(f"--bad-annotations must be one of {', '.join(BAD_ANNOTATION_POLICIES)}, got {policy!r}")
+    if not problems:
+        return set()
+    if policy == "error":
+        raise UserError(f"{problems[0]} ({len(problems) - 1} more problem(s); see `bench data check {root}`, "
+                        f"or pass --bad-annotations skip)")
+    bad = {problem.image_id for problem in problems}
+    print(f"warning: skipping {len(bad)} image(s) of {what} with annotation problems, first: {problems[0]}",
+          file=sys.stderr)
+    return bad
+
+
+def checked_dataset(dataset_class, root, split, year, policy):
+    """`dataset_class(root, split, year)`, a VOC dataset of data/voc.py, once what it reads of each
+    image of the split (its NEEDS) has been checked under the --bad-annotations `policy`."""
+    voc_dir = find_voc_dir(root, year)
+    ids = read_split(voc_dir, split, dataset_class.IMAGE_SETS)
+    split_file = Path("ImageSets") / dataset_class.IMAGE_SETS / f"{split}.txt"
+    what = f"{voc_dir.name} {split}"
+    leave_out = ids_to_leave_out(annotation_problems(voc_dir, ids, dataset_class.NEEDS, split_file),
+                                 policy, what, root)
+    if ids and len(leave_out) == len(ids):
+        raise UserError(f"every image of {what} has annotation problems; see `bench data check {root}`")
+    return dataset_class(root, split, year, leave_out=leave_out)
+
+
+def voc_dirs(root, year=None):
+    """The VOC<year> folders of a data root as find_voc_dir reads it: that of `year`, else every year."""
+    newest = find_voc_dir(root, year)
+    if year is not None or newest == Path(root):
+        return [newest]
+    return sorted(p for p in newest.parent.glob("VOC*") if p.is_dir() and p.name[3:].isdigit())
+
+
+def root_problems(root, year=None):
+    """Every problem of every split of a VOC root (of one year, with `year`). The ids of the
+    ImageSets/Main splits need images and annotations, as detection reads them; those of
+    ImageSets/Segmentation images and masks. Each id is checked once per image set, its missing
+    files named with the first split file (by name) that lists it.
+    Returns (problems, {year folder name: images checked})."""
+    problems, checked = [], {}
+    for voc_dir in voc_dirs(root, year):
+        all_ids = set()
+        for dataset_class in (VOCDetection, VOCSegmentation):
+            seen = set()
+            for split_file in split_files(voc_dir, dataset_class.IMAGE_SETS):
+                ids = [i for i in read_split(voc_dir, split_file.stem, dataset_class.IMAGE_SETS) if i not in seen]
+                seen.update(ids)
+                problems += annotation_problems(voc_dir, ids, dataset_class.NEEDS, split_file.relative_to(voc_dir))
+            all_ids |= seen
+        if not all_ids:
+            raise UserError(f"{voc_dir} has no split files in ImageSets/Main or ImageSets/Segmentation to check")
+        checked[voc_dir.name] = len(all_ids)
+    return problems, checked
+
+
+def split_files(voc_dir, image_sets):
+    """The split files of ImageSets/<image_sets>, by name, without Main's per-class label files
+    (<class>_<split>.txt), which list their split's ids again."""
+    return sorted(path for path in (Path(voc_dir) / "ImageSets" / image_sets).glob("*.txt")
+                  if path.stem.partition("_")[0] not in VOC_CLASSES)
+
+
+def summary(problems, checked):
+    """One line: the years and images checked, and how many problems in how many images."""
+    years = ", ".join(f"{name} ({count} images)" for name, count in checked.items())
+    if not problems:
+        return f"checked {years}: no problems"
+    images = {(Path(problem.file).parents[1], problem.image_id) for problem in problems}
+    return f"checked {years}: {len(problems)} problem(s) in {len(images)} image(s)"
+
+
+def write_problems(problems, path):
+    """`problems` as a CSV file with the columns file, kind, detail, image_id."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=[field.name for field in fields(Problem)])
+        writer.writeheader()
+        writer.writerows(asdict(problem) for problem in problems)
