@@ -1,7 +1,6 @@
-"""Curves of a training run from its metrics.jsonl: loss.png (every loss term, smoothed, the raw
-values faint; pretraining and transfer runs) and, when a pretraining run was probed, probe.png
-(the kNN score against steps, and beside it the share of units per layer that never fire)."""
-import json
+"""Curves of a pretraining run from its metrics.jsonl: loss.png (runtime.plots, which transfer runs
+draw too) and, when the run was probed, probe.png (the kNN score against steps, and beside it the
+share of units per layer that never fire); and the probe curves of several runs in one plot."""
 from pathlib import Path
 
 import matplotlib
@@ -10,18 +9,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import pandas as pd  # noqa: E402
 
+from runtime.plots import metric_rows, plot_losses, save_png  # noqa: E402
 from .probe import DEAD_WARNING  # noqa: E402
 
 # A probe row's score: kNN mAP on a VOC root, kNN top-1 on a class-folder root.
 PROBE_KEYS = {"probe_knn_map": "kNN mAP (%)", "probe_knn_top1": "kNN top-1 (%)"}
 DEAD_PREFIX = "dead_"
+LOSS_TERMS = ("l2", "adv")  # the context encoder's loss terms whose names lack "loss"
 
 
 def read_metrics(run_dir):
     """(training steps, probe rows) of a run as two DataFrames indexed by step; probe rows hold
     one of PROBE_KEYS and, when recorded, dead_<layer> shares."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    rows = metric_rows(run_dir)
     is_probe = [any(key in r for key in PROBE_KEYS) for r in rows]
     probes = pd.DataFrame([r for r, p in zip(rows, is_probe) if p])
     steps = pd.DataFrame([r for r, p in zip(rows, is_probe) if not p])
@@ -40,18 +40,9 @@ def plot_curves(run_dir, name=None):
     the folder's); return their paths."""
     run_dir = Path(run_dir)
     name = name or run_dir.name
-    steps, probes = read_metrics(run_dir)
-    written = []
-    losses = [c for c in steps.columns if c != "elapsed_s" and ("loss" in c or c in ("l2", "adv"))]
-    if losses:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        span = max(1, len(steps) // 20)
-        for column in losses:
-            raw = ax.plot(steps.index, steps[column], alpha=0.25, linewidth=0.8)[0]
-            ax.plot(steps.index, steps[column].ewm(span=span).mean(), color=raw.get_color(), label=column)
-        ax.set(xlabel="step", ylabel="loss", title=f"{name}: training loss (smoothed, raw faint)")
-        ax.legend()
-        written.append(_save(fig, run_dir / "loss.png"))
+    loss_png = plot_losses(run_dir, name, LOSS_TERMS)
+    written = [loss_png] if loss_png else []
+    probes = read_metrics(run_dir)[1]
     key = probe_score_key(probes)
     if key:
         dead = [c for c in probes.columns if c.startswith(DEAD_PREFIX)]
@@ -68,7 +59,7 @@ def plot_curves(run_dir, name=None):
                            title="unit health (channels; every value of the output)")
             axes[0, 1].grid(alpha=0.3)
             axes[0, 1].legend(fontsize=8)
-        written.append(_save(fig, run_dir / "probe.png"))
+        written.append(save_png(fig, run_dir / "probe.png"))
     return written
 
 
@@ -99,15 +90,6 @@ def probe_comparison(runs, path, title):
     ax.set(xlabel="pretraining step", ylabel=" / ".join(PROBE_KEYS[k] for k in curves["score"].unique()), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _save(fig, Path(path))
+    save_png(fig, Path(path))
     curves.to_csv(Path(path).with_suffix(".csv"), index=False)
     return curves
-
-
-def _save(fig, path):
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path

@@ -13,12 +13,12 @@ from data.pixels import (BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, loa
                          resize_shorter_side)
 from data.sampling import EVAL_EPOCH, SeededItems, epoch_batches, loader_options
 from data.voc import drop_unreadable, image_paths
-from pretrain.curves import plot_curves
 from runtime import distributed
 from runtime.device import DeviceOptions, check_scaling_options, resolve_device, seed_everything, start_process
 from runtime.engine import Engine, prepare_model, take_step
 from runtime.errors import UserError
 from runtime.options import option
+from runtime.plots import plot_losses
 from .encoders import load_encoder, standardize_units
 
 
@@ -179,6 +179,6 @@ def fit(model, loss_fn, batches_from, config, lr, weight_decay, desc, run_dir, p
 
     engine.run(train_step, batches_from)
     if distributed.is_main():
-        plot_curves(run_dir, desc)
+        plot_losses(run_dir, desc)
     model.eval()
     return model
