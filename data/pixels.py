@@ -1,10 +1,11 @@
-"""Pixels from image files: decode, rescale, normalise, channel statistics, and the policy for
-files that cannot be decoded."""
+"""Pixels from image files: decode, rescale, centre-crop, normalise, channel statistics, and the
+policy for files that cannot be decoded."""
 import sys
 
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.functional import center_crop
 
 from runtime.errors import UserError
 from runtime.progress import progress_bar
@@ -55,6 +56,13 @@ def resize_shorter_side(image, side, resample=Image.BILINEAR):
     scale = side / min(image.size)
     size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
     return image.resize(size, resample)
+
+
+def centre_crop(image, side):
+    """The centre `side` x `side` square of a PIL image or a (..., H, W) tensor, by torchvision's
+    center_crop: its offset is round(excess / 2), Python's round, so an odd excess of 3, 7, 11 ...
+    px puts the extra pixel before the crop (top or left) and one of 1, 5, 9 ... after it."""
+    return center_crop(image, [side, side])
 
 
 def normalized_tensor(pixels, mean, std):

@@ -20,7 +20,7 @@ from skimage.metrics import structural_similarity
 
 from data.images import list_images
 from data.masks import MaskSampler
-from data.pixels import load_rgb, normalized_tensor, readable_only
+from data.pixels import centre_crop, load_rgb, normalized_tensor, readable_only
 from pretrain.methods import get_method
 from pretrain.methods.context_encoder import ContextEncoder
 from pretrain.train import load_run_config
@@ -163,9 +163,7 @@ def centre_crops(paths, image_size, load_size, progress=True, desc="loading imag
     """(N, S, S, 3) uint8: shorter side rescaled to `load_size`, centre `image_size` square."""
     crops = np.empty((len(paths), image_size, image_size, 3), np.uint8)
     for i, path in enumerate(progress_bar(paths, desc=desc, unit="img", disable=not progress)):
-        image = np.asarray(load_rgb(path, load_size))
-        top, left = (image.shape[0] - image_size) // 2, (image.shape[1] - image_size) // 2
-        crops[i] = image[top:top + image_size, left:left + image_size]
+        crops[i] = np.asarray(centre_crop(load_rgb(path, load_size), image_size))
     return crops
 
 

@@ -26,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from data.images import IMAGE_SUFFIXES, find_voc_dir, is_voc_root, read_class_labels
-from data.pixels import load_rgb, normalized_tensor
+from data.pixels import centre_crop, load_rgb, normalized_tensor
 from runtime.errors import UserError
 from runtime.metrics import classification_ap, nanmean
 
@@ -127,13 +127,8 @@ def dead_units(*peaks):
 
 def _centre_crops(paths, image_size, mean, std):
     mean, std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-    return torch.stack([normalized_tensor(_centre_square(load_rgb(p, image_size), image_size), mean, std)
+    return torch.stack([normalized_tensor(centre_crop(load_rgb(p, image_size), image_size), mean, std)
                         for p in paths])
-
-
-def _centre_square(image, side):
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side))
 
 
 class KNNProbe:

@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from data.check import BAD_ANNOTATION_POLICIES, BAD_ANNOTATIONS_HELP, checked_dataset
-from data.pixels import (BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, load_rgb, normalized_tensor,
-                         resize_shorter_side)
+from data.pixels import (BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, centre_crop, channel_stats, load_rgb,
+                         normalized_tensor, resize_shorter_side)
 from data.sampling import EVAL_EPOCH, SeededItems, epoch_batches, loader_options
 from data.voc import drop_unreadable, image_paths
 from runtime import distributed
@@ -134,11 +134,11 @@ class Crops:
         crops = []
         for _ in range(self.count):
             if self.centre:
-                top, left = (array.shape[1] - self.size) // 2, (array.shape[2] - self.size) // 2
+                crop = centre_crop(array, self.size)
             else:
                 top = int(self.rng.integers(0, array.shape[1] - self.size + 1))
                 left = int(self.rng.integers(0, array.shape[2] - self.size + 1))
-            crop = array[:, top:top + self.size, left:left + self.size]
+                crop = array[:, top:top + self.size, left:left + self.size]
             crops.append(crop.flip(-1) if self.flip and self.rng.random() < 0.5 else crop)
         return torch.stack(crops) if self.count > 1 else crops[0]
 
