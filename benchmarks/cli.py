@@ -4,8 +4,9 @@ import os
 import sys
 from pathlib import Path
 
+from runtime.device import DEVICE_NAMES, device_name, seed_value
 from runtime.errors import UserError
-from runtime.options import HelpFormatter
+from runtime.options import HelpFormatter, Parser, flag_type
 
 
 # Each command's --help ends with one of these.
@@ -71,6 +72,10 @@ def add_plugin_option(p):
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import MODULE (an import path or a .py file) first, so the pretext methods it "
                         "registers can be used")
+
+
+def add_device_option(p):
+    p.add_argument("--device", type=flag_type(str, device_name), default="auto", help=DEVICE_NAMES)
 
 
 def add_bad_images_option(p, default):
@@ -188,8 +193,8 @@ def add_inpaint_options(p):
     p.add_argument("--mask", default=None, choices=INPAINT_MASKS, help="hole kind (default: the run's own)")
     p.add_argument("--mask-dir", default=None,
                    help="VOC segmentation PNGs for random-region holes (default: the run's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the holes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=flag_type(int, seed_value), default=0, help="seed of the holes")
+    add_device_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
 
 
@@ -295,8 +300,9 @@ def add_suite_parser(commands):
                    help="class-folder root (train/<class>/, val/<class>/) for the in-domain probe: the presets' "
                         "probe task and the pretraining probe curves, e.g. ../shared/data/imagenette")
     p.add_argument("--mask-dir", default=None, help="VOC segmentation PNGs for random-region masks")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seeds", type=flag_type(int, seed_value), nargs="+", default=None,
+                   help="override the preset's seeds")
+    add_device_option(p)
     p.add_argument("--out", default=None, help="suite folder (default: runs/suite-<preset>)")
     add_plugin_option(p)
     scale = p.add_argument_group("running at scale (submitit: pip install -e '.[cluster]')")
@@ -391,7 +397,7 @@ def add_data_parser(commands):
     toy.add_argument("--out", required=True, help="folder to write VOCdevkit/ into (must be new or empty)")
     toy.add_argument("--images", type=positive_int, default=DEFAULT_TOY["n_images"], help="images per year")
     toy.add_argument("--size", type=positive_int, default=DEFAULT_TOY["size"], help="nominal image side in px")
-    toy.add_argument("--seed", type=int, default=DEFAULT_TOY["seed"])
+    toy.add_argument("--seed", type=flag_type(int, seed_value), default=DEFAULT_TOY["seed"])
     toy.add_argument("--classes", type=positive_int, default=DEFAULT_TOY["classes"],
                      help="objects are drawn from the first N of VOC's 20 classes")
     toy.set_defaults(handler=run_data_toy)
@@ -482,7 +488,7 @@ def add_speed_parser(commands):
     p.add_argument("--steps", type=positive_int, default=5, help="timed training steps per measurement")
     p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed steps before them")
     p.add_argument("--matmul-size", type=positive_int, default=2048, help="side of the square matmuls")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_option(p)
     p.add_argument("--workers", type=non_negative_int, default=1, help="DataLoader worker processes")
     p.add_argument("--loader-sizes", type=positive_int, nargs="*", default=[128, 227],
                    help="input sizes of the data-path rows (every mask kind at each; none: leave them out)")
@@ -518,7 +524,7 @@ def run_speed_command(args):
 
 def build_parser(method=None):
     """The `bench` parser; `method` chooses whose options `bench pretrain` offers."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bench", description="Context-encoder pretraining and PASCAL VOC transfer benchmarks.",
         formatter_class=HelpFormatter,
         epilog="example: bench suite --preset quick (then bench <command> --help)")
@@ -579,6 +585,9 @@ def main(argv=None):
         load_plugins(early.plugin)
         args = build_parser(early.method).parse_args(argv)
         from runtime.device import start_process
+        from runtime.runfiles import check_out_path
+        if getattr(args, "out", None):
+            check_out_path(args.out)
         from runtime.progress import set_verbosity
         set_verbosity(getattr(args, "verbosity", "normal"))
         start_process(getattr(args, "device", None))  # under torchrun: join the process group first

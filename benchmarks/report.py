@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from runtime.errors import UserError
+from runtime.readers import read_json
 from runtime.runfiles import write_atomically
 from .resolution import RESOLVING_SPREADS
 
@@ -58,10 +59,8 @@ window.addEventListener("load", function () {
 
 
 def _read_json(path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    """The JSON object in `path`, None when there is no such file; a broken one is a one-line error."""
+    return read_json(path, hint="; fix or remove it, then write the report again") if path.is_file() else None
 
 
 def _figures(folder, page_dir, pictures):

@@ -19,7 +19,7 @@ import pandas as pd
 
 from runtime.errors import UserError
 from runtime.readers import read_json
-from runtime.runfiles import save_json, write_atomically
+from runtime.runfiles import save_json, staged_files, write_atomically
 from .layer_probes import write_layer_probes
 from .resolution import column_resolution, row_differences
 
@@ -176,8 +176,11 @@ def build_inpaint_table(records):
 def write_table(records_folder, out_folder):
     """Write the tables the records under `records_folder` make; returns {file stem: table}."""
     records = read_records(records_folder)
-    out = Path(out_folder)
-    out.mkdir(parents=True, exist_ok=True)
+    with staged_files(out_folder) as out:
+        return _write_tables(records, out)
+
+
+def _write_tables(records, out):
     tables = {}
     transfer = load_records(records)
     if not transfer.empty:

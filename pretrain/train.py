@@ -24,7 +24,8 @@ from data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, read
 from data.pretrain_items import AUGMENT_ON, PretrainImages
 from data.sampling import epoch_batches
 from runtime import distributed, speedups
-from runtime.device import DeviceOptions, check_scaling_options, resolve_device, seed_everything, start_process
+from runtime.device import (DeviceOptions, check_scaling_options, resolve_device, seed_everything, seed_value,
+                            start_process)
 from runtime.engine import Engine, check_training_options, prepare_model
 from runtime.errors import UserError
 from runtime.options import option
@@ -66,7 +67,7 @@ class PretrainConfig(DeviceOptions):
                               "1e-3 central / 1e-4 other masks for alexnet, 2e-3 for inpaint)")
     steps: int = option(300, "training iterations (default: 300; with --resume: the run's own)")
     warmup_steps: int = option(0, "learning rate rises linearly from lr / N to lr over the first N steps (0: none)")
-    seed: int = option(0, "seed of weights, batches, holes and dropout")
+    seed: int = option(0, "seed of weights, batches, holes and dropout", check=seed_value)
     bad_images: str = option("fail", BAD_IMAGES_HELP, choices=BAD_IMAGE_POLICIES)
     augment_on: str = option("loader", "where crops are flipped and normalised and holes drawn: loader (per image "
                              "in the DataLoader workers, the reference) or device (a batch at a time on the "

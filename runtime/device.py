@@ -1,6 +1,7 @@
 """The device, the seeds, and the options that depend on the device and the process count."""
 import os
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,10 +12,29 @@ from .errors import UserError
 from .options import option
 
 
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+# The seeds a run can take: NumPy's generators accept no more than 32 bits.
+SEED_LIMIT = 2**32
+
+
+def device_name(name):
+    """`name` when it names a device this suite can use; ValueError otherwise (see option's check)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise ValueError(f"must be {DEVICE_NAMES}")
+    return name
+
+
+def seed_value(seed):
+    """`seed` when NumPy, torch and Python's random all accept it; ValueError otherwise."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"must be between 0 and {SEED_LIMIT - 1}")
+    return seed
+
+
 @dataclass
 class DeviceOptions:
     """Where and how fast a run trains: the options pretraining and transfer share."""
-    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    device: str = option("auto", DEVICE_NAMES, check=device_name)
     workers: int = option(1, "DataLoader worker processes")
     precision: str = option("fp32", "autocast dtype of forward passes and losses: bf16 on CUDA or CPUs with bf16 "
                             "instructions, fp16 on CUDA (with loss scaling)", choices=speedups.PRECISIONS)
@@ -23,11 +43,19 @@ class DeviceOptions:
 
 
 def resolve_device(name):
-    """"auto" -> cuda when there is a GPU, else cpu; a CUDA device that is absent is a user error."""
+    """"auto" -> cuda when there is a GPU, else cpu; an unknown or absent device is a user error."""
+    try:
+        device_name(name)
+    except ValueError as problem:
+        raise UserError(f"--device {problem}, got {name!r}") from None
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {name} asked for, but no CUDA device is available")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device {name} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps asked for, but Apple's MPS backend is not available")
     return name
 
 

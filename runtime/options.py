@@ -37,11 +37,22 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def option(default, help, choices=None, metavar=None, nargs=None, required=False):
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors on one line, `error: bench pretrain: ...`, as every other
+    error of the suite, instead of the usage followed by the message."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def option(default, help, choices=None, metavar=None, nargs=None, required=False, check=None):
     """A dataclass field with its command-line help. `choices` may be a function giving them when
     the parser is built (e.g. the registered methods, plug-ins included); `nargs` makes a list;
-    `required`: the command line must give it (the dataclass default serves library callers)."""
-    metadata = {"help": help, "choices": choices, "metavar": metavar, "nargs": nargs, "required": required}
+    `required`: the command line must give it (the dataclass default serves library callers);
+    `check(value)` raises ValueError saying what is wrong with a value of the right type (a seed
+    out of range), wherever the value comes from: a flag, a preset or a saved run."""
+    metadata = {"help": help, "choices": choices, "metavar": metavar, "nargs": nargs, "required": required,
+                "check": check}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -60,12 +71,17 @@ def _value_type(annotation):
     return annotation if annotation in (int, float, str, bool) else None
 
 
-def _checked(kind, name):
+def flag_type(kind, check=None):
+    """argparse's `type`: `kind(text)`, then `check` (see option); argparse names the flag."""
     def parse(text):
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag(name)} takes {kind.__name__} values, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"takes {kind.__name__} values, got {text!r}") from None
+        try:
+            return check(value) if check else value
+        except ValueError as problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text!r}") from None
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
     return parse
 
@@ -85,7 +101,8 @@ def add_options(parser, cls, title=None):
                                help=meta["help"])
             continue
         choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
-        group.add_argument(flag(field.name), type=_checked(kind, field.name), default=default, choices=choices,
+        group.add_argument(flag(field.name), type=flag_type(kind, meta["check"]), default=default,
+                           choices=choices,
                            metavar=meta["metavar"], nargs=meta["nargs"], help=meta["help"],
                            **({"required": True} if meta["required"] else {}))
 
@@ -113,6 +130,11 @@ def parse_options(cls, values, where):
         choices = choices() if callable(choices) else choices
         if choices and checked[name] not in choices:
             raise UserError(f"{where}: {name} must be one of {', '.join(choices)}, got {value!r}")
+        check = fields[name].metadata.get("check")
+        try:
+            checked[name] = check(checked[name]) if check and checked[name] is not None else checked[name]
+        except ValueError as problem:
+            raise UserError(f"{where}: {name} {problem}, got {value!r}") from None
     return cls(**checked)
 
 

@@ -6,6 +6,7 @@ import platform
 import shutil
 import socket
 import subprocess
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +20,15 @@ from .progress import warning
 def cache_dir():
     """Where generated data (the toy VOC set, detection proposals) is kept between runs."""
     return Path(os.environ.get("BENCH_CACHE_DIR", Path.home() / ".cache" / "context-encoder-bench"))
+
+
+def check_out_path(out):
+    """A one-line error when `out` cannot be made because a folder on its way is a file."""
+    for folder in Path(out).absolute().parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise UserError(f"--out {out}: {folder} is a file, not a folder")
+            return
 
 
 def check_new_run_dir(out, overwrite=False):
@@ -172,6 +182,24 @@ def replace_run_dir(staging, out):
         out.rename(aside)
     Path(staging).rename(out)
     shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextmanager
+def staged_files(out):
+    """Yield a staging folder inside `out` (a folder shared with other files, such as results/);
+    the files written there are moved into `out` only when the block succeeds, so a failure
+    (a full disk) leaves `out` as it was instead of new files beside old ones."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        yield staging
+        for path in sorted(staging.iterdir()):
+            os.replace(path, out / path.name)  # a rename: needs no space, so it does not fail half-way
+    except UserError as exc:  # named by where the file was going; nothing of this run reached `out`
+        raise UserError(f"{str(exc).replace(str(staging), str(out))}; {out} is left as it was") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def check_resumable(out):

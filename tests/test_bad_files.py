@@ -1,6 +1,7 @@
-"""Every file the suite writes, broken the ways a full disk, a crash or a hand edit breaks it, is
-reported as one line `error: <file>: <what is wrong>` with exit status 2: no traceback, and no
-file of the run folder changed or added."""
+"""Bad input, table-driven: every file the suite writes, broken the ways a full disk, a crash or a
+hand edit breaks it, and bad options and paths of every command. Each is reported as one line
+`error: ...` (for a file: `error: <file>: <what is wrong>`) with exit status 2: no traceback, and
+no file changed or added."""
 import json
 import pickle
 import shutil
@@ -58,7 +59,16 @@ RESUME = ["pretrain", "--resume", "--out", "{run}"]
 TRANSFER = ["transfer", "--task", "cls", "--protocol", "svm", "--init", "{run}", "--data-root", "{toy}",
             "--image-size", "64", "--workers", "0", "--out", "{tmp}/record"]
 TABLE = ["table", "--records", "{records}", "--out", "{tmp}/table"]
+PRETRAIN = ["pretrain", "--data-root", "{toy}", "--steps", "1", "--out", "{tmp}/new"]
+SEG = ["transfer", "--task", "seg", "--data-root", "{toy}", "--steps", "1", "--out", "{tmp}/new"]
+EXPORT = ["export", "--run", "{run}", "--to", "torchvision"]
+INPAINT = ["inpaint", "--run", "{run}", "--images", "{toy}", "--out", "{tmp}/filled"]
+EVAL_INPAINT = ["eval-inpaint", "--run", "{run}", "--data-root", "{toy}", "--out", "{tmp}/scores"]
+NOT_A_RUN = "not a `bench pretrain` run folder (no config.json)"
+# name: (file of the run folder to break, how, command, what the error line says). A case without a
+# file is a bad option or a bad path on the command line.
 CASES = {
+    # Files the suite wrote, broken.
     "checkpoint empty": ("checkpoint.pt", zero_bytes, RESUME, "checkpoint.pt: empty (0 bytes); delete it or start"),
     "checkpoint truncated": ("checkpoint.pt", truncated, RESUME, "checkpoint.pt: truncated or not a torch file"),
     "checkpoint garbage": ("checkpoint.pt", garbage, RESUME, "checkpoint.pt: truncated or not a torch file"),
@@ -79,34 +89,114 @@ CASES = {
     "encoder weights empty": ("encoder.pt", zero_bytes, TRANSFER, "encoder.pt: empty (0 bytes)"),
     "encoder weights truncated": ("encoder.pt", truncated, TRANSFER, "encoder.pt: truncated or not a torch file"),
     "encoder weights unsafe": ("encoder.pt", unsafe_pickle, TRANSFER, "encoder.pt: refused"),
+    "export encoder truncated": ("encoder.pt", truncated, [*EXPORT, "--out", "{tmp}/out.pth"],
+                                 "encoder.pt: truncated or not a torch file"),
+    "inpaint checkpoint empty": ("checkpoint.pt", zero_bytes, INPAINT, "checkpoint.pt: empty (0 bytes)"),
+    "eval-inpaint checkpoint garbage": ("checkpoint.pt", garbage, EVAL_INPAINT,
+                                        "checkpoint.pt: truncated or not a torch file"),
+    "inpaint config a list": ("config.json", json_list, INPAINT, "config.json: holds a JSON list"),
     "record a list": ("records/a/record.json", json_list, TABLE, "record.json: holds a JSON list"),
     "record not json": ("records/a/record.json", not_json, TABLE, "record.json: not valid JSON"),
     "record without task": ("records/a/record.json", lambda p: p.write_text("{}"), TABLE,
                             "record.json: not a transfer or inpainting record"),
+    "report record a list": ("records/a/record.json", json_list, ["report", "{run}"],
+                             "record.json: holds a JSON list, not a JSON object; fix or remove it"),
+    "report encoder info not json": ("encoder.json", not_json, ["report", "{run}"], "encoder.json: not valid JSON"),
     "jobs file not json": ("jobs.json", not_json, ["suite", "--status", "{run}"], "jobs.json: not valid JSON"),
+    # Options and paths.
+    "pretrain seed negative": (None, None, [*PRETRAIN, "--seed", "-1"], "argument --seed: must be between 0 and"),
+    "pretrain seed too large": (None, None, [*PRETRAIN, "--seed", str(2**32)], "argument --seed: must be between 0"),
+    "pretrain device unknown": (None, None, [*PRETRAIN, "--device", "gpu"], "argument --device: must be auto, cpu"),
+    "pretrain out under a file": (None, None, [*PRETRAIN[:-1], "{tmp}/a-file/run"],
+                                  "a-file is a file, not a folder"),
+    "pretrain lr negative": (None, None, [*PRETRAIN, "--lr", "-1"], "--lr must be positive, got -1.0"),
+    "pretrain size zero": (None, None, [*PRETRAIN, "--image-size", "0"], "--image-size must be at least 1, got 0"),
+    "pretrain steps a word": (None, None, [*PRETRAIN, "--steps", "many"], "argument --steps: takes int values"),
+    "pretrain unknown option": (None, None, [*PRETRAIN, "--stepz", "3"], "unrecognized arguments: --stepz 3"),
+    "pretrain unknown method": (None, None, [*PRETRAIN, "--method", "inpaint"], "argument --method: invalid choice"),
+    "pretrain data root missing": (None, None, ["pretrain", "--data-root", "{tmp}/nowhere", "--out", "{tmp}/new"],
+                                   "data root {tmp}/nowhere does not exist"),
+    "pretrain nothing to resume": (None, None, ["pretrain", "--resume", "--out", "{tmp}/new"],
+                                   "nothing to resume: {tmp}/new/config.json does not exist"),
+    "pretrain run exists": (None, None, ["pretrain", "--data-root", "{toy}", "--out", "{run}"],
+                            "already exists; pass --resume to continue it or --overwrite"),
+    "transfer device malformed": (None, None, [*SEG, "--device", "cuda:x"], "argument --device: must be auto"),
+    "transfer seed negative": (None, None, [*SEG, "--seed", "-5"], "argument --seed: must be between 0"),
+    "transfer out under a file": (None, None, [*SEG[:-1], "{tmp}/a-file/seg"], "a-file is a file, not a folder"),
+    "transfer steps zero": (None, None, [*SEG, "--steps", "0"], "--steps must be at least 1"),
+    "transfer init missing": (None, None, [*SEG, "--init", "{tmp}/nowhere"], "--init {tmp}/nowhere: no encoder"),
+    "transfer split missing": (None, None, [*SEG, "--test-split", "nosuch"], "missing split file"),
+    "transfer unknown task": (None, None, ["transfer", "--task", "depth"], "argument --task: invalid choice"),
+    "transfer out exists": (None, None, [*SEG[:-1], "{run}"], "already exists; pass --resume"),
+    "table records missing": (None, None, ["table", "--records", "{tmp}/nowhere", "--out", "{tmp}/table"],
+                              "no record.json files under {tmp}/nowhere"),
+    "table out under a file": (None, None, ["table", "--records", "{records}", "--out", "{tmp}/a-file/t"],
+                               "a-file is a file, not a folder"),
+    "suite seeds negative": (None, None, ["suite", "--seeds", "-1", "--out", "{tmp}/suite"],
+                             "argument --seeds: must be between 0"),
+    "suite preset missing": (None, None, ["suite", "--preset", "{tmp}/nowhere.yaml", "--out", "{tmp}/suite"],
+                             "unknown preset"),
+    "suite status of no suite": (None, None, ["suite", "--status", "{tmp}/a-folder"], "has no jobs.json"),
+    "suite jobs zero": (None, None, ["suite", "--jobs", "0", "--out", "{tmp}/suite"],
+                        "argument --jobs: must be a positive integer"),
+    "export to a folder": (None, None, [*EXPORT, "--out", "{tmp}/a-folder"], "a-folder is a folder; name the file"),
+    "export over a file": (None, None, [*EXPORT, "--out", "{tmp}/a-file"], "a-file already exists; choose another"),
+    "export to a folder, overwriting": (None, None, [*EXPORT, "--out", "{tmp}/a-folder", "--overwrite"],
+                                        "a-folder is a folder; name the file"),
+    "export timm of an alexnet": (None, None, ["export", "--run", "{run}", "--to", "timm", "--out", "{tmp}/t.pth"],
+                                  "which timm does not have"),
+    "export unknown layout": (None, None, ["export", "--run", "{run}", "--to", "onnx", "--out", "{tmp}/t.onnx"],
+                              "argument --to: invalid choice"),
+    "export run missing": (None, None, ["export", "--run", "{tmp}/nowhere", "--to", "torchvision", "--out",
+                                        "{tmp}/t.pth"], "no encoder file"),
+    "inpaint images missing": (None, None, [*INPAINT[:4], "{tmp}/nowhere", *INPAINT[5:]], "--images {tmp}/nowhere"),
+    "inpaint run not a run": (None, None, ["inpaint", "--run", "{toy}", "--images", "{toy}", "--out", "{tmp}/f"],
+                              NOT_A_RUN),
+    "inpaint seed negative": (None, None, [*INPAINT, "--seed", "-2"], "argument --seed: must be between 0"),
+    "inpaint device unknown": (None, None, [*INPAINT, "--device", "tpu"], "argument --device: must be auto"),
+    "eval-inpaint run missing": (None, None, [*EVAL_INPAINT[:2], "{tmp}/nowhere", *EVAL_INPAINT[3:]], NOT_A_RUN),
+    "eval-inpaint split missing": (None, None, [*EVAL_INPAINT, "--split", "nosuch"], "missing split file"),
+    "report folder missing": (None, None, ["report", "{tmp}/nowhere"], "{tmp}/nowhere is not a folder"),
+    "report a file": (None, None, ["report", "{tmp}/a-file"], "a-file is not a folder"),
+    "report an empty folder": (None, None, ["report", "{tmp}/a-folder"], "holds no suite, pretraining run"),
+    "cache older than negative": (None, None, ["cache", "clean", "--older-than", "-1"],
+                                  "--older-than must be 0 or more days"),
+    "cache unknown action": (None, None, ["cache", "purge"], "argument action: invalid choice: 'purge'"),
+    "data toy into a full folder": (None, None, ["data", "toy", "--out", "{run}"], "is not empty; choose a new folder"),
+    "data toy seed negative": (None, None, ["data", "toy", "--out", "{tmp}/toy", "--seed", "-1"],
+                               "argument --seed: must be between 0"),
+    "data check of no VOC root": (None, None, ["data", "check", "{tmp}/a-folder"], "no VOCdevkit folder"),
 }
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_a_broken_file_is_one_line_and_changes_nothing(name, pretrain_run, toy_voc_root, tmp_path, capsys):
+def test_bad_input_is_one_line_and_changes_nothing(name, pretrain_run, toy_voc_root, tmp_path, capsys):
+    """Exit status 2, one line `error: ...` on stderr, no traceback, and every file under the test's
+    folder (the run, records, jobs.json, a file and a folder in the way) as it was."""
     target, breaking, command, message = CASES[name]
     run = tmp_path / "run"
     shutil.copytree(pretrain_run, run)
     (run / "records" / "a").mkdir(parents=True)
     (run / "records" / "a" / "record.json").write_text(json.dumps({"task": "cls"}))
     (run / "jobs.json").write_text(json.dumps({"plan": [], "jobs": {}}))
-    breaking(run / target)
+    (tmp_path / "a-file").write_text("in the way")
+    (tmp_path / "a-folder").mkdir()
+    if breaking:
+        breaking(run / target)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    args = [a.format(run=run, toy=toy_voc_root, tmp=tmp_path, records=run / "records") for a in command]
+    folders = {p for p in tmp_path.rglob("*") if p.is_dir()}
+    names = {"run": run, "toy": toy_voc_root, "tmp": tmp_path, "records": run / "records"}
+    args = [a.format(**names) for a in command]
     capsys.readouterr()
     assert bench(*args) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
-    assert str(run / target) in lines[0]  # the file, by its path
-    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    assert after == before
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message.format(**names) in lines[0], err
+    if target:
+        assert str(run / target) in lines[0]  # the file, by its path
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert {p for p in tmp_path.rglob("*") if p.is_dir()} == folders
 
 
 def test_unpickling_never_runs_code(pretrain_run, tmp_path, capsys):

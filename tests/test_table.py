@@ -1,6 +1,8 @@
 """`bench table` on fixed records: the paper's rows beside measured mean ± std (n)."""
+import errno
 import json
 
+import matplotlib.figure
 import pandas as pd
 import pytest
 
@@ -50,6 +52,23 @@ def test_table_rows_and_numbers(records, tmp_path):
     assert measured[("context-encoder (random-region)", "Classification")]["n"] == 2
     assert (out / "table.md").read_text().startswith("| Pretraining | Source |")
     assert (out / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_full_disk_leaves_the_table_folder_as_it_was(records, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "results"
+    write_table(records, out)
+    record(records, "f", "random", "seg", "finetune", 0.40, 1, pretrain_seconds=0.0)  # the table changes
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", disk_full)  # table.png is written after the csv/md/json
+    capsys.readouterr()
+    assert main(["table", "--records", str(records), "--out", str(out)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"error: cannot write {out / 'table.png'}: No space left on device; {out} is left as it was"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_table_cli_without_records(tmp_path, capsys):

@@ -43,7 +43,9 @@ def export_encoder(init, to, out, overwrite=False):
     """Write the encoder of `init` (a run folder or encoder.pt) to `out` in format `to`."""
     if to not in FORMATS:
         raise UserError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
-    if out.exists() and (out.is_dir() or not overwrite):
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; name the file to write, e.g. {out / 'encoder.pth'}")
+    if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     encoder, info = load_encoder(init)
     is_timm = info["arch"].startswith(TIMM_PREFIX)
