@@ -166,7 +166,7 @@ def fit(model, loss_fn, batches_from, config, lr, weight_decay, desc, run_dir, p
     model = prepare_model(model, next(model.parameters()).device, config.compile, config.sync_bn)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
                                 momentum=0.9, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / config.steps) ** 0.9)
+    schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=config.steps, power=0.9)
     engine = Engine(model, {"sgd": optimizer}, run_dir, steps=config.steps, batch_size=config.batch_size,
                     seed=config.seed, device=next(model.parameters()).device, precision=config.precision,
                     checkpoint_every=config.checkpoint_every, schedules={"sgd": schedule}, desc=desc,
