@@ -14,7 +14,8 @@ from data.pixels import (BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, centre_crop, chann
 from data.sampling import EVAL_EPOCH, SeededItems, epoch_batches, loader_options
 from data.voc import drop_unreadable, image_paths
 from runtime import distributed
-from runtime.device import DeviceOptions, check_scaling_options, resolve_device, seed_everything, start_process
+from runtime.device import (DeviceOptions, check_scaling_options, resolve_device, seed_everything, seed_value,
+                            start_process)
 from runtime.engine import Engine, prepare_model, take_step
 from runtime.errors import UserError
 from runtime.options import option
@@ -54,7 +55,7 @@ class TransferConfig(DeviceOptions):
                             "jointly trained RPN (Faster R-CNN)", choices=("selective-search", "rpn"))
     rescale: bool = option(False, "scale each encoder layer by one factor to unit-variance outputs on the "
                            "training images first (Kraehenbuehl et al.'s between-layer calibration)")
-    seed: int = option(0, "seed of the fresh layers, batches and dropout")
+    seed: int = option(0, "seed of the fresh layers, batches and dropout", check=seed_value)
     bad_images: str = option("fail", BAD_IMAGES_HELP, choices=BAD_IMAGE_POLICIES)
     bad_annotations: str = option("error", BAD_ANNOTATIONS_HELP, choices=BAD_ANNOTATION_POLICIES)
     checkpoint_every: int = option(100, "steps between training checkpoints (what --resume continues from)")

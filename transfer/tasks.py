@@ -89,6 +89,8 @@ def _check_same_run(config, saved_path):
     if not saved_path.is_file():
         return
     saved = read_json(saved_path, hint="; the run cannot be resumed")
+    # A setting added since the run was saved had its default then.
+    saved = {**{f.name: f.default for f in dataclasses.fields(config)}, **saved}
     changed = sorted(key for key, value in dataclasses.asdict(config).items()
                      if key not in RESUMABLE_CHANGES and saved.get(key) != value)
     if changed:
