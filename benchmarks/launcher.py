@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 from runtime.errors import UserError
+from runtime.options import at_least, option, parse_options
 from runtime.progress import info
+from .job_states import read_job_states, start_job_states, write_job_states
 
 # Light imports only (no torch): `bench suite --help` builds its options from ClusterOptions.
 LAUNCHERS = ("sequential", "local", "slurm")
@@ -32,24 +34,25 @@ SLURM_CPUS = 8  # a SLURM job's CPUs when neither the preset nor --cpus-per-job 
 
 @dataclasses.dataclass
 class ClusterOptions:
-    """SLURM resources of every job (and the cores and GPUs a local job gets)."""
-    partition: str | None = None
-    gpus_per_job: int = 0          # pretraining runs one process per GPU (torchrun-style)
-    cpus_per_job: int | None = None  # SLURM: 8; local: this machine's cores / --jobs
-    mem_gb: int = 32
-    time_min: int = 240
-    signal_delay_s: int = 120      # how long before the time limit the job is told to checkpoint
+    """SLURM resources of every job (and the cores and GPUs a local job gets). As flags of `bench
+    suite` they default to the preset's `cluster:` section, else to these values."""
+    partition: str | None = option(None, "slurm partition")
+    gpus_per_job: int = option(0, "slurm: GPUs per job; pretraining runs one process per GPU (torchrun-style)",
+                               check=at_least(0))
+    cpus_per_job: int | None = option(None, "slurm and local: CPUs per job; where none is given, 8 on SLURM and "
+                                      "cores / --jobs locally", check=at_least(1))
+    mem_gb: int = option(32, "slurm: memory per job in GB", check=at_least(1))
+    time_min: int = option(240, "slurm: time limit per job in minutes", check=at_least(1))
+    signal_delay_s: int = option(120, "slurm: how long before the time limit the job is told to checkpoint",
+                                 check=at_least(0))
 
 
 def cluster_options(preset, given):
     """ClusterOptions from the command line (`given`, None where not given) over the preset's
     `cluster:` section over the defaults."""
     section = preset.get("cluster") or {}
-    unknown = set(section) - set(ClusterOptions.__dataclass_fields__)
-    if unknown:
-        raise UserError(f"preset cluster: unknown option(s) {', '.join(sorted(unknown))}; known: "
-                        f"{', '.join(ClusterOptions.__dataclass_fields__)}")
-    return ClusterOptions(**{**section, **{k: v for k, v in given.items() if v is not None}})
+    return parse_options(ClusterOptions, {**section, **{k: v for k, v in given.items() if v is not None}},
+                         "preset cluster")
 
 
 def _submitit():
@@ -108,7 +111,6 @@ def launch(jobs, out, launcher, max_jobs=1, cluster=None, dry_run=False):
     if dry_run:
         print("\n".join(describe(jobs, launcher, cluster)))
         return None
-    from .suite import start_job_states
     submitit = _submitit()
     out = Path(out)
     folder = out / JOBS_FOLDER
@@ -131,7 +133,6 @@ def _slurm_executor(submitit, folder, cluster, gpus):
 
 
 def _submit_to_slurm(submitit, jobs, out, folder, cluster):
-    from .suite import read_job_states, write_job_states
     ids, state = {}, read_job_states(out)
     for job in jobs:
         if job.done():
@@ -164,7 +165,6 @@ def _slots(max_jobs, cpus_per_job=None):
 def _run_locally(submitit, jobs, out, folder, max_jobs, cluster):
     import torch
 
-    from .suite import read_job_states, write_job_states
     work, finish = jobs[:-1], jobs[-1]
     slots = _slots(max_jobs, cluster.cpus_per_job)
     gpus_each = torch.cuda.device_count() >= max_jobs and torch.cuda.device_count() > 0

@@ -9,10 +9,12 @@ folder), a line at the top of the page says how many.
 """
 import html
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from runtime.errors import UserError
+from runtime.options import option
 from runtime.readers import read_json
 from runtime.runfiles import write_atomically
 from .resolution import RESOLVING_SPREADS
@@ -162,6 +164,21 @@ def report_html(folder):
             f"<title>{html.escape(folder.resolve().name)}: bench report</title><style>{STYLE}</style>"
             f"<script>{IMAGE_CHECK}</script></head>\n<body>\n" + "\n".join(p for p in parts if p)
             + "\n</body></html>\n")
+
+
+@dataclass
+class ReportConfig:
+    """one HTML page of a suite or run folder: table, curves, grids, configs
+
+    Write DIR/report.html: the table beside the paper's rows, the bar chart, loss and probe curves,
+    preview and prediction grids, and each run's configuration and versions. Images are linked
+    relatively: copy the folder whole to share it."""
+    folder: str = option("", "a `bench suite` output folder, a folder of runs, or one run folder", flags=("DIR",))
+
+
+def make_report(config):
+    """`bench report`: write the report and say where."""
+    print(f"written: {write_report(config.folder)}")
 
 
 def write_report(folder):

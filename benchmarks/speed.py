@@ -37,8 +37,9 @@ from data.pretrain_items import AUGMENT_ON
 from data.pixels import channel_stats
 from pretrain.train import PretrainConfig, build, pretraining_engine, resolve_config, training_batches, training_images
 from runtime import speedups
-from runtime.device import synchronize
-from runtime.errors import UserError
+from data.toy_voc import default_data_root
+from runtime.device import DEVICE_NAMES, device_name, resolve_device, synchronize
+from runtime.options import at_least, option
 from runtime.progress import progress_bar
 from runtime.runfiles import check_new_run_dir, environment_info, save_json, staged_run_dir, write_atomically
 from .inpaint_levers import DEFAULT as LEVER_DEFAULT, loss_over_seeds, measure_levers
@@ -139,19 +140,57 @@ def measure_case(case, precision, data_root, mask_dir, device, workers, warmup, 
     return row
 
 
-def run_speed(out, data_root, mask_dir=None, cases=None, precisions=("fp32", "bf16"), device="cpu",
-              workers=1, warmup=2, steps=5, matmul_size=2048, overwrite=False, progress=True,
-              loader_sizes=(128, 227), loader_batch=64, loader_batches=20, levers=False, assume_tflops=None, loader_cores=None):
-    """Measure everything, write <out>/speed.json, .csv and .md; return the record.
+@dataclasses.dataclass
+class SpeedConfig:
+    """measure training throughput against the machine's matmul peak
 
-    `loader_sizes`: the sizes of the loader rows (every mask kind at each; empty: none), timed over
-    `loader_batches` batches of `loader_batch`;
-    `levers`: also the inpainting network's speed levers (benchmarks.inpaint_levers);
-    `assume_tflops`, `loader_cores`: the device peak and loader cores the projection assumes
-    (default: the measured device, this machine's cores)."""
-    if steps < 1 or warmup < 0:
-        raise UserError(f"--steps must be at least 1 and --warmup 0 or more, got {steps} and {warmup}")
-    cases = cases or default_cases()
+    Measure the matmul peak (fp32, bf16), model-only training throughput on random tensors and
+    end-to-end pretraining throughput on real files, for the feature network (AlexNet context
+    encoder, random-region holes) at each --feature-sizes and the inpainting network at 128 px, in
+    each --precisions. Prints a table and writes speed.json, speed.csv and speed.md into --out."""
+    data_root: str | None = option(None, "images for the end-to-end runs (a VOC root or folder); default: the "
+                                   "built-in toy VOC set")
+    mask_dir: str | None = option(None, "VOC segmentation PNGs for random-region holes (default: the data root's "
+                                  "SegmentationClass)")
+    feature_sizes: list[int] = option([128, 227], "input sizes of the feature network", nargs="+", check=at_least(1))
+    feature_batch: int = option(32, "batch size of the feature network", check=at_least(1))
+    inpaint_batch: int = option(64, "batch size of the inpainting network (0: leave it out)", check=at_least(0))
+    precisions: list[str] = option(["fp32", "bf16"], "autocast precisions measured", nargs="+",
+                                   choices=speedups.PRECISIONS)
+    steps: int = option(5, "timed training steps per measurement", check=at_least(1))
+    warmup: int = option(2, "untimed steps before them", check=at_least(0))
+    matmul_size: int = option(2048, "side of the square matmuls", check=at_least(1))
+    device: str = option("auto", DEVICE_NAMES, check=device_name)
+    workers: int = option(1, "DataLoader worker processes", check=at_least(0))
+    loader_sizes: list[int] = option([128, 227], "input sizes of the data-path rows (every mask kind at each; none: "
+                                     "leave them out)", nargs="*", check=at_least(1))
+    loader_batch: int = option(64, "batch size of the data-path rows", check=at_least(1))
+    loader_batches: int = option(20, "timed batches per data-path row", check=at_least(1))
+    levers: bool = option(False, "also time the inpainting network's step with each speed lever (sub-pixel "
+                          "up-convolutions, channels_last, torch.compile, threads)")
+    assume_tflops: float | None = option(None, "project the paper preset for a device of this bf16 peak (default: "
+                                         "the measured device)", check=at_least(1e-9))
+    loader_cores: int | None = option(None, "loader workers of the projected machine (default: this machine's "
+                                      "cores)", check=at_least(1))
+    out: str | None = option(None, "results folder (default: runs/speed-<date>-<time>)")
+    overwrite: bool = option(False, "replace an existing results folder")
+
+
+def measure_speed(config, progress=True):
+    """`bench speed`: measure, write the record, print speed.md."""
+    out, _ = run_speed(config, progress)
+    print((out / "speed.md").read_text())
+    print(f"written: {out / 'speed.json'} (+ .csv, .md)")
+
+
+def run_speed(config, progress=True):
+    """Measure everything `config` (SpeedConfig) asks for, write <out>/speed.json, .csv and .md;
+    return (out, the record)."""
+    out = config.out or f"runs/speed-{time.strftime('%Y%m%d-%H%M%S')}"
+    data_root, mask_dir, precisions = config.data_root or default_data_root(), config.mask_dir, config.precisions
+    device, workers, warmup, steps = resolve_device(config.device), config.workers, config.warmup, config.steps
+    matmul_size, overwrite = config.matmul_size, config.overwrite
+    cases = default_cases(config.feature_sizes, config.feature_batch, config.inpaint_batch)
     for precision in precisions:
         speedups.check_precision(precision, device)
     out = check_new_run_dir(out, overwrite)  # refuse before measuring, not after
@@ -176,16 +215,16 @@ def run_speed(out, data_root, mask_dir=None, cases=None, precisions=("fp32", "bf
     for row in rows:  # bf16 (or fp16) against fp32 on the same case
         fp32 = next((r for r in rows if r["case"] == row["case"] and r["precision"] == "fp32"), None)
         row["end_to_end_speedup_over_fp32"] = row["end_to_end_img_s"] / fp32["end_to_end_img_s"] if fp32 else None
-    loader_cases = [(size, mask, where) for size in loader_sizes for where in AUGMENT_ON for mask in MASK_KINDS]
-    loader_rows = [measure_loader(data_root, mask_dir, mask, size, where, device, loader_batch, max(1, workers),
-                                  loader_batches, stats)
+    loader_cases = [(size, mask, where) for size in config.loader_sizes for where in AUGMENT_ON for mask in MASK_KINDS]
+    loader_rows = [measure_loader(data_root, mask_dir, mask, size, where, device, config.loader_batch,
+                                  max(1, workers), config.loader_batches, stats)
                    for size, mask, where in progress_bar(loader_cases, desc="data path", unit="case",
                                                          disable=not progress)]
-    lever_rows = measure_levers(warmup=warmup, steps=steps, progress=progress) if levers else []
-    projections = _projections(rows, loader_rows, peaks, assume_tflops, loader_cores)
+    lever_rows = measure_levers(warmup=warmup, steps=steps, progress=progress) if config.levers else []
+    projections = _projections(rows, loader_rows, peaks, config.assume_tflops, config.loader_cores)
     record = {"rows": rows, "loader_rows": loader_rows, "lever_rows": lever_rows, "projections": projections,
               "matmul_peak_gflop_s": peaks, "matmul_size": matmul_size,
-              "device": device, "device_name": device_name(device), "threads": torch.get_num_threads(),
+              "device": device, "device_name": hardware_name(device), "threads": torch.get_num_threads(),
               "cores": len(os.sched_getaffinity(0)), "workers": workers, "warmup_steps": warmup,
               "timed_steps": steps, "data_root": str(data_root), "environment": environment_info()}
     # Written beside `out` and renamed: a run stopped midway leaves an earlier record in place.
@@ -230,7 +269,7 @@ def _projections(rows, loader_rows, peaks, assume_tflops, loader_cores):
     return projections
 
 
-def device_name(device):
+def hardware_name(device):
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(device)
     try:

@@ -11,7 +11,6 @@ Layout under --out:
     probe_curves.png, probe_curves.csv   when the pretraining runs were probed (mean +- std over seeds)
 """
 import dataclasses
-import json
 import os
 import sys
 import typing
@@ -21,17 +20,20 @@ import pydantic
 import yaml
 
 from pretrain.curves import probe_comparison
-from pretrain.methods import get_method, load_plugins
+from pretrain.methods import PluginOptions, get_method, load_plugins
 from pretrain.train import PretrainConfig, pretrain, resume_pretraining
+from data.toy_voc import default_data_root
+from runtime.device import DEVICE_NAMES, device_name, seed_value
 from runtime.errors import UserError
-from runtime.options import parse_options
+from runtime.options import at_least, option, parse_options
 from runtime.progress import info
-from runtime.readers import read_json
-from runtime.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir, write_atomically
+from runtime.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir
 from transfer.finetune import TransferConfig, task_names
 from transfer.tasks import run_task
+from .job_states import STATE_FILE, read_job_file, read_job_states, start_job_states, write_job_states
+from .launcher import LAUNCHERS, cluster_options, launch
 from .report import write_report
-from .table import write_table
+from .table import print_tables, write_table
 
 PRESETS = Path(__file__).resolve().parent / "presets"
 
@@ -80,9 +82,9 @@ def load_preset(name):
 
 def check_needs(preset, name, given):
     """Refuse to start a preset without the command-line options its `needs:` names ({option: value})."""
-    for option, hint in (preset.get("needs") or {}).items():
-        if given.get(option) is None:
-            raise UserError(f"preset {name} needs --{option} ({hint})")
+    for needed, hint in (preset.get("needs") or {}).items():
+        if given.get(needed) is None:
+            raise UserError(f"preset {name} needs --{needed} ({hint})")
 
 
 def check_preset(preset):
@@ -168,27 +170,78 @@ class Job:
 
 
 @dataclasses.dataclass
-class SuiteData:
-    """Where a suite's data is: pretraining images, the VOC root of the transfer tasks (default:
-    the pretraining root), a class-folder root for the in-domain probe (`task: probe`, and the
-    pretraining probe curves when given), and the random-region shapes."""
-    pretrain: str
-    transfer: str | None = None
-    in_domain: str | None = None
-    mask_dir: str | None = None
+class SuiteConfig(PluginOptions):
+    """pretrain every method, run every task for several seeds, build the table
+
+    Run a preset (benchmarks/presets/*.yaml, or a YAML file of the same form): pretraining for each
+    method and seed, every transfer task on every encoder, then the table. Finished work (encoder.pt /
+    record.json present) is skipped."""
+    preset: str = option("quick", "quick, methods, cpu, paper, imagenet-subset, or a YAML file")
+    data_root: str | None = option(None, "pretraining images (VOC root or folder); default: the preset's data_root, "
+                                   "else the built-in toy VOC set", flags=("--pretrain-data", "--data-root"))
+    transfer_data_root: str | None = option(None, "VOC root for the tasks (and the pretraining probe); default: "
+                                            "--pretrain-data", flags=("--transfer-data", "--transfer-data-root"))
+    in_domain_data: str | None = option(None, "class-folder root (train/<class>/, val/<class>/) for the in-domain "
+                                        "probe: the presets' probe task and the pretraining probe curves, e.g. "
+                                        "../shared/data/imagenette")
+    mask_dir: str | None = option(None, "VOC segmentation PNGs for random-region masks (default: the preset's)")
+    seeds: list[int] | None = option(None, "override the preset's seeds", nargs="+", check=seed_value)
+    device: str = option("auto", DEVICE_NAMES, check=device_name)
+    out: str | None = option(None, "suite folder (default: runs/suite-<preset>)")
+    launcher: str = option("sequential", "sequential: one job after another in this process; local: each job its "
+                           "own process, up to --jobs at once; slurm: each job a SLURM job, transfers after their "
+                           "pretraining (local and slurm need submitit: pip install -e '.[cluster]')",
+                           choices=LAUNCHERS)
+    jobs: int = option(1, "local: jobs at once (each gets its share of the cores, and a GPU of its own when there "
+                       "are enough)", check=at_least(1))
+    dry_run: bool = option(False, "print the jobs, what each waits for and their resources; run nothing")
+    status: str | None = option(None, "list every job of the suite in OUT: done, running, failed (with its "
+                                "error), not started", metavar="OUT")
+    cluster: dict = dataclasses.field(default_factory=dict)  # ClusterOptions given on the command line
+
+    def out_folder(self):
+        return Path(self.out or f"runs/suite-{Path(self.preset).stem}")
 
 
-def plan_suite(preset, out, data, seeds=None, device="auto", plugins=(), progress=True):
+def run_suite_command(config):
+    """`bench suite`: the suite's status, or the suite run (or submitted), its table printed."""
+    if config.status:
+        for name, state, detail in job_status(saved_plan(config.status), config.status):
+            print(f"{name:<50} {state:<12} {detail}")
+        return
+    preset = load_preset(config.preset)
+    load_plugins(config.plugin)
+    check_preset(preset)  # every option of every section, before any data is made or read
+    check_needs(preset, config.preset, {"pretrain-data": config.data_root, "transfer-data": config.transfer_data_root,
+                                        "in-domain-data": config.in_domain_data, "mask-dir": config.mask_dir})
+    config = dataclasses.replace(config, data_root=str(config.data_root or preset.get("data_root")
+                                                       or default_data_root()),
+                                 mask_dir=config.mask_dir or preset.get("mask_dir"))
+    out = config.out_folder()
+    if config.launcher == "sequential" and not config.dry_run:
+        table = run_suite(preset, config)
+    else:
+        cluster = cluster_options(preset, config.cluster)
+        table = launch(plan_suite(preset, config), out, config.launcher, config.jobs, cluster, config.dry_run)
+        if table is None:
+            if config.launcher == "slurm" and not config.dry_run:
+                print(f"submitted; follow it with: bench suite --status {out}")
+            return
+    print_tables(table, out)
+    info(guide(out))
+
+
+def plan_suite(preset, config, progress=True):
     """The preset's jobs in a runnable order: pretrainings, then transfers (each needs its encoder's
-    pretraining, if any), then the table. `data` is a SuiteData."""
+    pretraining, if any), then the table, for `config` (a SuiteConfig: the folder, data, seeds and device)."""
     check_preset(preset)
-    out = Path(out)
-    seeds = seeds or preset["seeds"]
-    data_root, mask_dir = data.pretrain, data.mask_dir
-    transfer_root = data.transfer or data_root
-    probed_root = data.in_domain or transfer_root
+    out, device, seeds = config.out_folder(), config.device, config.seeds or preset["seeds"]
+    data_root, mask_dir = config.data_root, config.mask_dir
+    transfer_root = config.transfer_data_root or data_root
+    in_domain = config.in_domain_data
+    probed_root = in_domain or transfer_root
     jobs, encoders = [], {}  # encoders: (method, seed) -> (init, the job that makes it or None)
-    common = {"out": out, "plugins": tuple(plugins), "progress": progress}
+    common = {"out": out, "plugins": tuple(config.plugin), "progress": progress}
     for name, options in preset["methods"].items():
         for seed in seeds:
             if _no_pretraining(options):  # a random-init row
@@ -206,10 +259,10 @@ def plan_suite(preset, out, data, seeds=None, device="auto", plugins=(), progres
     for task_name, task_options in preset["tasks"].items():
         for (name, seed), (init, maker) in encoders.items():
             config = parse_options(TransferConfig, {**preset["transfer"], **task_options}, f"preset tasks.{task_name}")
-            if config.task == "probe" and not data.in_domain:
+            if config.task == "probe" and not in_domain:
                 raise UserError(f"preset tasks.{task_name} is an in-domain probe: give --in-domain-data, a "
                                 f"class-folder root (train/<class>/, val/<class>/)")
-            task_root = data.in_domain if config.task == "probe" else transfer_root
+            task_root = in_domain if config.task == "probe" else transfer_root
             config = dataclasses.replace(config, init=init, data_root=str(task_root), seed=seed, device=device)
             jobs.append(Job(f"transfer/{task_name}-{name}-seed{seed}", config=config,
                             needs=(maker,) if maker else (), **common))
@@ -217,43 +270,12 @@ def plan_suite(preset, out, data, seeds=None, device="auto", plugins=(), progres
     return jobs
 
 
-STATE_FILE = "jobs.json"
-
-
-def _read_job_file(out):
-    """jobs.json's content; {} for a suite that has none yet."""
-    path = Path(out) / STATE_FILE
-    if not path.exists():
-        return {}
-    return read_json(path, hint="; delete it and run the suite again (finished runs are kept and skipped)")
-
-
-def read_job_states(out):
-    """{job name: {"state": ..., "job_id", "error"}} as the last launcher left them."""
-    return _read_job_file(out).get("jobs", {})
-
-
-def start_job_states(out, jobs):
-    """Record the plan of a suite that starts, keeping the states of jobs that are done."""
-    kept = {name: entry for name, entry in read_job_states(out).items() if entry.get("state") == "done"}
-    write_job_states(out, kept, [{"name": job.name, "needs": list(job.needs)} for job in jobs])
-
-
 def saved_plan(out):
     """The jobs of the suite in `out`, from its jobs.json (enough to check what is done)."""
-    plan = _read_job_file(out).get("plan")
+    plan = read_job_file(out).get("plan")
     if not plan:
         raise UserError(f"{out} has no {STATE_FILE}: not a suite folder, or one from before suites recorded their jobs")
     return [Job(entry["name"], Path(out), needs=tuple(entry["needs"])) for entry in plan]
-
-
-def write_job_states(out, state, plan=None):
-    """<out>/jobs.json: the plan (every job and what it needs) and the launcher's state of each."""
-    Path(out).mkdir(parents=True, exist_ok=True)
-    saved = _read_job_file(out)
-    plan = plan if plan is not None else saved.get("plan", [])
-    text = json.dumps({"plan": plan, "jobs": state}, indent=1) + "\n"
-    write_atomically(Path(out) / STATE_FILE, lambda tmp: tmp.write_text(text))
 
 
 def job_status(jobs, out):
@@ -276,9 +298,10 @@ def job_status(jobs, out):
     return rows
 
 
-def run_suite(preset, out, data, seeds=None, device="auto", progress=True, plugins=()):
+def run_suite(preset, config, progress=True):
     """Run the preset's jobs one after another in this process; return the table."""
-    jobs = plan_suite(preset, out, data, seeds, device, plugins, progress)
+    out = config.out_folder()
+    jobs = plan_suite(preset, config, progress)
     start_job_states(out, jobs)
     states, failures = {}, []
     for job in jobs[:-1]:

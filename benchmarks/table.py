@@ -11,6 +11,7 @@ Table 1 (inpainting, from `bench eval-inpaint` records): one row per (method, da
 mean L1 and L2 in percent, PSNR in dB and SSIM, each "mean ± std (n)" over pretraining seeds.
 Written as inpaint_table.csv, .md and .json.
 """
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from runtime.errors import UserError
+from runtime.options import option
 from runtime.readers import read_json
 from runtime.runfiles import save_json, staged_files, write_atomically
 from .layer_probes import write_layer_probes
@@ -171,6 +173,31 @@ def build_inpaint_table(records):
             row[heading] = _cell(group.loc[group["column"] == heading, "value"], 1, decimals)
         rows.append(row)
     return pd.DataFrame(rows), summary
+
+
+@dataclass
+class TableConfig:
+    """the paper's Tables 2 and 1 beside the measured records
+
+    Read every record.json under --records and write into --out: from transfer records table.csv,
+    table.md, table.json and table.png (mean ± std over seeds) next to the paper's Table 2
+    (results/paper_table2.csv); from `bench eval-inpaint` records inpaint_table.csv/.md/.json next to
+    the paper's Table 1 (results/paper_table1.csv, measured on Paris StreetView, which is not public)."""
+    records: str = option("runs/transfer", "folder searched for record.json files")
+    out: str = option("results", "folder for the table files")
+
+
+def make_table(config):
+    """`bench table`: write the tables and print them."""
+    print_tables(write_table(config.records, config.out), config.out)
+
+
+def print_tables(tables, folder):
+    """Each table as text, and the files it was written to."""
+    for stem, table in tables.items():
+        print(table.to_string(index=False))
+        also = {"table": ".csv, .json, .png", "inpaint_table": ".csv, .json"}.get(stem, ".csv")
+        print(f"written: {Path(folder) / stem}.md (+ {also})\n")
 
 
 def write_table(records_folder, out_folder):

@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from runtime.errors import UserError
+from runtime.options import option
 from .images import VOC_CLASSES, find_voc_dir, read_split
 from .voc import VOCDetection, VOCSegmentation, mask_misfit, parse_annotation
 
@@ -151,6 +152,32 @@ def checked_dataset(dataset_class, root, split, year, policy):
     if ids and len(leave_out) == len(ids):
         raise UserError(f"every image of {what} has annotation problems; see `bench data check {root}`")
     return dataset_class(root, split, year, leave_out=leave_out)
+
+
+@dataclass
+class DataCheckConfig:
+    """list what is wrong with a VOC root's annotations and masks
+
+    Check every split of a VOC root: the files each split lists (JPEG; annotation for ImageSets/Main,
+    class and object masks for ImageSets/Segmentation), boxes outside their image, inverted or empty,
+    mask class ids outside 0..20 and 255, mask modes and sizes, and annotation sizes against the JPEG.
+    Prints one line per problem (file, kind, detail) and a summary; exits 0 when clean, 1 when there
+    are problems. `bench transfer` runs the same check on its splits (--bad-annotations)."""
+    root: str = option("", "a VOC root: the folder holding VOCdevkit/, VOCdevkit/ or VOC<year>/", flags=("ROOT",))
+    year: str | None = option(None, "check only this VOC year (default: every year under ROOT)")
+    out: str | None = option(None, "also write the problems to this CSV file")
+
+
+def check_root(config):
+    """`bench data check`: print the problems of config.root (and write them to config.out); the
+    exit status: 1 when there are problems, so that scripts can tell a clean root."""
+    problems, checked = root_problems(config.root, config.year)
+    for problem in problems:
+        print(f"{problem.file}  {problem.kind}  {problem.detail}")
+    if config.out:
+        write_problems(problems, config.out)
+    print(summary(problems, checked))
+    return 1 if problems else 0
 
 
 def voc_dirs(root, year=None):

@@ -15,13 +15,16 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from runtime.device import seed_value
 from runtime.errors import UserError
+from runtime.options import at_least, option
 from runtime.progress import info
 from runtime.runfiles import cache_dir
 from .images import VOC_CLASSES
@@ -259,6 +262,28 @@ def write_toy_voc(out_dir, n_images=200, size=128, seed=0, classes=10):
         summary["years"][str(year)] = _write_year(voc, year, n_images, size, seed, classes)
     (out_dir / "toy_voc.json").write_text(json.dumps(summary, indent=1) + "\n")
     return out_dir
+
+
+@dataclass
+class ToyVOCConfig:
+    """write the synthetic toy VOCdevkit (VOC2007 + VOC2012)
+
+    Writes OUT/VOCdevkit/VOC2007 and VOC2012 and OUT/toy_voc.json; the same options give the same bytes."""
+    out: str = option("", "folder to write VOCdevkit/ into (must be new or empty)", required=True)
+    images: int = option(DEFAULT_TOY["n_images"], "images per year", check=at_least(1))
+    size: int = option(DEFAULT_TOY["size"], "nominal image side in px", check=at_least(1))
+    seed: int = option(DEFAULT_TOY["seed"], "seed of the scenes", check=seed_value)
+    classes: int = option(DEFAULT_TOY["classes"], "objects are drawn from the first N of VOC's 20 classes",
+                          check=at_least(1))
+
+
+def make_toy_voc(config):
+    """`bench data toy`: write the set into config.out, which must be new or empty."""
+    out = Path(config.out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty; choose a new folder")
+    root = write_toy_voc(out, config.images, config.size, config.seed, config.classes)
+    print(f"toy VOC written to {root} ({config.images} images per year, see toy_voc.json)")
 
 
 def write_toy_class_folders(out_dir, per_class=(12, 6), size=64, seed=0, classes=4):

@@ -10,6 +10,7 @@ import math
 import re
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -20,17 +21,19 @@ from skimage.metrics import structural_similarity
 
 from data.images import list_images
 from data.masks import MaskSampler
-from data.pixels import centre_crop, load_rgb, normalized_tensor, readable_only
+from data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, centre_crop, load_rgb, normalized_tensor, readable_only
+from data.toy_voc import default_data_root
 from pretrain.methods import get_method
 from pretrain.methods.context_encoder import ContextEncoder
 from pretrain.train import load_run_config
-from runtime.device import resolve_device
+from runtime.device import DEVICE_NAMES, device_name, resolve_device, seed_value
 from runtime.engine import read_checkpoint
 from runtime.errors import UserError
+from runtime.options import option
 from runtime.metrics import as_numpy
 from runtime.progress import progress_bar
 from runtime.readers import read_json
-from runtime.runfiles import CHECKPOINT, environment_info, save_json, write_atomically
+from runtime.runfiles import CHECKPOINT, environment_info, save_json, staged_run_dir, write_atomically
 from . import inpaint_baselines as baselines
 
 matplotlib.use("Agg")
@@ -171,18 +174,93 @@ def _slug(text):
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def evaluate_inpainting(runs, data_root, split, out_dir, rows=ROWS, year=None, mask=None, mask_dir=None,
-                        database_split="train", seed=0, bad_images="fail", device="cpu", progress=True):
-    """Score every row on the same images and holes; write <out_dir>/<row>/record.json for each
-    and <out_dir>/grid.png (the first images, one column per row). Returns the records."""
+@dataclass
+class HoleOptions:
+    """The runs whose networks fill the holes, and the holes."""
+    run: list[str] = option([], "a context-encoder `bench pretrain` run folder; repeat to compare runs on the same "
+                            "holes", required=True, repeat=True)
+    mask: str | None = option(None, "hole kind (default: the run's own)", choices=INPAINT_MASKS)
+    mask_dir: str | None = option(None, "VOC segmentation PNGs for random-region holes (default: the run's)")
+    seed: int = option(0, "seed of the holes", check=seed_value)
+    device: str = option("auto", DEVICE_NAMES, check=device_name)
+    overwrite: bool = option(False, "replace an existing --out folder")
+
+
+@dataclass
+class InpaintConfig(HoleOptions):
+    """fill holes in your own images with a trained context encoder
+
+    Fill holes in images of any size. Each image's largest centred square is rescaled to the
+    network's input size, a hole is drawn and filled there, and the fill is rescaled back and pasted
+    into the hole at full resolution (the context keeps its own pixels). Writes <out>/<image>.png:
+    masked | fill of each --run | original."""
+    images: str = option("", "an image file or a folder of images", required=True)
+    out: str = option("", "new folder for the side-by-side PNGs", required=True)
+
+
+@dataclass
+class EvalInpaintConfig(HoleOptions):
+    """score inpainting against the truth, with baselines (the paper's Table 1)
+
+    Fill the same holes in the images of --split with each --run's network and the baselines, and
+    score each over the hole with pixels in [0, 1]: mean L1, mean L2, PSNR, SSIM. Writes
+    <out>/<row>/record.json (read by `bench table`) and <out>/grid.png comparing every row on the
+    same holes."""
+    data_root: str | None = option(None, "a VOC root or folder of images; default: the toy VOC set")
+    split: str = option("val", "image set evaluated (of a VOC root)")
+    year: str | None = option(None, "VOC year folder (default: the newest present)")
+    database_split: str = option("train", "image set the nearest-neighbour rows search (the evaluated images are "
+                                 "left out)")
+    rows: list[str] = option(list(ROWS), "network and nn-features: per --run; the others: classical baselines",
+                             choices=ROWS, nargs="+")
+    bad_images: str = option("fail", BAD_IMAGES_HELP, choices=BAD_IMAGE_POLICIES)
+    out: str | None = option(None, "folder for the records (default: "
+                             "runs/transfer/inpaint-<run>-<mask>-<split>-seed<seed>)")
+
+    def out_folder(self):
+        mask = f"-{self.mask}" if self.mask else ""
+        run = Path(self.run[0]).resolve().name
+        return self.out or f"runs/transfer/inpaint-{run}{mask}-{self.split}-seed{self.seed}"
+
+
+def inpaint(config, progress=True):
+    """`bench inpaint`: the side-by-side PNGs of config.images in a new folder config.out."""
+    if not Path(config.images).exists():
+        raise UserError(f"--images {config.images} does not exist")
+    with staged_run_dir(config.out, config.overwrite) as staging:
+        written = inpaint_files(config, staging, progress)
+    print(f"wrote {len(written)} side-by-side PNG(s) to {config.out}")
+
+
+def evaluate(config, progress=True):
+    """`bench eval-inpaint`: the records and grid in config.out_folder(), and the scores printed."""
+    config.data_root = str(config.data_root or default_data_root())
+    out = config.out_folder()
+    with staged_run_dir(out, config.overwrite) as staging:
+        records = evaluate_inpainting(config, staging, progress)
+    print(f"{'row':<60} {'L1 %':>6} {'L2 %':>6} {'PSNR dB':>8} {'SSIM':>6}")
+    for record in records:
+        m = record["metrics"]
+        psnr = "inf" if m["psnr"] == "inf" else f"{m['psnr']:.2f}"
+        print(f"{record['pretrain_label'][:60]:<60} {100 * m['l1']:>6.2f} {100 * m['l2']:>6.2f} {psnr:>8} "
+              f"{m['ssim']:>6.3f}")
+    print(f"records and grid.png in {out}")
+
+
+def evaluate_inpainting(config, out_dir, progress=True):
+    """Score every row of `config` (EvalInpaintConfig) on the same images and holes; write
+    <out_dir>/<row>/record.json for each and <out_dir>/grid.png (the first images, one column per
+    row). Returns the records."""
+    rows, data_root, split, year, seed = config.rows, config.data_root, config.split, config.year, config.seed
+    database_split, bad_images = config.database_split, config.bad_images
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
         raise UserError(f"unknown inpainting rows {', '.join(unknown)}; choose from {', '.join(ROWS)}")
-    inpainters = load_inpainters(runs, device)
-    config = inpainters[0].config
-    mask, sampler = hole_sampler(config, mask, mask_dir)
+    inpainters = load_inpainters(config.run, config.device)
+    run_config = inpainters[0].config
+    mask, sampler = hole_sampler(run_config, config.mask, config.mask_dir)
     paths = readable_only(list_images(data_root, split, year), bad_images, f"{data_root} ({split})", progress)
-    images = centre_crops(paths, config.image_size, config.load_size, progress, f"loading {split} images")
+    images = centre_crops(paths, run_config.image_size, run_config.load_size, progress, f"loading {split} images")
     holes = draw_holes(sampler, len(images), seed)
     database = None
     if {"nn-features", "nn-hog"} & set(rows):
@@ -193,7 +271,7 @@ def evaluate_inpainting(runs, data_root, split, out_dir, rows=ROWS, year=None, m
         if not database_paths:
             raise UserError(f"nearest-neighbour rows need --database-split images other than the "
                             f"evaluated ones; {database_split} has none")
-        database = centre_crops(database_paths, config.image_size, config.load_size, progress,
+        database = centre_crops(database_paths, run_config.image_size, run_config.load_size, progress,
                                 f"loading {database_split} images")
 
     fillers = []  # (row, label, Inpainter or None, function giving the filled images)
@@ -216,7 +294,7 @@ def evaluate_inpainting(runs, data_root, split, out_dir, rows=ROWS, year=None, m
 
     original = images.astype(np.float32) / 255
     setting = {"data_root": str(data_root), "test_split": split, "year": year, "mask": mask, "seed": seed,
-               "image_size": config.image_size, "load_size": config.load_size, "images": len(images),
+               "image_size": run_config.image_size, "load_size": run_config.load_size, "images": len(images),
                "database_split": database_split if database is not None else None}
     records, grid_columns = [], []
     for row, label, run, fill in fillers:
@@ -265,17 +343,18 @@ def _grid(columns, path):
     plt.close(figure)
 
 
-def inpaint_files(runs, images, out_dir, mask=None, mask_dir=None, seed=0, device="cpu", progress=True):
-    """Fill holes in a user's own images at their own size. Each image's largest centred square is
-    rescaled to the network's input size, a hole is drawn there and filled, and the fill is rescaled
-    back and pasted into the hole at full resolution, so the context keeps its original pixels.
-    Writes <out_dir>/<name>.png: masked | each run's fill | original, side by side."""
-    inpainters = load_inpainters(runs, device)
-    config = inpainters[0].config
-    _, sampler = hole_sampler(config, mask, mask_dir)
-    source = Path(images)
+def inpaint_files(config, out_dir, progress=True):
+    """Fill holes in a user's own images (`config`: InpaintConfig) at their own size. Each image's
+    largest centred square is rescaled to the network's input size, a hole is drawn there and
+    filled, and the fill is rescaled back and pasted into the hole at full resolution, so the
+    context keeps its original pixels. Writes <out_dir>/<name>.png: masked | each run's fill |
+    original, side by side."""
+    inpainters = load_inpainters(config.run, config.device)
+    _, sampler = hole_sampler(inpainters[0].config, config.mask, config.mask_dir)
+    source = Path(config.images)
     paths = [source] if source.is_file() else list_images(source)
-    side = config.image_size
+    side = inpainters[0].config.image_size
+    seed = config.seed
     written = []
     for i, path in enumerate(progress_bar(paths, desc="inpainting", unit="img", disable=not progress)):
         picture = np.asarray(load_rgb(path))

@@ -23,6 +23,7 @@ from data.masks import MASK_KINDS, MaskSampler
 from data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, readable_only
 from data.pretrain_items import AUGMENT_ON, PretrainImages
 from data.sampling import epoch_batches
+from data.toy_voc import default_data_root
 from runtime import distributed, speedups
 from runtime.device import (DeviceOptions, check_scaling_options, resolve_device, seed_everything, seed_value,
                             start_process)
@@ -43,8 +44,14 @@ PREVIEW_IMAGES = 8
 
 @dataclass
 class PretrainConfig(DeviceOptions):
-    """Everything a pretraining run depends on; each field with help text is a `bench pretrain` flag.
-    The method's own options are in method_options (see PretextMethod.Options)."""
+    """learn an encoder without labels
+
+    Train a pretext method and write a run folder: config.json, metrics.jsonl, checkpoint.pt,
+    encoder.pt + encoder.json (for `bench transfer`) and preview PNGs. With no options: the context
+    encoder on the built-in toy data (quick preset).
+
+    Everything a pretraining run depends on: each field with help text is a `bench pretrain` flag,
+    and the method's own options are in method_options (see PretextMethod.Options)."""
     method: str = option("context-encoder", "pretext method (`bench methods` lists them)", choices=method_names)
     arch: str = option("alexnet", "backbone: alexnet (the paper's feature-learning network, any size >= 63 px) or "
                        "timm:<model name> (e.g. timm:resnet18); context-encoder also takes inpaint (the 128 px "
@@ -332,3 +339,19 @@ def _save_encoder(method, config, run_dir, elapsed, step):
                "input_mean": method.input_mean, "input_std": method.input_std,
                "steps": step, "pretrain_seconds": round(elapsed, 1), "seed": config.seed,
                "data_root": config.data_root, "split": config.split}, run_dir / "encoder.json")
+
+
+def run_pretraining(config, folder, progress=True):
+    """`bench pretrain`: a new run of `config` in folder.out (default: pretrain_run_name), or with
+    folder.resume the interrupted one continued, to config.steps when given (None: its own).
+    Returns the run folder."""
+    out = folder.check().out or pretrain_run_name(config)
+    if folder.resume:
+        run_dir = resume_pretraining(out, config.steps, progress)
+    else:
+        config = dataclasses.replace(config, steps=PretrainConfig.steps if config.steps is None else config.steps,
+                                     data_root=str(config.data_root or default_data_root()))
+        run_dir = pretrain(config, out, folder.overwrite, progress)
+    if distributed.is_main():
+        print(f"run folder: {run_dir}  (encoder: {run_dir / 'encoder.pt'}, preview: {run_dir / 'preview.png'})")
+    return run_dir

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .options import at_least, option
 from .runfiles import cache_dir
 
 # Top-level folders whose children are entries of their own; files that share a stem are one entry.
@@ -71,6 +72,34 @@ def _about(paths):
             except (OSError, ValueError, KeyError, TypeError):
                 return ""
     return ""
+
+
+@dataclass
+class CacheListConfig:
+    """every entry with its size and the days since it was last used"""
+
+
+@dataclass
+class CacheCleanConfig:
+    """delete entries (all, or those unused for --older-than days)"""
+    older_than: float = option(0.0, "delete only entries not used for this many days (0: everything)",
+                               metavar="DAYS", check=at_least(0))
+
+
+def list_cache(config=None):
+    """`bench cache list`: print every entry, then the total."""
+    entries = cache_entries()
+    print(f"cache folder: {cache_dir()}")
+    for entry in entries:
+        print(f"{human_size(entry.bytes):>9}  {entry.age_days:6.1f} days  {entry.kind:<12} {entry.name}  {entry.about}")
+    print(f"{human_size(sum(e.bytes for e in entries)):>9}  in {len(entries)} entries "
+          f"(`bench cache clean --older-than DAYS` frees them)")
+
+
+def clean(config):
+    """`bench cache clean`: delete the entries unused for config.older_than days and say what was freed."""
+    removed = clean_cache(config.older_than)
+    print(f"removed {len(removed)} entries, {human_size(sum(e.bytes for e in removed))}")
 
 
 def clean_cache(older_than_days=0.0, folder=None):

@@ -13,6 +13,7 @@ a preset's or a saved run's values against the fields.
 import argparse
 import dataclasses
 import functools
+import inspect
 import types
 import typing
 
@@ -45,17 +46,36 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def option(default, help, choices=None, metavar=None, nargs=None, required=False, check=None):
+def option(default, help, choices=None, metavar=None, nargs=None, required=False, check=None, flags=None,
+           repeat=False):
     """A dataclass field with its command-line help. `choices` may be a function giving them when
     the parser is built (e.g. the registered methods, plug-ins included); `nargs` makes a list;
     `required`: the command line must give it (the dataclass default serves library callers);
     `check(value)` raises ValueError saying what is wrong with a value of the right type (a seed
-    out of range), wherever the value comes from: a flag, a preset or a saved run."""
+    out of range), wherever the value comes from: a flag, a preset or a saved run; `flags`: the
+    names on the command line when not --<field name> (aliases, or one name without dashes for a
+    positional argument); `repeat`: a list given by repeating the flag (--run A --run B)."""
     metadata = {"help": help, "choices": choices, "metavar": metavar, "nargs": nargs, "required": required,
-                "check": check}
+                "check": check, "flags": flags, "repeat": repeat}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def at_least(minimum):
+    """An option's `check`: the value must be `minimum` or more."""
+    def check(value):
+        if value < minimum:
+            raise ValueError(f"must be {minimum} or more")
+        return value
+    return check
+
+
+def command_help(config_class):
+    """(help, description) of the command whose options are `config_class`: its docstring's first
+    line and the paragraph after it (later paragraphs are for readers of the code)."""
+    paragraphs = inspect.cleandoc(config_class.__doc__ or "").split("\n\n")
+    return paragraphs[0].strip(), " ".join(paragraphs[1].split()) if len(paragraphs) > 1 else None
 
 
 def flag(name):
@@ -86,8 +106,10 @@ def flag_type(kind, check=None):
     return parse
 
 
-def add_options(parser, cls, title=None):
-    """A flag per field of dataclass `cls` that has help text (in a group titled `title`)."""
+def add_options(parser, cls, title=None, unset=None):
+    """A flag (or positional argument) per field of dataclass `cls` that has help text (in a group
+    titled `title`). With `unset` (where else values come from, e.g. "the preset"), flags not given
+    are None, so that those values can apply before the field's defaults; the help names both."""
     group = parser.add_argument_group(title) if title else parser
     hints = typing.get_type_hints(cls)
     own = cls.__dict__.get("__annotations__", {})  # its own fields first, then the inherited ones
@@ -96,15 +118,24 @@ def add_options(parser, cls, title=None):
             continue
         kind, meta = _value_type(hints[field.name]), field.metadata
         default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        help = meta["help"]
+        if unset:
+            help += f" (default: {unset}" + (f", else {default})" if default is not None else ")")
+        default = None if unset else default
+        names = meta.get("flags") or (flag(field.name),)
+        if not names[0].startswith("-"):  # positional: argparse takes its name as the destination
+            group.add_argument(field.name, metavar=names[0], type=flag_type(kind, meta["check"]),
+                               nargs=meta["nargs"], help=help)
+            continue
         if kind is bool:
-            group.add_argument(flag(field.name), action=argparse.BooleanOptionalAction, default=default,
-                               help=meta["help"])
+            group.add_argument(*names, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
+                               help=help)
             continue
         choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
-        group.add_argument(flag(field.name), type=flag_type(kind, meta["check"]), default=default,
-                           choices=choices,
-                           metavar=meta["metavar"], nargs=meta["nargs"], help=meta["help"],
-                           **({"required": True} if meta["required"] else {}))
+        group.add_argument(*names, dest=field.name, type=flag_type(kind, meta["check"]), default=default,
+                           choices=choices, metavar=meta["metavar"], nargs=meta["nargs"], help=help,
+                           **({"required": True} if meta["required"] else {}),
+                           **({"action": "append"} if meta.get("repeat") else {}))
 
 
 def option_values(args, cls):

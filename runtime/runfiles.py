@@ -8,18 +8,34 @@ import socket
 import subprocess
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import distributed
 from .errors import UserError
+from .options import option
 from .progress import warning
 
 
 def cache_dir():
     """Where generated data (the toy VOC set, detection proposals) is kept between runs."""
     return Path(os.environ.get("BENCH_CACHE_DIR", Path.home() / ".cache" / "context-encoder-bench"))
+
+
+@dataclass
+class RunFolder:
+    """Where a run is written, and what happens to one that is there."""
+    out: str | None = option(None, "run folder (default: a name under runs/ made of the run's settings)")
+    resume: bool = option(False, "continue the interrupted run in --out from its checkpoint (with its saved "
+                          "settings)")
+    overwrite: bool = option(False, "replace an existing run folder; it is kept until the new run is complete")
+
+    def check(self):
+        if self.resume and self.overwrite:
+            raise UserError("--resume and --overwrite exclude each other")
+        return self
 
 
 def check_out_path(out):

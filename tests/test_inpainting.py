@@ -1,5 +1,6 @@
 """Inpainting: hole metrics against hand-computed values, the baselines, `bench inpaint`,
 `bench eval-inpaint` and the inpainting table."""
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ from PIL import Image
 
 from benchmarks.table import write_table
 from evaluation import inpaint_baselines as baselines
-from evaluation.inpainting import evaluate_inpainting, hole_scores
+from evaluation.inpainting import EvalInpaintConfig, evaluate_inpainting, hole_scores
 from helpers import bench
 
 
@@ -158,10 +159,11 @@ def test_eval_inpaint_writes_a_record_per_row_a_grid_and_the_table(inpaint_runs,
 
 
 def test_rows_share_holes_so_a_rerun_gives_the_same_scores(pretrain_run, toy_voc_root, tmp_path):
-    first = evaluate_inpainting([pretrain_run], toy_voc_root, "val", tmp_path / "a", ["telea"], progress=False)
-    again = evaluate_inpainting([pretrain_run], toy_voc_root, "val", tmp_path / "b", ["telea"], progress=False)
-    other_seed = evaluate_inpainting([pretrain_run], toy_voc_root, "val", tmp_path / "c", ["telea"],
-                                     mask="random-block", seed=1, progress=False)
+    config = EvalInpaintConfig(run=[str(pretrain_run)], data_root=str(toy_voc_root), rows=["telea"], device="cpu")
+    first = evaluate_inpainting(config, tmp_path / "a", progress=False)
+    again = evaluate_inpainting(config, tmp_path / "b", progress=False)
+    other_seed = evaluate_inpainting(dataclasses.replace(config, mask="random-block", seed=1), tmp_path / "c",
+                                     progress=False)
     assert first[0]["metrics"] == again[0]["metrics"]
     assert first[0]["metrics"] != other_seed[0]["metrics"] and other_seed[0]["mask"] == "random-block"
 

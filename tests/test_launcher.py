@@ -14,7 +14,7 @@ import yaml
 
 from benchmarks.cli import main
 from benchmarks.launcher import Requeueable
-from benchmarks.suite import SuiteData, plan_suite
+from benchmarks.suite import SuiteConfig, plan_suite
 from runtime.runfiles import staging_dir
 
 submitit = pytest.importorskip("submitit")
@@ -99,7 +99,8 @@ def _children(pid):
 def test_a_preempted_job_checkpoints_requeues_and_ends_with_the_same_record(toy_voc_root, tmp_path):
     preset = {**TINY, "methods": {"random": None}, "tasks": {"seg": {"task": "seg", "steps": 300,
                                                                       "checkpoint_every": 1000}}}
-    (job_reference, _), (job, _) = (plan_suite(preset, tmp_path / name, SuiteData(str(toy_voc_root)), progress=False)
+    (job_reference, _), (job, _) = (plan_suite(preset, SuiteConfig(data_root=str(toy_voc_root), out=str(tmp_path / name)),
+                                               progress=False)
                                     for name in ("reference", "preempted"))
     job_reference()
     executor = submitit.LocalExecutor(folder=tmp_path / "jobs")

@@ -111,11 +111,11 @@ def test_compile_and_precision_options_reach_the_configs(monkeypatch, tmp_path):
     config.json and record.json), defaults included."""
     received = {}
 
-    def pretrain(config, out, **_):
+    def pretrain(config, out, *_):
         received["pretrain"] = config
         return Path(out)
 
-    def run_task(config, run_dir):
+    def run_task(config, run_dir, *_):
         received["transfer"] = config
         return {"metric": "mean_iu", "value": 0.0}
 

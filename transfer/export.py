@@ -10,11 +10,14 @@ timm         for a timm backbone (--arch timm:<name>): the state_dict of timm.cr
              minus its classifier, which loads into that model with strict=False. timm has no AlexNet.
 """
 import pickle
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from pretrain.backbones import TIMM_PREFIX
 from runtime.errors import UserError
+from runtime.options import option
 from runtime.runfiles import save_torch, write_atomically
 from .encoders import load_encoder
 
@@ -37,6 +40,27 @@ def detectron2_checkpoint(encoder):
         for kind in ("weight", "bias"):
             model[f"conv{number}.{kind}"] = getattr(encoder[index], kind).detach().cpu().numpy().copy()
     return {"model": model, "__author__": "context-encoder-bench", "matching_heuristics": True}
+
+
+@dataclass
+class ExportConfig:
+    """write an encoder in torchvision's, timm's or detectron2's checkpoint layout
+
+    Convert the encoder of a `bench pretrain` run (or an encoder.pt) for use outside the suite.
+    torchvision: a state_dict with features.<i> names that loads into torchvision.models.alexnet()
+    with strict=False. timm (timm:<model> encoders): the timm model's state_dict without its
+    classifier. detectron2: a pickle of NumPy arrays named conv1..conv5 with detectron2's checkpoint
+    fields."""
+    run: str = option("", "a `bench pretrain` run folder or an encoder.pt", required=True)
+    to: str = option("torchvision", "target checkpoint layout", choices=FORMATS, required=True)
+    out: str = option("", "file to write (.pth for torchvision and timm, .pkl for detectron2)", required=True)
+    overwrite: bool = option(False, "replace an existing --out file")
+
+
+def export(config):
+    """`bench export`: write the file and say so."""
+    out = export_encoder(config.run, config.to, Path(config.out), config.overwrite)
+    print(f"wrote {out} ({config.to} layout)")
 
 
 def export_encoder(init, to, out, overwrite=False):

@@ -3,12 +3,13 @@ import dataclasses
 from pathlib import Path
 
 from data.images import voc_year
+from data.toy_voc import default_data_root
 from runtime import distributed
 from runtime.device import start_process
 from runtime.engine import check_training_options
 from runtime.errors import UserError
 from runtime.readers import read_json
-from runtime.runfiles import CHECKPOINT, save_json
+from runtime.runfiles import CHECKPOINT, save_json, staged_run_dir
 from .classification import run_classification
 from .detection import run_detection
 from .encoders import pretrained_image_size
@@ -43,6 +44,19 @@ def run_task(config, run_dir, progress=True):
     distributed.barrier()  # every process is done with the checkpoint
     if distributed.is_main():
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the record is the run's result now
+    return record
+
+
+def run_transfer(config, folder, progress=True):
+    """`bench transfer`: run `config` into folder.out (default: transfer_run_name), built in a
+    staging folder that replaces it when complete. Returns the record."""
+    if config.task != "probe":  # the toy set is VOC; the probe needs a class-folder root
+        config = dataclasses.replace(config, data_root=str(config.data_root or default_data_root()))
+    out = folder.check().out or transfer_run_name(config)
+    with staged_run_dir(out, folder.overwrite, folder.resume) as staging:
+        record = run_task(config, staging, progress)
+    if distributed.is_main():
+        print(f"{config.task} {record['metric']} = {100 * record['value']:.1f}%  (record: {Path(out) / 'record.json'})")
     return record
 
 

@@ -9,10 +9,12 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.engine import take_step
 from runtime.errors import UserError
+from runtime.options import option
 from .base import PretextMethod, classification_metrics
 
 ENTRY_POINT_GROUP = "context_encoder_bench.methods"
@@ -58,6 +60,30 @@ def _import_plugin(module):
     importlib.import_module(module)
 
 
+@dataclass
+class PluginOptions:
+    """The modules that register more pretext methods."""
+    plugin: list[str] = option([], "import MODULE (an import path or a .py file) first, so the pretext methods it "
+                               "registers can be used", metavar="MODULE", repeat=True)
+
+
+@dataclass
+class MethodsConfig(PluginOptions):
+    """list the registered pretext methods
+
+    List every pretext method `bench pretrain --method` accepts: the built-ins, those of installed
+    packages (entry-point group context_encoder_bench.methods) and those of --plugin modules."""
+
+
+def list_methods(config):
+    """`bench methods`: one line per method: name, description, module."""
+    load_plugins(config.plugin)
+    width = max(map(len, METHODS))
+    for name, cls in sorted(METHODS.items()):
+        masks = " [uses --mask]" if cls.uses_masks else ""
+        print(f"{name:<{width}}  {cls.description}{masks}  ({cls.__module__})")
+
+
 def method_names():
     """The registered methods' names (plug-ins included), sorted."""
     return sorted(METHODS)
@@ -75,5 +101,5 @@ def get_method(name):
 from . import (autoencoder, context_encoder, denoising_autoencoder, relative_context,  # noqa: E402,F401,I001
                rotation, supervised)
 
-__all__ = ["ENTRY_POINT_GROUP", "METHODS", "PretextMethod", "classification_metrics", "get_method",
-           "load_plugins", "method_names", "register", "take_step"]
+__all__ = ["ENTRY_POINT_GROUP", "METHODS", "MethodsConfig", "PluginOptions", "PretextMethod", "classification_metrics", "get_method",
+           "list_methods", "load_plugins", "method_names", "register", "take_step"]
