@@ -106,7 +106,8 @@ def pretrain_run_name(config):
 
 def resolve_config(config):
     """Validate `config` and fill in what depends on the data: default load size, mask folder,
-    dataset statistics. Returns (resolved config, image paths)."""
+    dataset statistics (the method's options are resolved where it is built: build_method).
+    Returns (resolved config, image paths)."""
     config = dataclasses.replace(config)
     check_training_options(config, ("--preview-every", config.preview_every, config.preview_every >= 1, "at least 1"),
                            ("--probe-every", config.probe_every, config.probe_every >= 1, "at least 1"),
@@ -119,8 +120,6 @@ def resolve_config(config):
                         f"of {config.batch_size}; lower --batch-size")
     if config.load_size is None:
         config.load_size = round(config.image_size * 1.15)
-    # Recorded as used, defaults filled in, in config.json and encoder.json.
-    config.method_options = dataclasses.asdict(get_method(config.method).resolve_options(config))
     needs_shapes = get_method(config.method).uses_masks and config.mask == "random-region"
     if needs_shapes and config.mask_dir is None:
         # Shapes from other images of the same VOC root; their image never matches the hole.
@@ -180,6 +179,7 @@ def pretrain(config, out, overwrite=False, progress=True):
         config, paths = resolve_config(config)
         run_config = dataclasses.replace(config, device=start_process(config.device))
         method, dataset = build(run_config, paths, progress)
+        config.method_options = run_config.method_options  # as the method resolved them
         distributed.barrier()  # every process has checked `out` before the main one writes
         if distributed.is_main():
             create_run_dir(run_dir, overwrite=True)
@@ -247,18 +247,27 @@ def load_run_config(run_dir):
     return PretrainConfig(**saved)
 
 
+def build_method(config):
+    """The method `config` names, freshly initialised on the CPU. It resolves its own options;
+    config.method_options then records them as it uses them (defaults filled in), as config.json
+    and encoder.json show them."""
+    method = get_method(config.method)(config, config.dataset_mean, config.dataset_std)
+    config.method_options = dataclasses.asdict(method.options)
+    return method
+
+
 def build(config, paths, progress=True):
-    """The method (on config.device, with the speed options applied) and its dataset."""
+    """The method (seeded by config.seed, on config.device, with the speed options applied; its
+    options recorded in `config` by build_method) and its dataset."""
     seed_everything(config.seed)
-    method = prepare_model(get_method(config.method)(config, config.dataset_mean, config.dataset_std),
-                           config.device, config.compile, config.sync_bn)
+    method = prepare_model(build_method(config), config.device, config.compile, config.sync_bn)
     labels = None
     if method.uses_labels:
         labels, classes = images.image_labels(paths, config.data_root, config.split, config.year)
         if classes != config.classes:
             raise UserError(f"the class folders of {config.data_root} changed since the run started")
     # Holes are a data-side transform: per item in the loader's workers, or per batch on the device.
-    holes = MaskSampler.from_folder(config.mask, config.image_size, getattr(method, "overlap", 0),
+    holes = MaskSampler.from_folder(config.mask, config.image_size, method.hole_band,
                                     config.mask_dir) if method.uses_masks else None
     dataset = PretrainImages(paths, config.image_size, config.load_size, method.input_mean,
                              method.input_std, holes, config.seed, labels, augment_on=config.augment_on)

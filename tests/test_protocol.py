@@ -30,7 +30,7 @@ def visible_share(method, hole):
 @pytest.mark.parametrize("mask", ["random-block", "central"])
 def test_feature_network_puts_no_l2_weight_on_visible_pixels(mask):
     method = ContextEncoder(PretrainConfig(mask=mask, image_size=128), MEAN, STD)
-    sampler = MaskSampler(mask, 128, method.overlap)
+    sampler = MaskSampler(mask, 128, method.hole_band)
     hole = torch.from_numpy(np.stack([sampler(np.random.default_rng(i)) for i in range(4)]))
     hole = hole.float().unsqueeze(1)
     assert hole.sum() > 0 and visible_share(method, hole) == 0
@@ -38,8 +38,8 @@ def test_feature_network_puts_no_l2_weight_on_visible_pixels(mask):
 
 def test_inpainting_network_keeps_the_released_overlap_band():
     method = ContextEncoder(PretrainConfig(arch="inpaint", mask="central", image_size=128), MEAN, STD)
-    hole = torch.from_numpy(MaskSampler("central", 128, method.overlap)(np.random.default_rng(0))).float()[None, None]
-    assert method.overlap == 4
+    hole = torch.from_numpy(MaskSampler("central", 128, method.hole_band)(np.random.default_rng(0))).float()[None, None]
+    assert method.hole_band == 4
     # A 56 px hole inside the 64 px centre: the band's 10x weight is most of the loss.
     assert 0.5 < visible_share(method, hole) < 0.9
 

@@ -23,8 +23,10 @@ class PretextMethod(nn.Module):
     * `input_mean`, `input_std` per-channel normalisation of its inputs (lists of 3 floats), which
                                 transfer must use too;
     * `uses_masks`              class attribute: True if its batches carry a "hole" drawn by the data side
-                                from --mask/--mask-dir (a method's `overlap` attribute, if any, shrinks
-                                central holes by that band);
+                                from --mask/--mask-dir;
+    * `hole_band`               pixels by which central holes shrink on each side (default 0): the band
+                                stays visible in the input and the method weights it in its loss, so
+                                the data side draws holes with it (the context encoder's --overlap);
     * `uses_labels`             class attribute: True if it needs batch["label"]: the data root is then an
                                 image folder with one sub-folder per class, listed in config.classes;
     * `configure_optimizers()`  -> {name: optimizer};
@@ -37,8 +39,9 @@ class PretextMethod(nn.Module):
     A method's own options are the fields of its `Options` dataclass, each declared with
     runtime.options.option(default, help, choices): `bench pretrain --method NAME --help` lists them,
     they become flags of `bench pretrain`, presets give them beside the general options, and
-    config.method_options holds their values (resolved: see `resolve_options`). `__init__` reads them
-    as `self.options = self.resolve_options(config)`.
+    config.method_options holds their values. `__init__` resolves them once, as
+    `self.options = self.resolve_options(config)` (checked, defaults filled in); the run records
+    `self.options` in config.json and encoder.json.
 
     Default hyper-parameters live in the method: `configure_optimizers` uses `config.lr` when given
     and the method's own default otherwise. Random draws inside `train_step` should use torch's RNG:
@@ -49,7 +52,9 @@ class PretextMethod(nn.Module):
     description = ""
     uses_masks = False
     uses_labels = False
+    hole_band = 0
     Options = NoOptions
+    options = NoOptions()  # a method without options of its own may leave it
 
     @classmethod
     def resolve_options(cls, config):

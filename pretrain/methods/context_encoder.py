@@ -66,8 +66,7 @@ class ContextEncoder(PretextMethod):
             raise UserError(f"unknown --arch {config.arch!r}; choose alexnet, inpaint or timm:<model name>")
         self.config, self.options = config, self.resolve_options(config)
         side = config.image_size
-        # Central holes shrink by the band, which stays visible (build() gives the data side this).
-        self.overlap = self.options.overlap
+        self.hole_band = self.options.overlap
 
         # The inpainting network outputs only the centre quarter for central holes (§3b).
         self.patch = None
@@ -100,7 +99,7 @@ class ContextEncoder(PretextMethod):
         return self.generator.encoder
 
     def label_details(self, config):
-        band = f", overlap {self.overlap} px x{self.options.overlap_weight:g}" if self.overlap else ""
+        band = f", overlap {self.hole_band} px x{self.options.overlap_weight:g}" if self.hole_band else ""
         return f"{config.mask}{band}"
 
     def default_lr(self):
@@ -129,7 +128,7 @@ class ContextEncoder(PretextMethod):
 
     def loss_weights(self, hole):
         """Per-pixel L2 weights: the hole, and the overlap band around it at overlap_weight x."""
-        return losses.reconstruction_weights(hole, self.overlap, self.options.overlap_weight)
+        return losses.reconstruction_weights(hole, self.hole_band, self.options.overlap_weight)
 
     def _predict(self, masked):
         """Prediction in the image frame; outside the predicted patch it is the masked input."""

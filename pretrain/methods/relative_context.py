@@ -117,7 +117,7 @@ class RelativeContext(PretextMethod):
 
     def __init__(self, config, dataset_mean, dataset_std):
         super().__init__()
-        self.config = config
+        self.config, self.options = config, self.resolve_options(config)
         self.grid = patch_grid(config.image_size)
         # Patches are much smaller than the image; those under AlexNet's minimum are scaled up to it.
         self.network_patch = max(self.grid.patch, NETWORK_PATCH_MIN)

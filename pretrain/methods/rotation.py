@@ -30,7 +30,7 @@ class RotationPrediction(PretextMethod):
 
     def __init__(self, config, dataset_mean, dataset_std):
         super().__init__()
-        self.config = config
+        self.config, self.options = config, self.resolve_options(config)
         self.encoder = build_backbone(config.arch, config.encoder_norm)
         channels, side = feature_shape(self.encoder, config.image_size)
         self.head = nn.Sequential(

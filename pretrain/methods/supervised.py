@@ -23,7 +23,7 @@ class Supervised(PretextMethod):
 
     def __init__(self, config, dataset_mean, dataset_std):
         super().__init__()
-        self.config = config
+        self.config, self.options = config, self.resolve_options(config)
         self.encoder = build_backbone(config.arch, config.encoder_norm)
         channels, side = feature_shape(self.encoder, config.image_size)
         self.head = nn.Sequential(
