@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from data.masks import central_mask
-from pretrain.methods import get_method
 from pretrain.networks import PointInputUpConv, SubPixelUpConv, WholeInputConv
-from pretrain.train import PretrainConfig, pretraining_engine
+from pretrain.runs import build_method, fixed_batch_step
+from pretrain.train import PretrainConfig
 from runtime import speedups
 from runtime.device import seed_everything
 from runtime.progress import progress_bar
@@ -72,24 +72,20 @@ def measure_lever(name, batch_size=64, warmup=2, steps=5, seed=0):
                             batch_size=batch_size, steps=warmup + steps, seed=seed, device="cpu",
                             dataset_mean=[0.5] * 3, dataset_std=[0.25] * 3)
     seed_everything(seed)
-    method = get_method(config.method)(config, config.dataset_mean, config.dataset_std)
+    method = build_method(config)
     set_layer_forms(method, matmul, subpixel)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     method = method.to(memory_format=memory_format)
     if compiled:
         speedups.compile_children(method)
-    method.train()
-    engine, train_step = pretraining_engine(method, config, None, progress=False)
-    generator = torch.Generator().manual_seed(1234)  # the same batch for every lever and seed
-    hole = torch.from_numpy(central_mask(128)).float().expand(batch_size, 1, 128, 128)
-    batch = {"image": torch.randn(batch_size, 3, 128, 128, generator=generator).contiguous(memory_format=memory_format),
-             "hole": hole}
+    # The same batch for every lever and seed.
+    step = fixed_batch_step(method, config, central_mask(128), seed=1234, memory_format=memory_format)
     with _threads(threads):
         for _ in range(warmup):
-            engine.train_one_step(train_step, method, batch)
+            step()
         started = time.perf_counter()
         for _ in range(steps):
-            loss = engine.train_one_step(train_step, method, batch)["loss"]
+            loss = step()["loss"]
         seconds = (time.perf_counter() - started) / steps
     return {"lever": name, "seed": seed, "batch_size": batch_size, "threads": threads or torch.get_num_threads(),
             "img_s": batch_size / seconds, "final_loss": float(loss)}

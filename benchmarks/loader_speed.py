@@ -13,13 +13,12 @@ per core) with what a device of a given peak can train, for the `paper` preset's
 """
 import time
 
-import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from data.masks import central_mask
 from data.sampling import epoch_batches
-from pretrain.methods import get_method
-from pretrain.train import PretrainConfig, build, pretraining_engine, resolve_config
+from pretrain.runs import build_method, build_pretraining, fixed_batch_step
+from pretrain.train import PretrainConfig
 from runtime.device import synchronize
 
 # The paper preset's pretraining (benchmarks/presets/paper.yaml; DESIGN §3).
@@ -43,9 +42,9 @@ def measure_loader(data_root, mask_dir, mask, image_size, augment_on="loader", d
     """One loader row: images/s delivered by the pretraining DataLoader, model-free, after one
     untimed batch (which starts the workers); with augment_on "device", also the images/s of the
     batch-level work left to `device` (flip, normalisation, holes), timed on the last batches."""
-    config, paths = resolve_config(loader_config(data_root, mask_dir, mask, image_size, batch_size, workers,
-                                                 dataset_stats, augment_on, device))
-    _, dataset = build(config, paths, progress)
+    pretraining = build_pretraining(loader_config(data_root, mask_dir, mask, image_size, batch_size, workers,
+                                                  dataset_stats, augment_on, device), progress)
+    config, dataset = pretraining.config, pretraining.dataset
     loader = iter(epoch_batches(dataset, batch_size, config.seed, 0, workers, device))
     next(loader)
     started, last = time.perf_counter(), []
@@ -73,13 +72,9 @@ def training_gflop_per_image(image_size, mask="random-region", arch="alexnet", b
     FlopCounterMode; a step's FLOPs are proportional to its batch)."""
     config = PretrainConfig(method="context-encoder", arch=arch, mask=mask, image_size=image_size,
                             batch_size=batch_size, device="cpu", dataset_mean=[0.5] * 3, dataset_std=[0.25] * 3)
-    method = get_method(config.method)(config, config.dataset_mean, config.dataset_std)
-    method.train()
-    engine, train_step = pretraining_engine(method, config, None, progress=False)
-    hole = torch.from_numpy(central_mask(image_size)).float().expand(batch_size, 1, image_size, image_size)
-    batch = {"image": torch.randn(batch_size, 3, image_size, image_size), "hole": hole}
+    step = fixed_batch_step(build_method(config), config, central_mask(image_size))
     with FlopCounterMode(display=False) as counter:
-        engine.train_one_step(train_step, method, batch)
+        step()
     return counter.get_total_flops() / 1e9 / batch_size
 
 

@@ -35,7 +35,8 @@ from tqdm import tqdm
 from data.masks import MASK_KINDS
 from data.pretrain_items import AUGMENT_ON
 from data.pixels import channel_stats
-from pretrain.train import PretrainConfig, build, pretraining_engine, resolve_config, training_batches, training_images
+from pretrain.runs import build_pretraining, fixed_batch_step, pretraining_engine, training_batches, training_images
+from pretrain.train import PretrainConfig
 from runtime import speedups
 from data.toy_voc import default_data_root
 from runtime.device import DEVICE_NAMES, device_name, resolve_device, synchronize
@@ -102,33 +103,25 @@ def measure_case(case, precision, data_root, mask_dir, device, workers, warmup, 
                             mask_dir=mask_dir, image_size=case.image_size, batch_size=case.batch_size,
                             steps=warmup + steps, seed=0, device=device, workers=workers, precision=precision,
                             dataset_mean=dataset_stats[0], dataset_std=dataset_stats[1])
-    config, paths = resolve_config(config)
     row = {"case": case.name, "arch": case.arch, "mask": case.mask, "image_size": case.image_size,
            "batch_size": case.batch_size, "precision": precision}
 
     # Model only: a fixed random batch, the real method, optimisers and precision.
-    method, dataset = build(config, paths, progress)
-    method.train()
-    engine, train_step = pretraining_engine(method, config, None, progress=False)
-    generator = torch.Generator().manual_seed(0)
-    batch = {"image": torch.randn(case.batch_size, 3, case.image_size, case.image_size, generator=generator)}
-    if dataset.mask_sampler is not None:
-        hole = torch.from_numpy(dataset.mask_sampler(np.random.default_rng(0))).float()
-        batch["hole"] = hole.expand(case.batch_size, 1, *hole.shape).contiguous()
-    channels_last = speedups.use_channels_last(config.device)
-    batch = {key: speedups.to_device(value, config.device, channels_last) for key, value in batch.items()}
+    pretraining = build_pretraining(config, progress)
+    config, sampler = pretraining.config, pretraining.dataset.mask_sampler
+    hole = None if sampler is None else sampler(np.random.default_rng(0))
+    step = fixed_batch_step(pretraining.method, config, hole)
     with FlopCounterMode(display=False) as counter:
-        engine.train_one_step(train_step, method, batch)
+        step()
     row["gflop_per_step"] = counter.get_total_flops() / 1e9
-    seconds, _ = _timed_steps(lambda: engine.train_one_step(train_step, method, batch)["loss"],
-                              warmup, steps, config.device)
+    seconds, _ = _timed_steps(lambda: step()["loss"], warmup, steps, config.device)
     row["model_only_img_s"] = case.batch_size / seconds
 
     # End to end: a fresh method (same seed), the training loop's own batches from step 0.
-    method, dataset = build(config, paths, progress)
-    method.train()
+    pretraining = build_pretraining(config, progress)
+    method = pretraining.method.train()
     engine, train_step = pretraining_engine(method, config, None, progress=False)
-    batches = training_batches(dataset, config, 0)
+    batches = training_batches(pretraining.dataset, config, 0)
     seconds, losses = _timed_steps(lambda: engine.train_one_step(train_step, method, next(batches))["loss"],
                                    warmup, steps, config.device)
     batches.close()

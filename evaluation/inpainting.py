@@ -23,17 +23,15 @@ from data.images import list_images
 from data.masks import MaskSampler
 from data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, centre_crop, load_rgb, normalized_tensor, readable_only
 from data.toy_voc import default_data_root
-from pretrain.methods import get_method
 from pretrain.methods.context_encoder import ContextEncoder
-from pretrain.train import load_run_config
+from pretrain.runs import load_run
 from runtime.device import DEVICE_NAMES, device_name, resolve_device, seed_value
-from runtime.engine import read_checkpoint
 from runtime.errors import UserError
 from runtime.options import option
 from runtime.metrics import as_numpy
 from runtime.progress import progress_bar
 from runtime.readers import read_json
-from runtime.runfiles import CHECKPOINT, environment_info, save_json, staged_run_dir, write_atomically
+from runtime.runfiles import environment_info, save_json, staged_run_dir, write_atomically
 from . import inpaint_baselines as baselines
 
 matplotlib.use("Agg")
@@ -54,23 +52,14 @@ class Inpainter:
     """A trained context encoder (its generator, from the run's checkpoint) ready to fill holes."""
 
     def __init__(self, run, device="cpu"):
-        run_dir = Path(run)
-        config_path, checkpoint = run_dir / "config.json", run_dir / CHECKPOINT
-        if not config_path.is_file():
-            raise UserError(f"--run {run}: not a `bench pretrain` run folder (no config.json)")
-        config = load_run_config(run_dir)
-        if get_method(config.method) is not ContextEncoder:
+        config, method = load_run(run)
+        if not isinstance(method, ContextEncoder):
             raise UserError(f"--run {run} is a {config.method} run; inpainting needs a context-encoder run")
-        if not checkpoint.is_file():
-            raise UserError(f"--run {run}: {checkpoint} is missing (it holds the generator)")
-        self.run_dir, self.config, self.device = run_dir.resolve(), config, resolve_device(device)
+        self.run_dir, self.config, self.device = Path(run).resolve(), config, resolve_device(device)
         self.name = self.run_dir.name
-        encoder_info = run_dir / "encoder.json"  # written when the run finished
+        encoder_info = self.run_dir / "encoder.json"  # written when the run finished
         self.pretrain_seconds = read_json(encoder_info).get("pretrain_seconds") if encoder_info.is_file() else None
-        self.method = ContextEncoder(config, config.dataset_mean, config.dataset_std)
-        # Memory-mapped: only the network's tensors are read, not the optimiser state beside them.
-        self.method.load_state_dict(read_checkpoint(checkpoint, mmap=True, hint="")["model"])
-        self.method.to(self.device).eval()
+        self.method = method.to(self.device)
         # Runs that differ only in their seed share a label, so the table averages over them.
         precision = "" if config.precision == "fp32" else f", {config.precision}"
         self.label = f"context encoder ({config.mask}), {self.method.options.loss}, {config.arch}{precision}"
@@ -112,8 +101,9 @@ def load_inpainters(runs, device):
     return inpainters
 
 
-def hole_sampler(config, mask, mask_dir):
-    """Masks of kind `mask` (default: the run's own) at the run's input size."""
+def hole_sampler(run, mask, mask_dir):
+    """Masks of kind `mask` (default: the run's own) at the input size of `run` (an Inpainter)."""
+    config = run.config
     mask = mask or config.mask
     if mask not in INPAINT_MASKS:
         raise UserError(f"--mask {mask!r} cannot be evaluated; choose from {', '.join(INPAINT_MASKS)}")
@@ -121,9 +111,9 @@ def hole_sampler(config, mask, mask_dir):
     if mask == "random-region" and (not mask_dir or not Path(mask_dir).is_dir()):
         raise UserError(f"random-region holes need --mask-dir, a folder of VOC segmentation PNGs "
                         f"(the run's {mask_dir} is not there)")
-    # The central hole keeps the run's overlap band, as the network was trained with.
-    overlap = ContextEncoder.resolve_options(config).overlap if mask == "central" else 0
-    return mask, MaskSampler.from_folder(mask, config.image_size, overlap, mask_dir)
+    # The central hole keeps the band the network was trained with.
+    band = run.method.hole_band if mask == "central" else 0
+    return mask, MaskSampler.from_folder(mask, config.image_size, band, mask_dir)
 
 
 def draw_holes(sampler, count, seed):
@@ -258,7 +248,7 @@ def evaluate_inpainting(config, out_dir, progress=True):
         raise UserError(f"unknown inpainting rows {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     inpainters = load_inpainters(config.run, config.device)
     run_config = inpainters[0].config
-    mask, sampler = hole_sampler(run_config, config.mask, config.mask_dir)
+    mask, sampler = hole_sampler(inpainters[0], config.mask, config.mask_dir)
     paths = readable_only(list_images(data_root, split, year), bad_images, f"{data_root} ({split})", progress)
     images = centre_crops(paths, run_config.image_size, run_config.load_size, progress, f"loading {split} images")
     holes = draw_holes(sampler, len(images), seed)
@@ -350,7 +340,7 @@ def inpaint_files(config, out_dir, progress=True):
     context keeps its original pixels. Writes <out_dir>/<name>.png: masked | each run's fill |
     original, side by side."""
     inpainters = load_inpainters(config.run, config.device)
-    _, sampler = hole_sampler(inpainters[0].config, config.mask, config.mask_dir)
+    _, sampler = hole_sampler(inpainters[0], config.mask, config.mask_dir)
     source = Path(config.images)
     paths = [source] if source.is_file() else list_images(source)
     side = inpainters[0].config.image_size

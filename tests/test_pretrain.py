@@ -11,9 +11,12 @@ import torch
 import torchvision
 from PIL import Image
 
+from data.masks import central_mask
 from pretrain.methods import get_method
-from pretrain.train import PretrainConfig, build, load_run_config, training_images
+from pretrain.runs import build_method, build_pretraining, fixed_batch_step, load_run
+from pretrain.train import PretrainConfig, load_run_config
 from runtime.engine import read_checkpoint
+from runtime.errors import UserError
 from runtime.options import flag
 from runtime.runfiles import save_torch
 from helpers import bench as run_bench
@@ -46,12 +49,9 @@ def fresh_method(run_dir, seed):
     return get_method(config.method)(config, config.dataset_mean, config.dataset_std).eval()
 
 
-def load_method(run_dir, seed=0):
-    """A fresh method with the run's checkpoint.pt loaded, in eval mode; and the checkpoint."""
-    method = fresh_method(run_dir, seed)
-    state = read_checkpoint(run_dir / "checkpoint.pt")
-    method.load_state_dict(state["model"])
-    return method, state
+def load_method(run_dir):
+    """The run's method with its checkpoint.pt loaded (load_run), in eval mode; and the checkpoint."""
+    return load_run(run_dir)[1], read_checkpoint(run_dir / "checkpoint.pt")
 
 
 def snapshot(folder):
@@ -173,9 +173,39 @@ def test_encoder_pt_loads_into_torchvision_alexnet(central_run):
         assert not torch.allclose(untrained(x), exported)
 
 
+def test_load_run_gives_the_run_config_and_the_trained_method(central_run, tmp_path):
+    _, out = central_run
+    config, method = load_run(out)
+    assert config == load_run_config(out) and config.method_options["overlap"] == 0  # resolved, as recorded
+    assert not method.training and method.hole_band == 0  # its outputs: test_encoder_pt_loads_into_...
+    with pytest.raises(UserError, match="not a `bench pretrain` run folder"):
+        load_run(tmp_path)
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    shutil.copy(out / "config.json", unfinished)
+    with pytest.raises(UserError, match="checkpoint.pt is missing"):
+        load_run(unfinished)
+
+
+def test_fixed_batch_step_repeats_its_batch_for_a_seed():
+    config = PretrainConfig(image_size=64, batch_size=2, mask="central", device="cpu", dataset_mean=[0.5] * 3,
+                            dataset_std=[0.25] * 3)
+
+    def losses(seed, steps=2):
+        torch.manual_seed(0)  # the same initial weights and dropout every time
+        step = fixed_batch_step(build_method(config), config, central_mask(64), seed=seed)
+        return [step()["loss"] for _ in range(steps)]
+
+    first = losses(seed=0)
+    assert losses(seed=0) == first and first[1] != first[0]  # the same batch; the weights were stepped
+    assert losses(seed=1, steps=1) != first[:1]  # another seed, another batch
+    with pytest.raises(ValueError, match="needs its `hole`"):
+        fixed_batch_step(build_method(config), config)
+
+
 def test_checkpoint_roundtrip_identical_outputs(central_run, tmp_path):
     _, out = central_run
-    method, checkpoint = load_method(out, seed=0)
+    method, checkpoint = load_method(out)
     assert set(checkpoint) >= {"model", "step", "optimizers", "elapsed", "rng_by_process"}
     adam = checkpoint["optimizers"]["generator"]["state"]
     assert len(adam) == len(list(method.generator.parameters()))
@@ -337,7 +367,7 @@ def test_random_region_run(toy_voc_root, tmp_path):
     method, _ = load_method(out)
     assert method.configure_optimizers()["generator"].param_groups[0]["lr"] == 1e-4
     # Holes cover at most a quarter and differ between images.
-    _, dataset = build(PretrainConfig(**cfg), training_images(PretrainConfig(**cfg)), progress=False)
+    dataset = build_pretraining(PretrainConfig(**cfg), progress=False).dataset
     holes = [dataset.mask_sampler(np.random.default_rng(seed)) for seed in range(4)]
     assert all(0 < h.mean() <= 0.25 for h in holes)
     assert not np.array_equal(holes[0], holes[1])
