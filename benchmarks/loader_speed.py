@@ -30,32 +30,26 @@ ASSUMED_UTILIZATION = 0.25
 DEVICE_TIMED_BATCHES = 5
 
 
-def loader_config(data_root, mask_dir, mask, image_size, batch_size, workers, dataset_stats, augment_on, device):
-    return PretrainConfig(method="context-encoder", arch="alexnet", mask=mask, data_root=str(data_root),
-                          mask_dir=mask_dir, image_size=image_size, batch_size=batch_size, steps=1, seed=0,
-                          device=device, workers=workers, dataset_mean=dataset_stats[0], dataset_std=dataset_stats[1],
-                          augment_on=augment_on)
-
-
-def measure_loader(data_root, mask_dir, mask, image_size, augment_on="loader", device="cpu", batch_size=64,
-                   workers=1, batches=20, dataset_stats=(None, None), progress=False):
-    """One loader row: images/s delivered by the pretraining DataLoader, model-free, after one
-    untimed batch (which starts the workers); with augment_on "device", also the images/s of the
-    batch-level work left to `device` (flip, normalisation, holes), timed on the last batches."""
-    pretraining = build_pretraining(loader_config(data_root, mask_dir, mask, image_size, batch_size, workers,
-                                                  dataset_stats, augment_on, device), progress)
+def measure_loader(config, batches=20, progress=False):
+    """One loader row: images/s delivered by the pretraining DataLoader of `config` (a
+    PretrainConfig), model-free, after one untimed batch (which starts the workers); with
+    augment_on "device", also the images/s of the batch-level work left to the device (flip,
+    normalisation, holes), timed on the last batches."""
+    pretraining = build_pretraining(config, progress)
     config, dataset = pretraining.config, pretraining.dataset
-    loader = iter(epoch_batches(dataset, batch_size, config.seed, 0, workers, device))
+    batch_size, workers = config.batch_size, config.workers
+    loader = iter(epoch_batches(dataset, batch_size, config.seed, 0, workers, config.device))
     next(loader)
     started, last = time.perf_counter(), []
     for _ in range(batches):
         last = [next(loader), *last][:DEVICE_TIMED_BATCHES]
     rate = batches * batch_size / (time.perf_counter() - started)
     del loader  # stops the workers
-    row = {"mask": mask, "image_size": image_size, "augment_on": augment_on, "batch_size": batch_size,
+    row = {"mask": config.mask, "image_size": config.image_size, "augment_on": config.augment_on,
+           "batch_size": batch_size,
            "workers": workers, "loader_img_s": rate, "img_s_per_worker": rate / max(1, workers),
            "device_img_s": None}
-    if augment_on == "device":
+    if config.augment_on == "device":
         last = [{key: value.to(config.device) for key, value in batch.items()} for batch in last]
         dataset.finish_batch(last[0])  # warm-up
         synchronize(config.device)

@@ -95,14 +95,15 @@ def _timed_steps(step, warmup, steps, device):
     return (time.perf_counter() - started) / steps, losses
 
 
-def measure_case(case, precision, data_root, mask_dir, device, workers, warmup, steps, progress=True,
-                 dataset_stats=(None, None)):
-    """One row: model-only and end-to-end throughput of `case` in `precision`. `dataset_stats`:
-    the images' (mean, std) when already known (they do not depend on the case)."""
-    config = PretrainConfig(method="context-encoder", arch=case.arch, mask=case.mask, data_root=str(data_root),
-                            mask_dir=mask_dir, image_size=case.image_size, batch_size=case.batch_size,
-                            steps=warmup + steps, seed=0, device=device, workers=workers, precision=precision,
-                            dataset_mean=dataset_stats[0], dataset_std=dataset_stats[1])
+def measure_case(case, precision, config, dataset_stats, progress=True):
+    """One row: model-only and end-to-end throughput of `case` in `precision`, on the data and
+    device of `config` (a SpeedConfig with both resolved). `dataset_stats`: the images' (mean, std),
+    read once (they do not depend on the case)."""
+    warmup, steps = config.warmup, config.steps
+    config = PretrainConfig(method="context-encoder", arch=case.arch, mask=case.mask, data_root=config.data_root,
+                            mask_dir=config.mask_dir, image_size=case.image_size, batch_size=case.batch_size,
+                            steps=warmup + steps, seed=0, device=config.device, workers=config.workers,
+                            precision=precision, dataset_mean=dataset_stats[0], dataset_std=dataset_stats[1])
     row = {"case": case.name, "arch": case.arch, "mask": case.mask, "image_size": case.image_size,
            "batch_size": case.batch_size, "precision": precision}
 
@@ -176,29 +177,39 @@ def measure_speed(config, progress=True):
     print(f"written: {out / 'speed.json'} (+ .csv, .md)")
 
 
+def loader_config(config, mask, image_size, augment_on, dataset_stats):
+    """The pretraining config of a data-path row of `config` (SpeedConfig): the context encoder's
+    DataLoader with these holes, size and augmentation side, at least one worker."""
+    return PretrainConfig(method="context-encoder", arch="alexnet", mask=mask, data_root=config.data_root,
+                          mask_dir=config.mask_dir, image_size=image_size, batch_size=config.loader_batch, steps=1,
+                          seed=0, device=config.device, workers=max(1, config.workers),
+                          dataset_mean=dataset_stats[0], dataset_std=dataset_stats[1], augment_on=augment_on)
+
+
 def run_speed(config, progress=True):
     """Measure everything `config` (SpeedConfig) asks for, write <out>/speed.json, .csv and .md;
     return (out, the record)."""
     out = config.out or f"runs/speed-{time.strftime('%Y%m%d-%H%M%S')}"
-    data_root, mask_dir, precisions = config.data_root or default_data_root(), config.mask_dir, config.precisions
-    device, workers, warmup, steps = resolve_device(config.device), config.workers, config.warmup, config.steps
-    matmul_size, overwrite = config.matmul_size, config.overwrite
+    config = dataclasses.replace(config, data_root=str(config.data_root or default_data_root()),
+                                 device=resolve_device(config.device))
+    precisions, device, workers, warmup, steps = config.precisions, config.device, config.workers, config.warmup, \
+        config.steps
     cases = default_cases(config.feature_sizes, config.feature_batch, config.inpaint_batch)
     for precision in precisions:
         speedups.check_precision(precision, device)
-    out = check_new_run_dir(out, overwrite)  # refuse before measuring, not after
+    out = check_new_run_dir(out, config.overwrite)  # refuse before measuring, not after
     peaks = {}
     for precision in sorted(set(precisions) | {"fp32"}):
         dtype = {"fp32": torch.float32, **speedups.DTYPES}[precision]
-        peaks[precision] = matmul_gflops(dtype, device, matmul_size)
+        peaks[precision] = matmul_gflops(dtype, device, config.matmul_size)
         if progress:
             print(f"matmul peak {precision}: {peaks[precision]:.1f} GFLOP/s")
     rows = []
     measurements = [(case, precision) for case in cases for precision in precisions]
     # The pixel statistics are the same for every case: read the images for them once.
-    stats = channel_stats(training_images(PretrainConfig(data_root=str(data_root))))
+    stats = channel_stats(training_images(PretrainConfig(data_root=config.data_root)))
     for case, precision in progress_bar(measurements, desc="measuring", unit="case", disable=not progress):
-        row = measure_case(case, precision, data_root, mask_dir, device, workers, warmup, steps, progress, stats)
+        row = measure_case(case, precision, config, stats, progress)
         row["peak_gflop_s"] = peaks[precision]
         row["model_only_fraction_of_peak"] = row["model_only_gflop_s"] / peaks[precision]
         row["end_to_end_fraction_of_peak"] = row["end_to_end_gflop_s"] / peaks[precision]
@@ -209,19 +220,18 @@ def run_speed(config, progress=True):
         fp32 = next((r for r in rows if r["case"] == row["case"] and r["precision"] == "fp32"), None)
         row["end_to_end_speedup_over_fp32"] = row["end_to_end_img_s"] / fp32["end_to_end_img_s"] if fp32 else None
     loader_cases = [(size, mask, where) for size in config.loader_sizes for where in AUGMENT_ON for mask in MASK_KINDS]
-    loader_rows = [measure_loader(data_root, mask_dir, mask, size, where, device, config.loader_batch,
-                                  max(1, workers), config.loader_batches, stats)
+    loader_rows = [measure_loader(loader_config(config, mask, size, where, stats), config.loader_batches)
                    for size, mask, where in progress_bar(loader_cases, desc="data path", unit="case",
                                                          disable=not progress)]
     lever_rows = measure_levers(warmup=warmup, steps=steps, progress=progress) if config.levers else []
     projections = _projections(rows, loader_rows, peaks, config.assume_tflops, config.loader_cores)
     record = {"rows": rows, "loader_rows": loader_rows, "lever_rows": lever_rows, "projections": projections,
-              "matmul_peak_gflop_s": peaks, "matmul_size": matmul_size,
+              "matmul_peak_gflop_s": peaks, "matmul_size": config.matmul_size,
               "device": device, "device_name": hardware_name(device), "threads": torch.get_num_threads(),
               "cores": len(os.sched_getaffinity(0)), "workers": workers, "warmup_steps": warmup,
-              "timed_steps": steps, "data_root": str(data_root), "environment": environment_info()}
+              "timed_steps": steps, "data_root": config.data_root, "environment": environment_info()}
     # Written beside `out` and renamed: a run stopped midway leaves an earlier record in place.
-    with staged_run_dir(out, overwrite) as staging:
+    with staged_run_dir(out, config.overwrite) as staging:
         save_json(record, staging / "speed.json")
         write_atomically(staging / "speed.csv", lambda tmp: _write_csv(tmp, rows))
         if loader_rows:

@@ -58,17 +58,16 @@ def hog_context(blocks, hole):
     return blocks.reshape(len(blocks), -1)
 
 
-def nearest_neighbour_fill(images, holes, database, describe, prepare=None, progress=True,
-                           desc="nearest neighbours"):
+def nearest_neighbour_fill(images, holes, database, describe, prepare=None, progress="nearest neighbours"):
     """Fill each hole with the pixels of the database image nearest in `describe(prepare(images),
     hole)` space, where database images are described under the query's own hole. `prepare`
     (default: none) is the part of the description that does not depend on the hole, done once
-    for the database."""
+    for the database. `progress`: the progress bar's label (False: no bar)."""
     prepare = prepare or (lambda x: x)
     prepared_database = prepare(database)
     filled = np.empty(images.shape, np.float32)
     cached_hole, database_features = None, None
-    for i in progress_bar(range(len(images)), desc=desc, unit="img", disable=not progress):
+    for i in progress_bar(range(len(images)), desc=progress or "", unit="img", disable=not progress):
         hole = holes[i]
         if cached_hole is None or not np.array_equal(hole, cached_hole):  # central holes: described once
             cached_hole, database_features = hole, describe(prepared_database, hole)

@@ -272,14 +272,14 @@ def evaluate_inpainting(config, out_dir, progress=True):
         if "nn-features" in rows:
             fillers.append(("nn-features", f"nearest neighbour, features of {inpainter.label}", inpainter,
                             lambda i=inpainter: baselines.nearest_neighbour_fill(
-                                images, holes, database, i.features, progress=progress,
-                                desc=f"NN in {i.name} features")))
+                                images, holes, database, i.features,
+                                progress=progress and f"NN in {i.name} features")))
     classical = {"mean-colour": lambda: baselines.mean_colour_fill(images, holes),
                  "telea": lambda: baselines.opencv_fill(images, holes, "telea"),
                  "navier-stokes": lambda: baselines.opencv_fill(images, holes, "navier-stokes"),
                  "nn-hog": lambda: baselines.nearest_neighbour_fill(
-                     images, holes, database, baselines.hog_context, baselines.hog_blocks, progress,
-                     "NN in HOG features")}
+                     images, holes, database, baselines.hog_context, baselines.hog_blocks,
+                     progress and "NN in HOG features")}
     fillers += [(row, BASELINE_LABELS[row], None, classical[row]) for row in BASELINE_ROWS if row in rows]
 
     original = images.astype(np.float32) / 255
