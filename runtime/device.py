@@ -93,9 +93,12 @@ def check_scaling_options(config):
 
 def start_process(device_name=None):
     """Set this process up for a run, and return the device it trains on: its share of the CPU
-    cores (divided between torchrun's processes on this machine), and with a device, the process
-    group under torchrun (the device becomes cuda:LOCAL_RANK there). Every entry point calls it
-    (the CLI, pretrain, resume_pretraining, run_task); the process group is joined once."""
+    cores (divided between torchrun's processes on this machine; OMP_NUM_THREADS, when set, is
+    the user's choice and wins), and with a device, the process group under torchrun (the device
+    becomes cuda:LOCAL_RANK there). Every entry point calls it (the CLI, pretrain,
+    resume_pretraining, run_task); the process group is joined once."""
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // processes_here))
+    share = max(1, len(os.sched_getaffinity(0)) // processes_here)
+    chosen = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(chosen) if chosen.isdigit() and int(chosen) > 0 else share)
     return None if device_name is None else distributed.setup(resolve_device(device_name))

@@ -1,13 +1,24 @@
 """Shared fixtures: a small generated toy VOC set and a copy a test may break, a private cache
 folder for every test, a private method registry, and a tiny pretraining run."""
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import pretrain.methods
 from data.toy_voc import write_toy_class_folders, write_toy_voc
 from helpers import bench
+
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    # Under pytest-xdist (`make test` runs `-n auto`) the workers share the cores: each gets its part,
+    # as the commands it runs do (runtime.device.start_process reads OMP_NUM_THREADS), instead of
+    # every worker's OpenMP threads competing for all of them.
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0))
+                                            // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(scope="session", autouse=True)

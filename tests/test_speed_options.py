@@ -234,3 +234,18 @@ def test_speed_levers_change_the_speed_not_the_computation():
     assert rows[0]["over_convolutions"] == 1.0 and all(row["img_s"] > 0 for row in rows)
     mean, spread, count = loss_over_seeds(rows, "matmul")
     assert count == 2 and spread > 0
+
+
+def test_omp_num_threads_is_the_users_choice(monkeypatch):
+    from runtime.device import start_process
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        start_process()
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "4,2")  # nested-parallelism syntax: not a count, the cores decide
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        start_process()
+        assert torch.get_num_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
