@@ -90,7 +90,7 @@ def add_pretrain_parser(commands, method):
 
 def add_transfer_parser(commands):
     from runtime.runfiles import RunFolder
-    from transfer.finetune import TransferConfig
+    from transfer.config import TransferConfig
     from transfer.tasks import run_transfer
     p = add_command(commands, "transfer", TransferConfig)
     add_options(p, TransferConfig)

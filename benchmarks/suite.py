@@ -28,7 +28,7 @@ from runtime.errors import UserError
 from runtime.options import at_least, option, parse_options
 from runtime.progress import info
 from runtime.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir
-from transfer.finetune import TransferConfig, task_names
+from transfer.config import TransferConfig, task_names
 from transfer.tasks import run_task
 from .job_states import STATE_FILE, read_job_file, read_job_states, start_job_states, write_job_states
 from .launcher import LAUNCHERS, cluster_options, launch

@@ -16,7 +16,7 @@ from runtime import distributed
 from runtime.metrics import classification_ap
 from transfer.classification import Classifier, classification_scores
 from transfer.detection import DetectionSamples, build_detector, detect
-from transfer.finetune import TransferConfig
+from transfer.config import TransferConfig
 from transfer.metrics import detection_ap, segmentation_scores
 from transfer.segmentation import FCN32s, SegmentationPairs, evaluate_segmentation
 

@@ -18,7 +18,7 @@ from runtime.errors import UserError
 from transfer.detection import (MAX_PROPOSALS, DetectionSamples, FastRCNN, cached_proposals, drop_easy_background,
                                 proposal_dir, run_detection, save_detection_grid, selective_search, shared_parts)
 from transfer.encoders import load_encoder
-from transfer.finetune import TransferConfig
+from transfer.config import TransferConfig
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 

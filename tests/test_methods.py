@@ -18,7 +18,7 @@ from runtime.errors import UserError
 from transfer.classification import Classifier
 from transfer.detection import build_detector
 from transfer.encoders import load_encoder
-from transfer.finetune import TransferConfig
+from transfer.config import TransferConfig
 from transfer.segmentation import FCN32s
 from helpers import bench
 

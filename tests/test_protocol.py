@@ -15,7 +15,8 @@ from pretrain.methods.context_encoder import ContextEncoder
 from pretrain.probe import KNNProbe, knn_class_scores, multilabel_map
 from pretrain.train import PretrainConfig
 from transfer.encoders import MAX_HEAD_GAIN, calibrate_fresh_head, load_encoder, standardize_units
-from transfer.finetune import TransferConfig, set_up_task
+from transfer.config import TransferConfig
+from transfer.finetune import set_up_task
 from helpers import bench
 
 PROBE_KEY = KNNProbe.score_key

@@ -10,7 +10,7 @@ from PIL import Image
 from data.images import VOC_CLASSES
 from pretrain.networks import alexnet_encoder, he_init
 from transfer.encoders import standardize_units
-from transfer.finetune import TransferConfig
+from transfer.config import TransferConfig
 from transfer.tasks import transfer_run_name
 from helpers import bench
 

@@ -1,5 +1,5 @@
-"""What the fine-tuning tasks share: their config, set-up (encoder, data, normalisation), batches,
-and `fit`, their SGD schedule on the training engine."""
+"""What the fine-tuning tasks share: their set-up (encoder, data, normalisation), batches, and
+`fit`, their SGD schedule on the training engine. Their config is transfer.config.TransferConfig."""
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -8,58 +8,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from data.check import BAD_ANNOTATION_POLICIES, BAD_ANNOTATIONS_HELP, checked_dataset
-from data.pixels import (BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, centre_crop, channel_stats, load_rgb,
-                         normalized_tensor, resize_shorter_side)
+from data.check import checked_dataset
+from data.pixels import centre_crop, channel_stats, load_rgb, normalized_tensor, resize_shorter_side
 from data.sampling import EVAL_EPOCH, SeededItems, epoch_batches, loader_options
 from data.voc import drop_unreadable, image_paths
 from runtime import distributed
-from runtime.device import (DeviceOptions, check_scaling_options, resolve_device, seed_everything, seed_value,
-                            start_process)
+from runtime.device import check_scaling_options, resolve_device, seed_everything, start_process
 from runtime.engine import Engine, prepare_model, take_step
 from runtime.errors import UserError
-from runtime.options import option
 from runtime.plots import plot_losses
 from .encoders import load_encoder, standardize_units
-
-
-def task_names():
-    from .tasks import TASKS  # tasks imports the task modules, which import this one
-    return sorted(TASKS)
-
-
-@dataclass
-class TransferConfig(DeviceOptions):
-    """Everything a transfer run depends on; each field with help text is a `bench transfer` flag."""
-    task: str = option("seg", "seg: FCN-32s, mean IU; cls: mAP; det: Fast R-CNN, VOC07 mAP at IoU 0.5; probe: "
-                       "frozen features on a class-folder root (train/<class>/, val/<class>/), kNN top-1 and "
-                       "a linear probe at every layer",
-                       choices=task_names, required=True)
-    protocol: str = option("finetune", "cls only: finetune everything, or linear SVMs on frozen pool5 features",
-                           choices=("finetune", "svm"))
-    init: str = option("random", "a `bench pretrain` run folder, an encoder.pt, 'random' (He-normal), "
-                       "'random-gaussian' (N(0, 0.01^2)), 'random-kraehenbuehl' (data-dependent) or "
-                       "'torchvision-alexnet:PATH'")
-    data_root: str = option("", "a VOC root (default: the built-in toy VOC set); for --task probe a class-folder "
-                            "root such as ../shared/data/imagenette")
-    year: str | None = option(None, "VOC year (default: 2012 for seg, 2007 for cls/det, else the newest present)")
-    train_split: str | None = option(None, "default: train (seg), trainval (cls, det)")
-    test_split: str | None = option(None, "default: val (seg), test (cls, det)")
-    image_size: int | None = option(None, "crop side in px (the paper: 227); default: the size the --init "
-                                    "encoder was pretrained at (its encoder.json), else 96")
-    batch_size: int = option(16, "images per step (split between processes under torchrun)")
-    lr: float | None = option(None, "SGD learning rate (default: 0.01 seg, 1e-3 cls and det), polynomial decay")
-    steps: int = option(300, "training iterations")
-    fc_width: int = option(1024, "width of the fresh fc6/fc7 (the paper: 4096)")
-    proposals: str = option("selective-search", "det only: cached selective-search boxes (Fast R-CNN) or a "
-                            "jointly trained RPN (Faster R-CNN)", choices=("selective-search", "rpn"))
-    rescale: bool = option(False, "scale each encoder layer by one factor to unit-variance outputs on the "
-                           "training images first (Kraehenbuehl et al.'s between-layer calibration)")
-    seed: int = option(0, "seed of the fresh layers, batches and dropout", check=seed_value)
-    bad_images: str = option("fail", BAD_IMAGES_HELP, choices=BAD_IMAGE_POLICIES)
-    bad_annotations: str = option("error", BAD_ANNOTATIONS_HELP, choices=BAD_ANNOTATION_POLICIES)
-    checkpoint_every: int = option(100, "steps between training checkpoints (what --resume continues from)")
-    image_size_from: str | None = None  # set by run_task: "option", "encoder.json" or "default"
 
 
 @dataclass

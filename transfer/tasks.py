@@ -11,6 +11,7 @@ from runtime.errors import UserError
 from runtime.readers import read_json
 from runtime.runfiles import CHECKPOINT, save_json, staged_run_dir
 from .classification import run_classification
+from .config import task_names
 from .detection import run_detection
 from .encoders import pretrained_image_size
 from .in_domain import run_in_domain
@@ -18,6 +19,7 @@ from .segmentation import run_segmentation
 
 DEFAULT_IMAGE_SIZE = 96
 TASKS = {"cls": run_classification, "det": run_detection, "seg": run_segmentation, "probe": run_in_domain}
+assert sorted(TASKS) == list(task_names()), "transfer.config.task_names() must name the tasks"
 # The paper's data for each task (DESIGN §4).
 TASK_DATA = {
     "seg": {"year": "2012", "train_split": "train", "test_split": "val"},

@@ -1,0 +1,47 @@
+"""The configuration of a transfer run, apart from the task code, so that the tasks and the code
+they share can all use it without importing transfer.tasks."""
+from dataclasses import dataclass
+
+from data.check import BAD_ANNOTATION_POLICIES, BAD_ANNOTATIONS_HELP
+from data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP
+from runtime.device import DeviceOptions, seed_value
+from runtime.options import option
+
+def task_names():
+    """The names `--task` takes, sorted: the tasks of transfer.tasks.TASKS, which checks that it has
+    exactly these (written out here, as the task modules import this one)."""
+    return ("cls", "det", "probe", "seg")
+
+
+@dataclass
+class TransferConfig(DeviceOptions):
+    """Everything a transfer run depends on; each field with help text is a `bench transfer` flag."""
+    task: str = option("seg", "seg: FCN-32s, mean IU; cls: mAP; det: Fast R-CNN, VOC07 mAP at IoU 0.5; probe: "
+                       "frozen features on a class-folder root (train/<class>/, val/<class>/), kNN top-1 and "
+                       "a linear probe at every layer",
+                       choices=task_names, required=True)
+    protocol: str = option("finetune", "cls only: finetune everything, or linear SVMs on frozen pool5 features",
+                           choices=("finetune", "svm"))
+    init: str = option("random", "a `bench pretrain` run folder, an encoder.pt, 'random' (He-normal), "
+                       "'random-gaussian' (N(0, 0.01^2)), 'random-kraehenbuehl' (data-dependent) or "
+                       "'torchvision-alexnet:PATH'")
+    data_root: str = option("", "a VOC root (default: the built-in toy VOC set); for --task probe a class-folder "
+                            "root such as ../shared/data/imagenette")
+    year: str | None = option(None, "VOC year (default: 2012 for seg, 2007 for cls/det, else the newest present)")
+    train_split: str | None = option(None, "default: train (seg), trainval (cls, det)")
+    test_split: str | None = option(None, "default: val (seg), test (cls, det)")
+    image_size: int | None = option(None, "crop side in px (the paper: 227); default: the size the --init "
+                                    "encoder was pretrained at (its encoder.json), else 96")
+    batch_size: int = option(16, "images per step (split between processes under torchrun)")
+    lr: float | None = option(None, "SGD learning rate (default: 0.01 seg, 1e-3 cls and det), polynomial decay")
+    steps: int = option(300, "training iterations")
+    fc_width: int = option(1024, "width of the fresh fc6/fc7 (the paper: 4096)")
+    proposals: str = option("selective-search", "det only: cached selective-search boxes (Fast R-CNN) or a "
+                            "jointly trained RPN (Faster R-CNN)", choices=("selective-search", "rpn"))
+    rescale: bool = option(False, "scale each encoder layer by one factor to unit-variance outputs on the "
+                           "training images first (Kraehenbuehl et al.'s between-layer calibration)")
+    seed: int = option(0, "seed of the fresh layers, batches and dropout", check=seed_value)
+    bad_images: str = option("fail", BAD_IMAGES_HELP, choices=BAD_IMAGE_POLICIES)
+    bad_annotations: str = option("error", BAD_ANNOTATIONS_HELP, choices=BAD_ANNOTATION_POLICIES)
+    checkpoint_every: int = option(100, "steps between training checkpoints (what --resume continues from)")
+    image_size_from: str | None = None  # set by run_task: "option", "encoder.json" or "default"
