@@ -57,9 +57,12 @@ def toy_copy(toy_voc_root, tmp_path):
 
 
 @pytest.fixture
-def private_registry(monkeypatch):
-    """Methods a test registers (plug-ins) go into a copy of the registry, not the one other tests see."""
-    monkeypatch.setattr(pretrain.methods, "METHODS", dict(pretrain.methods.METHODS))
+def private_registry():
+    """Methods a test registers (plug-ins) are gone from the registry after the test."""
+    saved = dict(pretrain.methods.METHODS)
+    yield
+    pretrain.methods.METHODS.clear()
+    pretrain.methods.METHODS.update(saved)
 
 
 @pytest.fixture(scope="session")

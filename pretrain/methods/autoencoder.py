@@ -5,11 +5,13 @@ import torch.nn.functional as F
 
 from dataclasses import dataclass
 
+from runtime.engine import take_step
 from runtime.options import option
 from ..backbones import build_backbone
 from ..losses import visible_statistics
 from ..networks import FeatureContextEncoder, FeatureNetworkOptions
-from . import PretextMethod, register, take_step
+from .base import PretextMethod
+from .registry import register
 
 
 @dataclass

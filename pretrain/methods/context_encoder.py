@@ -4,12 +4,14 @@ from dataclasses import dataclass
 
 import torch
 
+from runtime.engine import take_step
 from runtime.errors import UserError
 from runtime.options import check_ranges, option
 from .. import losses
 from ..backbones import build_backbone, is_backbone_arch
 from ..networks import Discriminator, FeatureContextEncoder, FeatureNetworkOptions, InpaintingGenerator
-from . import PretextMethod, register, take_step
+from .base import PretextMethod
+from .registry import register
 
 LOSSES = ("l2", "l2+adv")
 OPTIMIZERS = ("adam", "sgd")

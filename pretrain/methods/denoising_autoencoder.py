@@ -4,8 +4,8 @@ the context encoder: its corruption is local and low-level, so filling it in nee
 semantics that filling a large hole does."""
 import torch
 
-from . import register
 from .autoencoder import Autoencoder
+from .registry import register
 
 DROP_FRACTION = 0.25  # Vincent et al.'s "masking noise": each pixel dropped independently
 

@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.engine import take_step
 from runtime.errors import UserError
 from ..backbones import build_backbone, feature_shape
-from . import PretextMethod, classification_metrics, register, take_step
+from .base import PretextMethod, classification_metrics
+from .registry import register
 
 # (row, column) steps from the centre cell to each neighbour, in reading order; label = index.
 NEIGHBOUR_OFFSETS = torch.tensor([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)])

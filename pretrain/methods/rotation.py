@@ -4,8 +4,10 @@ image was turned by. Recognising "upright" needs the objects in it, not low-leve
 import torch
 from torch import nn
 
+from runtime.engine import take_step
 from ..backbones import build_backbone, feature_shape
-from . import PretextMethod, classification_metrics, register, take_step
+from .base import PretextMethod, classification_metrics
+from .registry import register
 
 ROTATIONS = 4  # quarter turns: label k means the image was turned by k * 90 degrees
 HIDDEN = 256

@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.engine import take_step
 from ..backbones import build_backbone, feature_shape
-from . import PretextMethod, classification_metrics, register, take_step
+from .base import PretextMethod, classification_metrics
+from .registry import register
 
 HIDDEN = 1024  # fc6/fc7 width: the pretraining head is dropped after training, only conv1..pool5 transfer
 
