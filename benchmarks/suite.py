@@ -231,17 +231,17 @@ def run_suite_command(config):
     info(guide(out))
 
 
-def plan_suite(preset, config, progress=True):
+def plan_suite(preset, suite, progress=True):
     """The preset's jobs in a runnable order: pretrainings, then transfers (each needs its encoder's
-    pretraining, if any), then the table, for `config` (a SuiteConfig: the folder, data, seeds and device)."""
+    pretraining, if any), then the table, for `suite` (a SuiteConfig: the folder, data, seeds and device)."""
     check_preset(preset)
-    out, device, seeds = config.out_folder(), config.device, config.seeds or preset["seeds"]
-    data_root, mask_dir = config.data_root, config.mask_dir
-    transfer_root = config.transfer_data_root or data_root
-    in_domain = config.in_domain_data
+    out, device, seeds = suite.out_folder(), suite.device, suite.seeds or preset["seeds"]
+    data_root, mask_dir = suite.data_root, suite.mask_dir
+    transfer_root = suite.transfer_data_root or data_root
+    in_domain = suite.in_domain_data
     probed_root = in_domain or transfer_root
     jobs, encoders = [], {}  # encoders: (method, seed) -> (init, the job that makes it or None)
-    common = {"out": out, "plugins": tuple(config.plugin), "progress": progress}
+    common = {"out": out, "plugins": tuple(suite.plugin), "progress": progress}
     for name, options in preset["methods"].items():
         for seed in seeds:
             if _no_pretraining(options):  # a random-init row
