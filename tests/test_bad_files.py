@@ -3,6 +3,7 @@ hand edit breaks it, and bad options and paths of every command. Each is reporte
 `error: ...` (for a file: `error: <file>: <what is wrong>`) with exit status 2: no traceback, and
 no file changed or added."""
 import json
+import os
 import pickle
 import shutil
 
@@ -169,22 +170,33 @@ CASES = {
 }
 
 
+def files_as_they_are(folder):
+    """{file: (size, modification time, inode)}: writing a file, in place or by renaming a new one
+    over it, changes one of them."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in folder.rglob("*") if p.is_file()}
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_and_changes_nothing(name, pretrain_run, toy_voc_root, tmp_path, capsys):
     """Exit status 2, one line `error: ...` on stderr, no traceback, and every file under the test's
     folder (the run, records, jobs.json, a file and a folder in the way) as it was."""
     target, breaking, command, message = CASES[name]
     run = tmp_path / "run"
-    shutil.copytree(pretrain_run, run)
+    # Hard links: the run's 50 MB are not copied 80 times. The suite replaces files by renaming
+    # (write_atomically), which leaves the shared copy alone; the file a case breaks in place is
+    # made a copy of its own first.
+    shutil.copytree(pretrain_run, run, copy_function=os.link)
     (run / "records" / "a").mkdir(parents=True)
     (run / "records" / "a" / "record.json").write_text(json.dumps({"task": "cls"}))
     (run / "jobs.json").write_text(json.dumps({"plan": [], "jobs": {}}))
     (tmp_path / "a-file").write_text("in the way")
     (tmp_path / "a-folder").mkdir()
     if breaking:
+        if (pretrain_run / target).is_file():
+            (run / target).unlink()
+            shutil.copyfile(pretrain_run / target, run / target)
         breaking(run / target)
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    folders = {p for p in tmp_path.rglob("*") if p.is_dir()}
+    before, folders = files_as_they_are(tmp_path), {p for p in tmp_path.rglob("*") if p.is_dir()}
     names = {"run": run, "toy": toy_voc_root, "tmp": tmp_path, "records": run / "records"}
     args = [a.format(**names) for a in command]
     capsys.readouterr()
@@ -195,7 +207,7 @@ def test_bad_input_is_one_line_and_changes_nothing(name, pretrain_run, toy_voc_r
     assert len(lines) == 1 and lines[0].startswith("error: ") and message.format(**names) in lines[0], err
     if target:
         assert str(run / target) in lines[0]  # the file, by its path
-    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert files_as_they_are(tmp_path) == before
     assert {p for p in tmp_path.rglob("*") if p.is_dir()} == folders
 
 

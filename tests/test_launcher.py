@@ -40,16 +40,10 @@ def _measured(table_csv):
 
 
 def test_separate_processes_give_the_sequential_table(toy_voc_root, tmp_path):
-    """Numbers depend on the threads a run uses (the order of floating-point sums). 2 local jobs on
-    all the cores (--cpus-per-job) match the plain sequential run; on half the cores each (the
-    default) they match a sequential run on half the cores."""
+    """Numbers depend on the threads a run uses (the order of floating-point sums): 2 local jobs,
+    each on half the cores (the default), match a sequential run on half the cores."""
     data = ["--data-root", str(toy_voc_root)]
     cores = os.sched_getaffinity(0)
-    assert main(_suite(tmp_path, TINY, "sequential", *data)) == 0
-    assert main(_suite(tmp_path, TINY, "shared", *data, "--launcher", "local", "--jobs", "2",
-                       "--cpus-per-job", str(len(cores)))) == 0
-    pd.testing.assert_frame_equal(_measured(tmp_path / "sequential" / "table.csv"),
-                                  _measured(tmp_path / "shared" / "table.csv"))
     os.sched_setaffinity(0, set(sorted(cores)[:max(1, len(cores) // 2)]))
     try:
         assert main(_suite(tmp_path, TINY, "sequential-half", *data)) == 0
@@ -97,7 +91,7 @@ def _children(pid):
 
 
 def test_a_preempted_job_checkpoints_requeues_and_ends_with_the_same_record(toy_voc_root, tmp_path):
-    preset = {**TINY, "methods": {"random": None}, "tasks": {"seg": {"task": "seg", "steps": 300,
+    preset = {**TINY, "methods": {"random": None}, "tasks": {"seg": {"task": "seg", "steps": 120,
                                                                       "checkpoint_every": 1000}}}
     (job_reference, _), (job, _) = (plan_suite(preset, SuiteConfig(data_root=str(toy_voc_root), out=str(tmp_path / name)),
                                                progress=False)
@@ -118,7 +112,7 @@ def test_a_preempted_job_checkpoints_requeues_and_ends_with_the_same_record(toy_
     assert "Caught signal SIGUSR2" in log and "Requeued job" in log  # submitit's checkpoint-and-requeue
     assert "resuming transfer transfer/seg-random-seed0" in log       # the second start found the checkpoint
     steps = [json.loads(line)["step"] for line in (job.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 301))  # every step once: resumed where the checkpoint was
+    assert steps == list(range(1, 121))  # every step once: resumed where the checkpoint was
     record, reference = (json.loads((j.run_dir / "record.json").read_text()) for j in (job, job_reference))
     assert record["value"] == reference["value"] and record["per_class"] == reference["per_class"]
 

@@ -1,5 +1,6 @@
 """A run killed with SIGKILL mid-training resumes with --resume and ends exactly where an
-uninterrupted run with the same seed ends (CPU). Each case runs the real CLI in a subprocess."""
+uninterrupted run with the same seed ends (CPU). The runs that are killed, and those compared,
+run the real CLI in a subprocess."""
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 import pytest
 import torch
 
+from helpers import bench
 from runtime.runfiles import staging_dir
 
 TIMEOUT_S = 300
@@ -50,12 +52,12 @@ def kill_after_checkpoint(command, checkpoint, min_step):
 
 @pytest.mark.parametrize("augment_on", ["loader", "device"])
 def test_pretraining_killed_and_resumed_matches_uninterrupted(augment_on, toy_voc_root, tmp_path):
-    common = ["--data-root", toy_voc_root, "--image-size", 64, "--batch-size", 4, "--steps", 24,
+    common = ["--data-root", toy_voc_root, "--image-size", 64, "--batch-size", 4, "--steps", 15,
               "--workers", 0, "--checkpoint-every", 3, "--preview-every", 100, "--mask", "random-block",
               "--augment-on", augment_on]
     run("pretrain", *common, "--out", tmp_path / "whole")
     killed = tmp_path / "killed"
-    kill_after_checkpoint(bench_command("pretrain", *common, "--out", killed), killed / "checkpoint.pt", 9)
+    kill_after_checkpoint(bench_command("pretrain", *common, "--out", killed), killed / "checkpoint.pt", 6)
     assert not (killed / "encoder.pt").exists()
     run("pretrain", "--out", killed, "--resume")
 
@@ -65,23 +67,21 @@ def test_pretraining_killed_and_resumed_matches_uninterrupted(augment_on, toy_vo
 
     def losses(run_dir):
         return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert losses(killed) == losses(tmp_path / "whole") and len(losses(killed)) == 24
+    assert losses(killed) == losses(tmp_path / "whole") and len(losses(killed)) == 15
 
 
-def test_transfer_killed_and_resumed_matches_uninterrupted(toy_voc_root, tmp_path):
-    common = ["transfer", "--task", "cls", "--data-root", toy_voc_root, "--image-size", 96, "--steps", 30,
+def test_transfer_killed_and_resumed_matches_uninterrupted(toy_voc_root, tmp_path, capsys):
+    common = ["transfer", "--task", "cls", "--data-root", toy_voc_root, "--image-size", 64, "--steps", 18,
               "--batch-size", 4, "--fc-width", 16, "--workers", 0, "--checkpoint-every", 3]
     run(*common, "--out", tmp_path / "whole")
     killed = tmp_path / "killed"
-    kill_after_checkpoint(bench_command(*common, "--out", killed), staging_dir(killed) / "checkpoint.pt", 9)
+    kill_after_checkpoint(bench_command(*common, "--out", killed), staging_dir(killed) / "checkpoint.pt", 6)
     assert not killed.exists()  # no half-written results
 
     # Starting again without --resume would silently lose the interrupted run: refused.
-    refused = subprocess.run(bench_command(*common, "--out", killed), capture_output=True, text=True)
-    assert refused.returncode == 2 and "--resume" in refused.stderr
-    changed = subprocess.run(bench_command(*common, "--out", killed, "--resume", "--lr", "0.5"),
-                             capture_output=True, text=True)
-    assert changed.returncode == 2 and "lr was None, now 0.5" in changed.stderr
+    assert bench(*common, "--out", killed) == 2 and "--resume" in capsys.readouterr().err
+    assert bench(*common, "--out", killed, "--resume", "--lr", "0.5") == 2
+    assert "lr was None, now 0.5" in capsys.readouterr().err
 
     run(*common, "--out", killed, "--resume")
     whole, resumed = (json.loads((d / "record.json").read_text()) for d in (tmp_path / "whole", killed))
@@ -89,8 +89,7 @@ def test_transfer_killed_and_resumed_matches_uninterrupted(toy_voc_root, tmp_pat
     assert not staging_dir(killed).exists() and not (killed / "checkpoint.pt").exists()
 
 
-def test_resume_without_an_interrupted_run_is_refused(toy_voc_root, tmp_path):
-    result = subprocess.run(bench_command("transfer", "--task", "cls", "--data-root", toy_voc_root,
-                                          "--out", tmp_path / "none", "--resume"),
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and "nothing to resume" in result.stderr
+def test_resume_without_an_interrupted_run_is_refused(toy_voc_root, tmp_path, capsys):
+    assert bench("transfer", "--task", "cls", "--data-root", toy_voc_root, "--out", tmp_path / "none",
+                 "--resume") == 2
+    assert "nothing to resume" in capsys.readouterr().err
