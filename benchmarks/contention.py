@@ -25,9 +25,8 @@ from .speed import hardware_name
 
 DEFAULT_COMMAND = [str(Path(sys.executable).with_name("bench")), "suite", "--preset", "quick", "--out", "{out}",
                    "--quiet"]
-# "" is the environment as it is; the others are set on top of it. The CLI's own default is what
-# an unset OMP_WAIT_POLICY gets.
-DEFAULT_SETTINGS = ["OMP_WAIT_POLICY=ACTIVE", "OMP_WAIT_POLICY=PASSIVE"]
+# "" is the environment as it is (what the CLI does when nothing is set); the others are set on top of it.
+DEFAULT_SETTINGS = ["", "OMP_WAIT_POLICY=PASSIVE"]
 BUSY_LOOP = ["nice", "-n", "19", sys.executable, "-c", "while True: pass"]
 
 

@@ -163,7 +163,9 @@ def parse_options(cls, values, where):
             raise UserError(f"{where}: {name} must be one of {', '.join(choices)}, got {value!r}")
         check = fields[name].metadata.get("check")
         try:
-            checked[name] = check(checked[name]) if check and checked[name] is not None else checked[name]
+            if check and checked[name] is not None:  # a list's check holds for each of its values
+                for each in checked[name] if isinstance(checked[name], list) else [checked[name]]:
+                    check(each)
         except ValueError as problem:
             raise UserError(f"{where}: {name} {problem}, got {value!r}") from None
     return cls(**checked)
