@@ -6,11 +6,9 @@ BIN := $(VENV)/bin
 
 .PHONY: install demo test clean
 
-# --no-compile: Python compiles the modules it imports when it first imports them; compiling all of
-# torch's files during the install costs time that most of them never repay.
 $(BIN)/bench: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
 install: $(BIN)/bench

@@ -50,7 +50,9 @@ def kill_after_checkpoint(command, checkpoint, min_step):
             process.kill()
 
 
-@pytest.mark.parametrize("augment_on", ["loader", "device"])
+# Augmentation on the device (--augment-on device) resumes exactly too: tests/test_distributed.py
+# checkpoints it on two processes and resumes it on one.
+@pytest.mark.parametrize("augment_on", ["loader"])
 def test_pretraining_killed_and_resumed_matches_uninterrupted(augment_on, toy_voc_root, tmp_path):
     common = ["--data-root", toy_voc_root, "--image-size", 64, "--batch-size", 4, "--steps", 15,
               "--workers", 0, "--checkpoint-every", 3, "--preview-every", 100, "--mask", "random-block",
