@@ -70,29 +70,22 @@ def random_boxes_map(root, seed=0):
     return detection_ap(detections, truth, len(VOC_CLASSES))[1]
 
 
-def test_classification_finetune_beats_the_class_priors(three_class_voc, tmp_path):
-    value = transfer_value(three_class_voc, tmp_path / "cls", "cls", "--image-size", 64, "--steps", 40,
-                           "--batch-size", 8, "--lr", 0.01)
-    baseline = class_prior_map(three_class_voc)
-    assert value > baseline + MARGIN
+# name: (toy set fixture, the task and its options, the trivial baseline it must beat).
+# Segmentation runs at 128 px: AlexNet's pool5 is 3x3 there, 1x1 at 64 px (one class per image).
+RUNS = {
+    "cls fine-tune beats the class priors": ("three_class_voc", ["cls", "--image-size", 64, "--steps", 40,
+                                                                 "--batch-size", 8, "--lr", 0.01], class_prior_map),
+    "cls SVM beats the class priors": ("three_class_voc", ["cls", "--protocol", "svm", "--image-size", 64],
+                                       class_prior_map),
+    "seg beats background everywhere": ("one_class_voc", ["seg", "--image-size", 128, "--steps", 80,
+                                                          "--batch-size", 4, "--lr", 0.005], background_mean_iu),
+    "det beats random boxes": ("three_class_voc", ["det", "--image-size", 64, "--steps", 40, "--batch-size", 4],
+                               random_boxes_map),
+}
 
 
-def test_classification_svm_beats_the_class_priors(three_class_voc, tmp_path):
-    value = transfer_value(three_class_voc, tmp_path / "svm", "cls", "--protocol", "svm", "--image-size", 64)
-    baseline = class_prior_map(three_class_voc)
-    assert value > baseline + MARGIN
-
-
-def test_segmentation_beats_background_everywhere(one_class_voc, tmp_path):
-    # 128 px: AlexNet's pool5 is 3x3 there, 1x1 at 64 px (one class per image).
-    value = transfer_value(one_class_voc, tmp_path / "seg", "seg", "--image-size", 128, "--steps", 80,
-                           "--batch-size", 4, "--lr", 0.005)
-    baseline = background_mean_iu(one_class_voc)
-    assert value > baseline + MARGIN
-
-
-def test_detection_beats_random_boxes(three_class_voc, tmp_path):
-    value = transfer_value(three_class_voc, tmp_path / "det", "det", "--image-size", 64, "--steps", 40,
-                           "--batch-size", 4)
-    baseline = random_boxes_map(three_class_voc)
-    assert value > baseline + MARGIN
+@pytest.mark.parametrize("name", list(RUNS))
+def test_a_short_run_beats_a_trivial_baseline(name, request, tmp_path):
+    fixture, (task, *options), baseline = RUNS[name]
+    root = request.getfixturevalue(fixture)
+    assert transfer_value(root, tmp_path / task, task, *options) > baseline(root) + MARGIN
