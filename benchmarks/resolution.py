@@ -8,8 +8,10 @@ Per column:
   spread          the pooled standard deviation over seeds, sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1))
                   over the rows with two or more seeds;
   ranks           whether range and control are both at least RESOLVING_SPREADS spreads.
-Per pretrained row and column: its difference from the best random init of that column and from
-the autoencoder, with a 95% confidence interval over seeds (Welch's t, scipy), and the verdict
+Per pretrained row and column: its difference from the best random init of that column, from the
+autoencoder and from its own no-learning control (the same pipeline without weight updates: what
+the method adds beyond the data-dependent rescaling its pipeline does), with a 95% confidence
+interval over seeds (Welch's t, scipy), and the verdict
 above / level / below (the interval excludes zero above or below it, or contains it).
 """
 import numpy as np
@@ -90,16 +92,19 @@ def column_resolution(records):
 
 def row_differences(records):
     """One row per (pretrained row, data, column, reference): the difference in percentage points
-    with its 95% interval and verdict, against the best random init and the autoencoder."""
+    with its 95% interval and verdict, against the best random init, the autoencoder, and the
+    row's own no-learning control (the row whose pretraining identity is its control_identity)."""
     out = []
     for (data, column), part in records.dropna(subset=["value"]).groupby(["data", "column"], sort=False):
         rows = _row_values(part)
         best_name, best = _best_random(rows)
         autoencoder = next(((name, v) for name, (method, v) in rows.items() if method == AUTOENCODER), (None, None))
+        controls = _controls(part)
         for name, (method, values) in rows.items():
             if method in RANDOM_INITS:
                 continue
-            for reference_name, reference in ((best_name, best), autoencoder):
+            control = controls.get(name, (None, None))
+            for reference_name, reference in ((best_name, best), autoencoder, control):
                 if reference is None or reference_name == name:
                     continue
                 difference, low, high = difference_interval(values, reference)
@@ -107,3 +112,13 @@ def row_differences(records):
                             "difference": 100 * difference, "95% low": 100 * low, "95% high": 100 * high,
                             "verdict": verdict(low, high), "seeds": f"{len(values)} vs {len(reference)}"})
     return pd.DataFrame(out)
+
+
+def _controls(part):
+    """{row name: (its no-learning control's row name, the control's values)} of one column."""
+    if "control_identity" not in part:
+        return {}
+    by_identity = {identity: (name, group["value"].to_numpy(float))
+                   for (identity, name), group in part.groupby(["identity", "method"], sort=True)}
+    return {name: by_identity[control] for (name, control), _ in part.groupby(["method", "control_identity"])
+            if control in by_identity}

@@ -118,8 +118,9 @@ def pretrain_config(preset, options, where):
 
 
 def _no_pretraining(options):
-    """A method entry that is only an --init (e.g. {init: random-gaussian}); null means random."""
-    return options is None or set(options) == {"init"}
+    """A method entry that is only an --init and maybe its row label (e.g. {init: random-gaussian});
+    null means random."""
+    return options is None or (set(options) <= {"init", "label"} and "init" in options)
 
 
 @dataclasses.dataclass
@@ -240,30 +241,33 @@ def plan_suite(preset, suite, progress=True):
     transfer_root = suite.transfer_data_root or data_root
     in_domain = suite.in_domain_data
     probed_root = in_domain or transfer_root
-    jobs, encoders = [], {}  # encoders: (method, seed) -> (init, the job that makes it or None)
+    jobs, encoders = [], {}  # encoders: (method, seed) -> (init, row label, the job that makes it or None)
     common = {"out": out, "plugins": tuple(suite.plugin), "progress": progress}
     for name, options in preset["methods"].items():
         for seed in seeds:
             if _no_pretraining(options):  # a random-init row
-                encoders[name, seed] = ((options or {}).get("init", "random"), None)
+                options = options or {}
+                encoders[name, seed] = (options.get("init", "random"), options.get("label") or name, None)
                 continue
             config = pretrain_config(preset, options, f"methods.{name}")
+            config = dataclasses.replace(config, label=config.label or name)  # rows keep the preset's names
             # A method may name its own data (e.g. supervised: {data_root: labelled/class/folders}).
             config = dataclasses.replace(config, data_root=config.data_root or str(data_root),
                                          mask_dir=mask_dir or config.mask_dir, seed=seed, device=device)
             if preset.get("probe") and config.probe_data is None:  # the probe curve: in-domain, else transfer data
                 config = dataclasses.replace(config, probe_data=str(probed_root))
             job = Job(f"pretrain/{name}-seed{seed}", config=config, **common)
-            encoders[name, seed] = (str(job.run_dir), job.name)
+            encoders[name, seed] = (str(job.run_dir), config.label, job.name)
             jobs.append(job)
     for task_name, task_options in preset["tasks"].items():
-        for (name, seed), (init, maker) in encoders.items():
+        for (name, seed), (init, label, maker) in encoders.items():
             config = parse_options(TransferConfig, {**preset["transfer"], **task_options}, f"preset tasks.{task_name}")
             if config.task == "probe" and not in_domain:
                 raise UserError(f"preset tasks.{task_name} is an in-domain probe: give --in-domain-data, a "
                                 f"class-folder root (train/<class>/, val/<class>/)")
             task_root = in_domain if config.task == "probe" else transfer_root
-            config = dataclasses.replace(config, init=init, data_root=str(task_root), seed=seed, device=device)
+            config = dataclasses.replace(config, init=init, label=label, data_root=str(task_root), seed=seed,
+                                         device=device)
             jobs.append(Job(f"transfer/{task_name}-{name}-seed{seed}", config=config,
                             needs=(maker,) if maker else (), **common))
     jobs.append(Job("table", needs=tuple(job.name for job in jobs), **common))

@@ -19,9 +19,11 @@ import numpy as np
 import pandas as pd
 
 from runtime.errors import UserError
+from runtime.identity import describe, differing
 from runtime.options import option
-from runtime.readers import read_json
+from runtime.progress import warning
 from runtime.runfiles import save_json, staged_files, write_atomically
+from transfer.records import read_record
 from .layer_probes import write_layer_probes
 from .resolution import column_resolution, row_differences
 
@@ -45,13 +47,13 @@ PAPER_COLUMNS = {"cls": "Classification", "det": "Detection", "seg": "Segmentati
 
 
 def read_records(folder):
-    """(path, record) of every record.json below `folder`."""
+    """(path, record, task) of every record.json below `folder`, in today's format."""
     paths = sorted(Path(folder).rglob("record.json"))
     if not paths:
         raise UserError(f"no record.json files under {folder}; run `bench transfer` or `bench eval-inpaint` first")
     records = []
     for path in paths:
-        record = read_json(path)
+        record = read_record(path)
         if "task" not in record:
             raise UserError(f"{path}: not a transfer or inpainting record (it names no task)")
         records.append((path, record, record["task"]))
@@ -60,17 +62,21 @@ def read_records(folder):
 
 def load_records(records):
     """One row per transfer record of `records` (from read_records), two for an in-domain probe
-    record (kNN and linear); an in-domain row joins its method's transfer row when the method was
-    transferred to one data set (its "data" becomes that data set's, "probe_data" keeps its own)."""
+    record (kNN and linear). Records of one pretraining identity and data set make one table row
+    ("method" names it, see row_names); an in-domain row joins the transfer row of its identity
+    when that identity was transferred to one data set ("data" becomes that data set's,
+    "probe_data" keeps its own)."""
     rows = []
     for path, record, task in records:
         if task == INPAINT_TASK:
             continue
         try:
-            base = {"method": record.get("pretrain_label") or record["pretrain_method"],
+            base = {"label": record.get("label") or record.get("pretrain_label") or record["pretrain_method"],
                     "pretrain_method": record["pretrain_method"], "data": Path(record["data_root"]).name,
-                    "probe_data": "", "seed": record["seed"], "pretrain_seconds": record["pretrain_seconds"],
-                    "record": str(path)}
+                    "identity": record["pretrain_identity"], "control_identity": record.get("control_identity"),
+                    "settings": record["pretrain_settings"], "transfer_identity": record["identity"],
+                    "transfer_settings": record["transfer_settings"], "probe_data": "", "seed": record["seed"],
+                    "pretrain_seconds": record["pretrain_seconds"], "record": str(path)}
             if task == "probe":
                 for column, key in IN_DOMAIN.items():
                     value = record["value"] if key is None else record["metrics"][key]
@@ -83,10 +89,57 @@ def load_records(records):
     if frame.empty:
         return frame
     in_domain = frame["column"].isin(list(IN_DOMAIN))
-    for method, group in frame[~in_domain].groupby("method"):
+    for encoder, group in frame[~in_domain].groupby("identity"):
         if group["data"].nunique() == 1:
-            frame.loc[in_domain & (frame["method"] == method), "data"] = group["data"].iloc[0]
+            frame.loc[in_domain & (frame["identity"] == encoder), "data"] = group["data"].iloc[0]
+    frame["method"] = row_names(frame)
+    for message in mixed_transfer_settings(frame):
+        warning(message)
     return frame
+
+
+def row_names(frame):
+    """Each record's row name. A row is one pretraining identity on one data set; where records
+    of one row and column differ in transfer settings, each setting makes a row of its own. Rows
+    are named by their label, and rows that share a label add the settings that tell them apart:
+    "context-encoder (random-region; lr 1e-05, encoder_norm batch)"."""
+    variants = pd.Series("", index=frame.index)
+    for _, group in frame.groupby(["identity", "data", "column"]):
+        if group["transfer_identity"].nunique() > 1:
+            keys = differing(group["transfer_settings"].tolist())
+            variants[group.index] = [describe(s, keys) for s in group["transfer_settings"]]
+    keys = pd.Series(list(zip(frame["identity"], variants)), index=frame.index)
+    names = frame["label"].copy()
+    for _, group in frame.groupby("label"):
+        shared = keys[group.index]
+        if shared.nunique() == 1:
+            continue
+        first = group.groupby(shared).head(1)
+        apart = differing(first["settings"].tolist())
+        for index in group.index:
+            details = "; ".join(filter(None, [describe(frame.at[index, "settings"], apart), variants[index]]))
+            names[index] = _with_details(frame.at[index, "label"], details)
+    return names
+
+
+def _with_details(label, details):
+    """`label` with `details` inside its closing bracket, or in a bracket of their own."""
+    if label.endswith(")"):
+        return f"{label[:-1]}; {details})"
+    return f"{label} ({details})"
+
+
+def mixed_transfer_settings(frame):
+    """A warning for each column whose rows were transferred with different settings (other than
+    the encoder): their difference is not the encoders' alone."""
+    messages = []
+    for (data, column), group in frame.groupby(["data", "column"]):
+        first = group.groupby("method").head(1)
+        keys = differing(first["transfer_settings"].tolist())
+        if keys:
+            messages.append(f"{column} on {data}: the rows were transferred with different {', '.join(keys)}; "
+                            f"their differences are not the encoders' alone")
+    return messages
 
 
 def load_inpaint_records(records):
@@ -195,7 +248,7 @@ def make_table(config):
 def print_tables(tables, folder):
     """Each table as text, and the files it was written to."""
     for stem, table in tables.items():
-        print(table.to_string(index=False))
+        print(for_people(table).to_string(index=False))
         also = {"table": ".csv, .json, .png", "inpaint_table": ".csv, .json"}.get(stem, ".csv")
         print(f"written: {Path(folder) / stem}.md (+ {also})\n")
 
@@ -239,9 +292,16 @@ def _write(stem, table, summary, out, **extra):
 
 
 def markdown_table(table):
+    table = for_people(table)
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def for_people(table):
+    """`table` with "–" in every cell that has no value (empty, or NaN: e.g. an interval of one seed)."""
+    return table.map(lambda value: "–" if value is None or value == "" or
+                     (isinstance(value, float) and np.isnan(value)) else value)
 
 
 def _plot(summary, path):

@@ -26,6 +26,7 @@ from data.toy_voc import default_data_root
 from pretrain.methods.context_encoder import ContextEncoder
 from pretrain.runs import load_run
 from runtime.device import DEVICE_NAMES, device_name, resolve_device, seed_value
+from runtime import formats
 from runtime.errors import UserError
 from runtime.options import option
 from runtime.metrics import as_numpy
@@ -299,7 +300,7 @@ def evaluate_inpainting(config, out_dir, progress=True):
                   "metric": "l1", "value": float(scores["l1"]),
                   "metrics": {name: _json_number(value) for name, value in scores.items()},
                   "wall_seconds": round(time.perf_counter() - started, 1), "environment": environment_info()}
-        save_json(record, folder / "record.json")
+        save_json(formats.stamped("record", record), folder / "record.json")
         records.append(record)
         grid_columns.append((label, filled[:GRID_IMAGES]))
     masked = np.where(holes[:GRID_IMAGES, ..., None], 1.0, original[:GRID_IMAGES])

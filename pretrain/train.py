@@ -24,11 +24,12 @@ from data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, read
 from data.pretrain_items import AUGMENT_ON, PretrainImages
 from data.sampling import epoch_batches
 from data.toy_voc import default_data_root
-from runtime import distributed, speedups
+from runtime import distributed, formats, speedups
 from runtime.device import (DeviceOptions, check_scaling_options, resolve_device, seed_everything, seed_value,
                             start_process)
 from runtime.engine import Engine, check_training_options, prepare_model
 from runtime.errors import UserError
+from runtime.identity import data_name, identity
 from runtime.options import option
 from runtime.progress import info, warning
 from runtime.readers import read_json
@@ -74,6 +75,11 @@ class PretrainConfig(DeviceOptions):
                               "1e-3 central / 1e-4 other masks for alexnet, 2e-3 for inpaint)")
     steps: int = option(300, "training iterations (default: 300; with --resume: the run's own)")
     warmup_steps: int = option(0, "learning rate rises linearly from lr / N to lr over the first N steps (0: none)")
+    learning: bool = option(True, "update the weights; --no-learning is the control run: the same pipeline "
+                            "(steps, batches, holes, BatchNorm statistics gathered and folded) with no weight "
+                            "update, so its encoder is the method's init after that data-dependent rescaling; "
+                            "`bench table` subtracts it from the learned run of the same settings")
+    label: str | None = option(None, "row name in `bench table` (default: the method and what sets it apart)")
     seed: int = option(0, "seed of weights, batches, holes and dropout", check=seed_value)
     bad_images: str = option("fail", BAD_IMAGES_HELP, choices=BAD_IMAGE_POLICIES)
     augment_on: str = option("loader", "where crops are flipped and normalised and holes drawn: loader (per image "
@@ -183,9 +189,11 @@ def pretrain(config, out, overwrite=False, progress=True):
         distributed.barrier()  # every process has checked `out` before the main one writes
         if distributed.is_main():
             create_run_dir(run_dir, overwrite=True)
-            save_json({"config": dataclasses.asdict(config), "images": len(paths),
-                       "processes": distributed.world_size(), "environment": environment_info()},
-                      run_dir / "config.json")
+            settings = pretraining_settings(config, method, len(paths))
+            save_json(formats.stamped("config", {
+                "config": dataclasses.asdict(config), "identity": identity(settings), "identity_settings": settings,
+                "images": len(paths), "processes": distributed.world_size(), "environment": environment_info()}),
+                run_dir / "config.json")
         distributed.barrier()
         try:
             _train(run_config, method, dataset, run_dir, progress=progress)
@@ -229,22 +237,70 @@ EARLIER_GENERAL_FIELDS = ("loss", "overlap", "overlap_weight", "adv_weight", "op
 
 
 def load_run_config(run_dir):
-    """The PretrainConfig a run folder's config.json records (also one written by an earlier version)."""
+    """The PretrainConfig a run folder's config.json records (older formats upgraded)."""
     path = Path(run_dir) / "config.json"
-    saved = read_json(path, hint="; the run cannot be resumed").get("config")
+    content = read_json(path, hint="; the run cannot be resumed")
+    saved = content.get("config")
     if not isinstance(saved, dict) or not isinstance(saved.get("method"), str):
         raise UserError(f"{path}: has no run configuration (a 'config' object naming its method); "
                         f"the run cannot be resumed")
-    if "probe_train_split" in saved:  # before the two were one option
-        saved["probe_splits"] = [saved.pop("probe_train_split"), saved.pop("probe_test_split")]
-    earlier = {name: saved.pop(name) for name in EARLIER_GENERAL_FIELDS if name in saved}
-    own = {f.name for f in dataclasses.fields(get_method(saved["method"]).Options)}
-    saved["method_options"] = {**{k: v for k, v in earlier.items() if k in own}, **saved.get("method_options", {})}
+    saved = formats.upgrade("config", content, path, {1: _config_from_version_1})["config"]
     known = {f.name for f in dataclasses.fields(PretrainConfig)}
     unknown = sorted(set(saved) - known)
     if unknown:
         raise UserError(f"{path}: unknown settings {', '.join(unknown)}; the run cannot be resumed")
     return PretrainConfig(**saved)
+
+
+def _config_from_version_1(content):
+    """A config.json from before versions in the version-2 layout: the probe's two split options
+    as one, the context encoder's earlier general options among its own, and no identity (it is
+    worked out again where it is needed). A setting added since takes its default."""
+    saved = dict(content["config"])
+    if "probe_train_split" in saved:
+        saved["probe_splits"] = [saved.pop("probe_train_split"), saved.pop("probe_test_split")]
+    earlier = {name: saved.pop(name) for name in EARLIER_GENERAL_FIELDS if name in saved}
+    own = {f.name for f in dataclasses.fields(get_method(saved["method"]).Options)}
+    saved["method_options"] = {**{k: v for k, v in earlier.items() if k in own}, **saved.get("method_options", {})}
+    return {**content, "config": saved}
+
+
+# Settings that cannot change what a run learns, left out of its identity: its seed (runs that
+# differ only there are repeats), where and how often it writes and shows things, how its batches
+# are loaded (the batches are the same), the device and compilation (float rounding, far below seed
+# noise; config.json's environment records them), the probe (it reads the encoder, changes
+# nothing), its table label, and the data's paths (named by data_name instead).
+NOT_IDENTITY = {"seed", "workers", "checkpoint_every", "preview_every", "image_cache", "device", "compile",
+                "probe_data", "probe_every", "probe_splits", "label", "bad_images", "data_root", "mask_dir",
+                "method_options"}
+
+
+def pretraining_settings(config, method, images):
+    """What decides a pretraining run's numbers, flat (the method's options beside the general
+    ones): the input of its identity, and what row names show to tell runs apart."""
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_IDENTITY}
+    settings.update(config.method_options)
+    if not method.uses_masks:
+        settings.pop("mask")
+    settings.update(data=data_name(config.data_root), images=images,
+                    **({"mask_dir": data_name(config.mask_dir)} if method.uses_masks else {}))
+    return settings
+
+
+def saved_run_settings(run_dir):
+    """The identity settings of the run in `run_dir`, from its config.json (a run from before
+    identities: worked out from the settings it saved)."""
+    content = read_json(Path(run_dir) / "config.json")
+    if "identity_settings" in content:
+        return content["identity_settings"]
+    config = load_run_config(run_dir)
+    config.method_options = dataclasses.asdict(get_method(config.method).resolve_options(config))
+    return pretraining_settings(config, get_method(config.method), content.get("images"))
+
+
+def control_settings(settings):
+    """The settings of the no-learning control of a run with `settings`."""
+    return {**settings, "learning": False}
 
 
 def build_method(config):
@@ -281,6 +337,10 @@ def pretraining_engine(method, config, run_dir, progress=True):
     """(the engine that trains `method` in run_dir, resuming from its checkpoint when there is one;
     the step it runs: the method's own train_step with the method's optimisers)."""
     optimizers = method.configure_optimizers()
+    if not config.learning:  # every optimiser scales its step by lr: at 0 no weight moves, all else runs
+        for optimizer in optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0
     schedules = {name: torch.optim.lr_scheduler.LinearLR(optimizer, 1 / config.warmup_steps, 1, config.warmup_steps)
                  for name, optimizer in optimizers.items()} if config.warmup_steps else {}
     engine = Engine(method, optimizers, run_dir, steps=config.steps, batch_size=config.batch_size, seed=config.seed,
@@ -320,7 +380,7 @@ def _train(config, method, dataset, run_dir, progress=True):
     engine.run(train_step, lambda start: training_batches(dataset, config, start), after_step)
     if main:
         plot_curves(run_dir)
-        _save_encoder(method, config, run_dir, engine.elapsed, engine.step)
+        _save_encoder(method, config, run_dir, engine, len(dataset))
     distributed.barrier()  # the run folder is complete for every process (a suite transfers it next)
     return run_dir
 
@@ -335,19 +395,23 @@ def _preview_batch(dataset, config):
 
 def pretraining_label(config, method):
     """A table row's name: the method, what it shows in brackets (e.g. its holes), its backbone."""
-    details = method.label_details(config)
+    details = ", ".join(filter(None, [method.label_details(config), "" if config.learning else "no learning"]))
     return label_with_arch(f"{config.method} ({details})" if details else config.method, method.encoder_arch)
 
 
-def _save_encoder(method, config, run_dir, elapsed, step):
+def _save_encoder(method, config, run_dir, engine, images):
     state = {key: value.detach().cpu() for key, value in plain_encoder(method.encoder).state_dict().items()}
     save_torch(state, run_dir / "encoder.pt")
     loss_terms = {"mask": config.mask} if method.uses_masks else {}
-    save_json({"method": config.method, "label": pretraining_label(config, method), "arch": method.encoder_arch,
-               "image_size": config.image_size, **loss_terms, "method_options": config.method_options,
-               "input_mean": method.input_mean, "input_std": method.input_std,
-               "steps": step, "pretrain_seconds": round(elapsed, 1), "seed": config.seed,
-               "data_root": config.data_root, "split": config.split}, run_dir / "encoder.json")
+    settings = pretraining_settings(config, method, images)
+    save_json(formats.stamped("encoder", {
+        "method": config.method, "label": config.label or pretraining_label(config, method),
+        "arch": method.encoder_arch, "image_size": config.image_size, **loss_terms,
+        "method_options": config.method_options, "input_mean": method.input_mean, "input_std": method.input_std,
+        "steps": engine.step, "pretrain_seconds": round(engine.elapsed, 1), "seed": config.seed,
+        "data_root": config.data_root, "split": config.split, "identity": identity(settings),
+        "control_identity": identity(control_settings(settings)), "settings": settings}),
+        run_dir / "encoder.json")
 
 
 def run_pretraining(config, folder, progress=True):

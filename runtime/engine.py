@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed, preemption, speedups
+from . import distributed, formats, preemption, speedups
 from .errors import UserError
 from .options import check_ranges, flag
 from .progress import progress_bar
@@ -204,12 +204,13 @@ class Engine:
         if self.run_dir is None:
             return
         if self.main:
-            save_torch({"model": self.model.state_dict(), "step": self.step, "elapsed": self.elapsed,
-                        "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-                        "schedules": {n: s.state_dict() for n, s in self.schedules.items()},
-                        "grad_scalers": {n: o.grad_scaler.state_dict() for n, o in self.optimizers.items()
-                                         if o.grad_scaler is not None},
-                        "rng_by_process": rng}, self.run_dir / CHECKPOINT)
+            state = {"model": self.model.state_dict(), "step": self.step, "elapsed": self.elapsed,
+                     "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                     "schedules": {n: s.state_dict() for n, s in self.schedules.items()},
+                     "grad_scalers": {n: o.grad_scaler.state_dict() for n, o in self.optimizers.items()
+                                      if o.grad_scaler is not None},
+                     "rng_by_process": rng}
+            save_torch(formats.stamped("checkpoint", state), self.run_dir / CHECKPOINT)
 
     def _load(self, state):
         self.model.load_state_dict(state["model"])
@@ -247,12 +248,13 @@ def read_checkpoint(path, device="cpu", mmap=False, hint=RESUME_HINT):
     state = read_torch(path, hint, map_location=device, mmap=mmap)
     if not isinstance(state, dict) or not ("model" in state or "method" in state):
         raise UserError(f"{path}: not a checkpoint of this suite (it holds no model weights){hint}")
-    return _upgraded(state)
+    return formats.upgrade("checkpoint", state, path, {1: _from_version_1})
 
 
-def _upgraded(state):
-    """A checkpoint of an earlier version in today's layout: pretraining's ("method", "torch_rng")
-    and fine-tuning's ("model", "optimizer", "schedule", "scaler", RNG tensors, no "elapsed")."""
+def _from_version_1(state):
+    """Checkpoints from before versions, in the version-2 layout: pretraining's ("method",
+    "torch_rng") and fine-tuning's ("model", "optimizer", "schedule", "scaler", RNG tensors, no
+    "elapsed") become one layout."""
     state = {"schedules": {}, "grad_scalers": {}, "elapsed": 0.0, **state}
     if "method" in state:
         state["model"] = state.pop("method")

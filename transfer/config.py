@@ -44,4 +44,5 @@ class TransferConfig(DeviceOptions):
     bad_images: str = option("fail", BAD_IMAGES_HELP, choices=BAD_IMAGE_POLICIES)
     bad_annotations: str = option("error", BAD_ANNOTATIONS_HELP, choices=BAD_ANNOTATION_POLICIES)
     checkpoint_every: int = option(100, "steps between training checkpoints (what --resume continues from)")
+    label: str | None = option(None, "row name in `bench table` (default: the --init encoder's own)")
     image_size_from: str | None = None  # set by run_task: "option", "encoder.json" or "default"

@@ -1,11 +1,15 @@
 """What `--init` means: a pretraining run folder, an encoder file, `random`, or weights from
 torchvision or timm."""
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from pretrain.backbones import TIMM_PREFIX, build_backbone, is_backbone_arch, label_with_arch
+from pretrain.train import control_settings, saved_run_settings
+from runtime import formats
 from runtime.errors import UserError
+from runtime.identity import data_name, identity
 from runtime.readers import read_json, read_torch
 
 RANDOM = "random"
@@ -23,7 +27,8 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def load_encoder(init):
-    """Return (backbone module, info).
+    """Return (backbone module, info), info with the encoder's identity (runtime.identity): that of
+    its pretraining run, or of the init's kind and arch.
 
     `init` is one of
       a run folder written by `bench pretrain`, or an encoder.pt with its encoder.json beside it;
@@ -38,9 +43,18 @@ def load_encoder(init):
       "timm:<model>:PATH": a timm model's state_dict file (its ImageNet weights, or
           `bench export --to timm`), cut to its feature stages.
     info holds method, label, arch, input_mean/input_std (None for random: use the data's own),
-    pretrain_seconds and the source path.
+    pretrain_seconds, the source path, and identity, settings and control_identity (None where
+    there is no pretraining to control).
     """
-    init = str(init)
+    encoder, info = _load(str(init))
+    if "identity" not in info:  # no pretraining run: the init's kind is the whole experiment
+        settings = {"init": info["method"], "arch": info["arch"],
+                    **({"weights": Path(info["init"]).name} if info["pretrain_seconds"] is None else {})}
+        info = {**info, "identity": identity(settings), "settings": settings, "control_identity": None}
+    return encoder, info
+
+
+def _load(init):
     if init in (RANDOM_GAUSSIAN, RANDOM_KRAEHENBUEHL):
         encoder = build_backbone("alexnet")
         if init == RANDOM_GAUSSIAN:
@@ -68,13 +82,33 @@ def load_encoder(init):
                         f"an encoder.pt, or 'random')")
     if not meta_path.is_file():
         raise UserError(f"--init {init}: {meta_path} is missing (it says how the encoder was trained)")
-    meta = read_json(meta_path)
+    meta = read_encoder_json(meta_path)
     _check_normalisation(meta, meta_path)
     arch = meta.get("arch", "")
     if not is_backbone_arch(arch):
         raise UserError(f"--init {init}: transfer needs an alexnet or timm encoder, this one is {arch!r}")
     encoder = _backbone_with(arch, _read_state(init, weights), init, weights)
     return encoder, {"init": str(weights.parent if path.is_dir() else weights), **meta}
+
+
+def read_encoder_json(path):
+    """A run's encoder.json in today's format (runtime.formats)."""
+    return formats.upgrade("encoder", read_json(path), path, {1: partial(_encoder_from_version_1, Path(path))})
+
+
+def _encoder_from_version_1(path, meta):
+    """An encoder.json from before identities: the identity of the run's settings, from its
+    config.json when that is beside it, else from what encoder.json itself records (its method,
+    options, size, steps, input statistics: runs that differ only elsewhere then share a row)."""
+    config_path = path.with_name("config.json")
+    if config_path.is_file():
+        settings = saved_run_settings(path.parent)
+    else:
+        settings = {key: meta.get(key) for key in ("method", "arch", "image_size", "mask", "method_options",
+                                                    "input_mean", "input_std", "steps", "split")}
+        settings["data"] = data_name(meta.get("data_root"))
+    return {**meta, "identity": identity(settings), "settings": settings,
+            "control_identity": identity(control_settings(settings))}
 
 
 def _check_normalisation(meta, path):
@@ -150,7 +184,7 @@ def pretrained_image_size(init):
     if str(init) in RANDOM_INITS or str(init).startswith((f"{RANDOM}:", TORCHVISION_PREFIX, TIMM_PREFIX)) \
             or not meta.is_file():
         return None
-    return read_json(meta).get("image_size")
+    return read_encoder_json(meta).get("image_size")
 
 
 def _affine_layers(layers):

@@ -2,16 +2,65 @@
 import dataclasses
 import math
 import time
+from pathlib import Path
 
-from runtime import distributed
+from runtime import distributed, formats
+from runtime.identity import data_name, identity
+from runtime.readers import read_json
 from runtime.runfiles import environment_info, save_json
+from .encoders import read_encoder_json
+
+# Transfer settings that cannot change a record's numbers, left out of its identity: its seed, how
+# batches are loaded, checkpoints, the device (see pretrain.train.NOT_IDENTITY), where the image size
+# came from, its table label, and the paths of its init and data (the init's own identity and the
+# data's name stand for them). Bad images or annotations left out change the data, and with it the
+# image count a check reports, not these options' values.
+NOT_IDENTITY = {"seed", "workers", "checkpoint_every", "device", "compile", "image_size_from", "init", "label",
+                "bad_images", "bad_annotations", "data_root"}
+
+
+def transfer_settings(config):
+    """What decides a transfer's numbers beside its encoder (`config` a TransferConfig or its dict):
+    the input of the record's identity."""
+    config = config if isinstance(config, dict) else dataclasses.asdict(config)
+    settings = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    return {**settings, "data": data_name(config.get("data_root"))}
+
+
+def read_record(path):
+    """A record.json (transfer or inpainting) in today's format (runtime.formats)."""
+    return formats.upgrade("record", read_json(path), path, {1: _record_from_version_1})
+
+
+def _record_from_version_1(record):
+    """A record from before identities: the encoder's identity from its run folder when that still
+    exists, else from the method label alone (such records share a row as they did before)."""
+    if record.get("task") == "inpaint":
+        return record
+    config = record.get("config") or {"task": record.get("task"), "protocol": record.get("protocol")}
+    init = Path(str(config.get("init") or ""))
+    encoder_json = (init if init.is_dir() else init.parent) / "encoder.json"
+    if init.name and encoder_json.is_file():
+        meta = read_encoder_json(encoder_json)
+        pretrain_settings, control = meta["settings"], meta["control_identity"]
+    else:
+        pretrain_settings, control = {"label": record.get("pretrain_label") or record.get("pretrain_method")}, None
+    settings = transfer_settings(config)
+    pretraining = identity(pretrain_settings)
+    return {**record, "label": None, "identity": identity({**settings, "pretraining": pretraining}),
+            "pretrain_identity": pretraining, "control_identity": control, "pretrain_settings": pretrain_settings,
+            "transfer_settings": settings}
 
 
 def write_record(run_dir, config, init_info, metric_name, metric, per_class, class_names, started, metrics=None):
     """Write run_dir/record.json (the main process, under torchrun) and return the record; `metrics`
     (a dict) holds a task's further measurements."""
-    record = {
-        "task": config.task, "protocol": config.protocol,
+    settings = transfer_settings(config)
+    record = formats.stamped("record", {
+        "task": config.task, "protocol": config.protocol, "label": config.label,
+        "identity": identity({**settings, "pretraining": init_info["identity"]}),
+        "pretrain_identity": init_info["identity"], "control_identity": init_info.get("control_identity"),
+        "pretrain_settings": init_info["settings"], "transfer_settings": settings,
         "init": init_info.get("init"), "pretrain_method": init_info.get("method"),
         "pretrain_label": init_info.get("label", init_info.get("method")),
         "pretrain_seconds": init_info.get("pretrain_seconds"), "seed": config.seed,
@@ -23,7 +72,7 @@ def write_record(run_dir, config, init_info, metric_name, metric, per_class, cla
         **({"metrics": {k: _finite_or_none(v) for k, v in metrics.items()}} if metrics else {}),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "config": dataclasses.asdict(config), "environment": environment_info(),
-    }
+    })
     if distributed.is_main():
         save_json(record, run_dir / "record.json")
     return record
