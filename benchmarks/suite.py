@@ -327,7 +327,7 @@ def run_suite(preset, config, progress=True):
         states[job.name] = {"state": "done"}
         write_job_states(out, states)
         if job.kind == "transfer":
-            print(f"  {record['metric']} = {100 * record['value']:.1f}%")
+            print(f"{job.name}: {record['metric']} = {100 * record['value']:.1f}%")
     table = jobs[-1]()
     if failures:
         raise UserError(f"{len(failures)} transfer run(s) failed and are missing from the table in {out}: "
