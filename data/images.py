@@ -106,7 +106,8 @@ def list_images(root, split="train", year=None):
     else:
         paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise UserError(f"no images found under {root}")
+        where = f"split {split!r} of {root} (its ImageSets/Main/{split}.txt)" if is_voc_root(root) else root
+        raise UserError(f"no images found under {where}")
     return paths
 
 
@@ -133,6 +134,22 @@ def image_labels(paths, root, split="train", year=None):
     if len(classes) < 2:
         raise UserError(f"{root} has {len(classes)} class folder(s); labelled pretraining needs at least 2")
     return [classes.index(name) for name in names], classes
+
+
+def class_folders(split_dir):
+    """Sorted class folder names of a split folder of a class-folder root (at least two)."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise UserError(f"{split_dir} does not exist (a class-folder root holds <split>/<class>/<image>)")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise UserError(f"{split_dir} has {len(classes)} class folder(s); a probe needs at least 2")
+    return classes
+
+
+def class_images(class_dir):
+    """The image files below a class folder, sorted."""
+    return sorted(p for p in Path(class_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def voc_year(root, wanted):

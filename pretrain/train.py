@@ -37,7 +37,7 @@ from runtime.runfiles import (check_new_run_dir, check_resumable, create_run_dir
 from .backbones import ENCODER_NORMS, label_with_arch, plain_encoder
 from .curves import plot_curves
 from .methods import get_method, method_names
-from .probe import DEAD_WARNING, make_probe, output_name, probe_layout
+from .probe import DEAD_WARNING, check_probe_data, make_probe, output_name
 
 PREVIEW_IMAGES = 8
 
@@ -104,16 +104,21 @@ def pretrain_run_name(config):
     return f"runs/{config.method}-{config.arch}{mask}-{config.image_size}px-seed{config.seed}"
 
 
+def check_pretrain_options(config):
+    """A one-line error for a number of `config` out of its range."""
+    check_training_options(config, ("--preview-every", config.preview_every, config.preview_every >= 1, "at least 1"),
+                           ("--probe-every", config.probe_every, config.probe_every >= 1, "at least 1"),
+                           ("--warmup-steps", config.warmup_steps, config.warmup_steps >= 0, "0 or more"))
+
+
 def resolve_config(config):
     """Validate `config` and fill in what depends on the data: default load size, mask folder,
     dataset statistics (the method's options are resolved where it is built: build_method).
     Returns (resolved config, image paths)."""
     config = dataclasses.replace(config)
-    check_training_options(config, ("--preview-every", config.preview_every, config.preview_every >= 1, "at least 1"),
-                           ("--probe-every", config.probe_every, config.probe_every >= 1, "at least 1"),
-                           ("--warmup-steps", config.warmup_steps, config.warmup_steps >= 0, "0 or more"))
+    check_pretrain_options(config)
     if config.probe_data is not None:
-        probe_layout(config.probe_data, config.probe_splits)
+        check_probe_data(config.probe_data, config.probe_splits)
     paths = training_images(config)
     if len(paths) < config.batch_size:
         raise UserError(f"only {len(paths)} images in {config.data_root} ({config.split}) for a batch "
@@ -296,7 +301,7 @@ def _train(config, method, dataset, run_dir, progress=True):
     engine, train_step = pretraining_engine(method, config, run_dir, progress)
     preview_batch = _preview_batch(dataset, config) if main else None
     probe = make_probe(config.probe_data, config.image_size, method.input_mean, method.input_std,
-                       config.probe_splits) if main and config.probe_data else None
+                       config.probe_splits, config.bad_images) if main and config.probe_data else None
     warned = False
 
     def after_step(step, metrics):

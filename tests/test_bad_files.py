@@ -110,7 +110,7 @@ CASES = {
     "pretrain device unknown": (None, None, [*PRETRAIN, "--device", "gpu"], "argument --device: must be auto, cpu"),
     "pretrain out under a file": (None, None, [*PRETRAIN[:-1], "{tmp}/a-file/run"],
                                   "a-file is a file, not a folder"),
-    "pretrain lr negative": (None, None, [*PRETRAIN, "--lr", "-1"], "--lr must be positive, got -1.0"),
+    "pretrain lr negative": (None, None, [*PRETRAIN, "--lr", "-1"], "--lr must be positive and finite, got -1.0"),
     "pretrain size zero": (None, None, [*PRETRAIN, "--image-size", "0"], "--image-size must be at least 1, got 0"),
     "pretrain steps a word": (None, None, [*PRETRAIN, "--steps", "many"], "argument --steps: takes int values"),
     "pretrain unknown option": (None, None, [*PRETRAIN, "--stepz", "3"], "unrecognized arguments: --stepz 3"),
