@@ -100,14 +100,15 @@ def list_images(root, split="train", year=None):
         if not images.is_dir():
             raise UserError(f"missing folder {images}")
         paths = [images / f"{image_id}.jpg" for image_id in read_split(voc, split)]
+        if not paths:
+            raise UserError(f"split file {voc / 'ImageSets' / 'Main' / f'{split}.txt'}: lists no images")
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise UserError(f"{len(missing)} images of split {split!r} are missing, e.g. {missing[0]}")
     else:
         paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        where = f"split {split!r} of {root} (its ImageSets/Main/{split}.txt)" if is_voc_root(root) else root
-        raise UserError(f"no images found under {where}")
+        raise UserError(f"no images found under {root}")
     return paths
 
 
