@@ -70,6 +70,9 @@ def simple_commands():
             ("cache", "list"): (CacheListConfig, list_cache), ("cache", "clean"): (CacheCleanConfig, clean)}
 
 
+RESUMED = "the saved run's with --resume"
+
+
 def add_pretrain_parser(commands, method):
     """`bench pretrain`: PretrainConfig's options, then those of `--method` (a name; unknown: the
     default method's)."""
@@ -77,15 +80,22 @@ def add_pretrain_parser(commands, method):
     from pretrain.train import PretrainConfig, run_pretraining
     from runtime.runfiles import RunFolder
     p = add_command(commands, "pretrain", PretrainConfig)
-    for options in (PluginOptions, PretrainConfig, RunFolder):
-        add_options(p, options)
-    p.set_defaults(steps=None)  # with --resume: the run's own
+    add_options(p, PluginOptions)
+    # Options not given are None, so that --resume can tell them from those given (and refuse
+    # those that differ from the saved run's).
+    add_options(p, PretrainConfig, unset=RESUMED)
+    add_options(p, RunFolder)
     method_options = METHODS.get(method, METHODS[PretrainConfig.method]).Options
     add_options(p, method_options, title=f"options of --method {method or PretrainConfig.method} "
-                                         f"(`bench pretrain --method NAME --help` shows another method's)")
-    p.set_defaults(handler=lambda args: run_pretraining(
-        PretrainConfig(**option_values(args, PretrainConfig), method_options=option_values(args, method_options)),
-        RunFolder(**option_values(args, RunFolder))))
+                                         f"(`bench pretrain --method NAME --help` shows another method's)",
+                unset=RESUMED)
+
+    def handler(args):
+        general, own = ({name: value for name, value in option_values(args, options).items() if value is not None}
+                        for options in (PretrainConfig, method_options))
+        return run_pretraining(PretrainConfig(**general, method_options=own), RunFolder(**option_values(args, RunFolder)),
+                               given={**general, **own})
+    p.set_defaults(handler=handler)
 
 
 def add_transfer_parser(commands):

@@ -21,7 +21,7 @@ import yaml
 
 from pretrain.curves import probe_comparison
 from pretrain.methods import PluginOptions, get_method, load_plugins
-from pretrain.train import PretrainConfig, pretrain, resume_pretraining
+from pretrain.train import PretrainConfig, check_pretrain_options, pretrain, resume_pretraining
 from data.toy_voc import default_data_root
 from runtime.device import DEVICE_NAMES, device_name, seed_value
 from runtime.errors import UserError
@@ -29,7 +29,7 @@ from runtime.options import at_least, option, parse_options
 from runtime.progress import info
 from runtime.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir
 from transfer.config import TransferConfig, task_names
-from transfer.tasks import run_task
+from transfer.tasks import check_transfer_options, run_task
 from .job_states import STATE_FILE, read_job_file, read_job_states, start_job_states, write_job_states
 from .launcher import LAUNCHERS, cluster_options, launch
 from .report import write_report
@@ -41,7 +41,7 @@ PRESETS = Path(__file__).resolve().parent / "presets"
 class PresetFile(pydantic.BaseModel):
     """The sections of a preset file; the options inside them are checked against the config
     dataclasses (check_preset), so every key at every level is known and typed."""
-    model_config = pydantic.ConfigDict(extra="forbid")
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)  # `seeds: [yes]` is not seed 1
     needs: dict[str, str] = {}
     probe: bool = False
     data_root: str | None = None
@@ -92,17 +92,30 @@ def check_preset(preset):
     for key in ("seeds", "pretrain", "methods", "transfer", "tasks"):
         if key not in preset:
             raise UserError(f"preset has no {key!r} section")
+    for key, noun in (("seeds", "seed"), ("methods", "method"), ("tasks", "task")):
+        if not preset[key]:
+            raise UserError(f"preset {key}: empty; a suite needs at least one {noun}")
     general = {f.name for f in dataclasses.fields(PretrainConfig)}
     parse_options(PretrainConfig, {k: v for k, v in preset["pretrain"].items() if k in general}, "preset pretrain")
     parse_options(TransferConfig, preset["transfer"], "preset transfer")
     for name, options in preset["methods"].items():
         if not _no_pretraining(options):
-            pretrain_config(preset, options, f"methods.{name}")
+            config = pretrain_config(preset, options, f"methods.{name}")
+            _named(f"preset methods.{name}", check_pretrain_options, config)
     for name, options in preset["tasks"].items():
         options = {**preset["transfer"], **options}
         if "task" not in options:
             raise UserError(f"preset tasks.{name}: it names no task (one of {', '.join(task_names())})")
-        parse_options(TransferConfig, options, f"preset tasks.{name}")
+        _named(f"preset tasks.{name}", check_transfer_options,
+               parse_options(TransferConfig, options, f"preset tasks.{name}"))
+
+
+def _named(where, check, config):
+    """`check(config)`, its error prefixed with `where` in the preset the config came from."""
+    try:
+        check(config)
+    except UserError as error:
+        raise UserError(f"{where}: {error}") from None
 
 
 def pretrain_config(preset, options, where):

@@ -18,7 +18,7 @@ import numpy as np
 
 from runtime.errors import UserError
 from runtime.progress import progress_bar
-from runtime.readers import read_json
+from runtime.cache import read_image_index
 from runtime.runfiles import cache_dir
 from .pixels import load_rgb
 
@@ -48,19 +48,11 @@ class ImageCache:
         if not self.index_path.is_file():
             _build(paths, side, self.data_path, self.index_path, progress)
         os.utime(self.index_path)  # last used: what `bench cache clean --older-than` goes by
-        rebuild = "; delete it (bench cache clean) and it is rebuilt"
-        index = read_json(self.index_path, hint=rebuild)
         try:
-            self.offsets = np.asarray(index["offsets"], dtype=np.int64)
-            self.shapes = np.asarray(index["shapes"], dtype=np.int64).reshape(len(self.offsets), 2)
-        except (KeyError, TypeError, ValueError):
-            raise UserError(f"{self.index_path}: not an image cache index (offsets and shapes){rebuild}") from None
-        if len(self.offsets) != len(paths):
-            raise UserError(f"{self.index_path}: indexes {len(self.offsets)} images, not {len(paths)}{rebuild}")
-        needed = int(self.offsets[-1] + self.shapes[-1].prod() * 3) if len(paths) else 0
-        size = self.data_path.stat().st_size if self.data_path.is_file() else 0
-        if size < needed:
-            raise UserError(f"{self.data_path}: truncated ({size} of {needed} bytes){rebuild}")
+            index = read_image_index(self.index_path, self.data_path, len(paths))
+        except UserError as problem:
+            raise UserError(f"{problem}; delete it (bench cache clean) and it is rebuilt") from None
+        self.offsets, self.shapes = index["offsets"], index["shapes"]
         self._pixels = None
 
     def __len__(self):

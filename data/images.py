@@ -100,6 +100,8 @@ def list_images(root, split="train", year=None):
         if not images.is_dir():
             raise UserError(f"missing folder {images}")
         paths = [images / f"{image_id}.jpg" for image_id in read_split(voc, split)]
+        if not paths:
+            raise UserError(f"split file {voc / 'ImageSets' / 'Main' / f'{split}.txt'}: lists no images")
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise UserError(f"{len(missing)} images of split {split!r} are missing, e.g. {missing[0]}")
@@ -133,6 +135,22 @@ def image_labels(paths, root, split="train", year=None):
     if len(classes) < 2:
         raise UserError(f"{root} has {len(classes)} class folder(s); labelled pretraining needs at least 2")
     return [classes.index(name) for name in names], classes
+
+
+def class_folders(split_dir):
+    """Sorted class folder names of a split folder of a class-folder root (at least two)."""
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise UserError(f"{split_dir} does not exist (a class-folder root holds <split>/<class>/<image>)")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise UserError(f"{split_dir} has {len(classes)} class folder(s); a probe needs at least 2")
+    return classes
+
+
+def class_images(class_dir):
+    """The image files below a class folder, sorted."""
+    return sorted(p for p in Path(class_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def voc_year(root, wanted):

@@ -1,6 +1,7 @@
 """Pixels from image files: decode, rescale, centre-crop, normalise, channel statistics, and the
 policy for files that cannot be decoded."""
 import sys
+import warnings
 
 import numpy as np
 import torch
@@ -11,13 +12,47 @@ from runtime.errors import UserError
 from runtime.progress import progress_bar
 
 
+# PIL's guard against decompression bombs (about 89 megapixels): it only warns up to twice this
+# many pixels and raises a traceback beyond; here any image above it is one line naming the file.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+TOO_LARGE = (f"has more than {MAX_PIXELS:,} pixels, PIL's limit against decompression bombs "
+             f"(Image.MAX_IMAGE_PIXELS); scale it down")
+
+
+class ImageTooLarge(UserError):
+    """An image with more than MAX_PIXELS pixels."""
+
+
+def open_image(path):
+    """PIL's image of `path` with only its header read, or a UserError naming the file: one that
+    cannot be read, or an ImageTooLarge."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(f"image {path} {TOO_LARGE}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+def eight_bit(image):
+    """`image` with 16-bit grey levels scaled to 8 bits; PIL's convert("RGB") clips them at 255
+    instead, which turns most of an image white. Pillow opens 16-bit grey PNGs as I;16 (older
+    versions as I)."""
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    levels = np.asarray(image, dtype=np.float64) / 257  # 0..65535 -> 0..255
+    return Image.fromarray(np.clip(np.round(levels), 0, 255).astype(np.uint8))
+
+
 def load_rgb(path, shorter_side=None):
     """Decode an image as RGB, optionally rescaling it so its shorter side is `shorter_side`."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             if shorter_side is not None:
                 image.draft("RGB", (shorter_side, shorter_side))  # cheap JPEG downscale on decode
-            image = image.convert("RGB")
+            image = eight_bit(image).convert("RGB")
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
     return image if shorter_side is None else resize_shorter_side(image, shorter_side)

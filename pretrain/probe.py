@@ -25,8 +25,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from data.images import IMAGE_SUFFIXES, find_voc_dir, is_voc_root, read_class_labels
-from data.pixels import centre_crop, load_rgb, normalized_tensor
+from data.images import class_folders, class_images, find_voc_dir, is_voc_root, read_class_labels
+from data.check import checked_class_folders
+from data.pixels import centre_crop, load_rgb, normalized_tensor, readable_only
 from runtime.errors import UserError
 from runtime.metrics import classification_ap, nanmean
 
@@ -135,12 +136,14 @@ class KNNProbe:
     """kNN mAP of an encoder's features on `root` (a labelled VOC root): train_split -> test_split."""
     score_key = "probe_knn_map"
 
-    def __init__(self, root, image_size, mean, std, train_split="train", test_split="val", year=None):
-        voc = find_voc_dir(root, year)
+    def __init__(self, root, image_size, mean, std, train_split="train", test_split="val", bad_images="fail"):
+        voc = find_voc_dir(root)
         self.images, self.labels = {}, {}
         for split in (train_split, test_split):
             ids, labels = read_class_labels(voc, split)
-            self.images[split] = _centre_crops([voc / "JPEGImages" / f"{i}.jpg" for i in ids], image_size, mean, std)
+            paths, labels = readable_with_labels([voc / "JPEGImages" / f"{i}.jpg" for i in ids], labels, bad_images,
+                                                 f"{voc.name} {split}")
+            self.images[split] = _centre_crops(paths, image_size, mean, std)
             self.labels[split] = labels
         self.train_split, self.test_split = train_split, test_split
 
@@ -160,12 +163,13 @@ class ClassFolderProbe:
     class-balanced sample of `per_class` images per class of each split."""
     score_key = "probe_knn_top1"
 
-    def __init__(self, root, image_size, mean, std, train_split="train", test_split="val", per_class=PER_CLASS):
+    def __init__(self, root, image_size, mean, std, train_split="train", test_split="val", bad_images="fail",
+                 per_class=PER_CLASS):
         root = Path(root)
         self.images, self.labels = {}, {}
-        self.classes = class_folders(root / train_split)
+        self.classes = checked_class_folders(root, (train_split, test_split))
         for split, count in zip((train_split, test_split), per_class):
-            paths, labels = class_balanced_sample(root / split, self.classes, count)
+            paths, labels = class_balanced_sample(root / split, self.classes, count, bad_images=bad_images)
             self.images[split] = _centre_crops(paths, image_size, mean, std)
             self.labels[split] = torch.tensor(labels)
         self.train_split, self.test_split = train_split, test_split
@@ -184,28 +188,27 @@ class ClassFolderProbe:
         return result
 
 
-def class_folders(split_dir):
-    """Sorted class folder names of a split folder (at least two)."""
-    if not split_dir.is_dir():
-        raise UserError(f"{split_dir} does not exist (a class-folder root holds <split>/<class>/<image>)")
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    if len(classes) < 2:
-        raise UserError(f"{split_dir} has {len(classes)} class folder(s); a probe needs at least 2")
-    return classes
+def readable_with_labels(paths, labels, policy, what):
+    """`paths` and their `labels` (a list or an array, one per path) under the --bad-images policy
+    (data.pixels.readable_only): the labels of the images left out go with them."""
+    readable = set(readable_only(paths, policy, what, progress=False))
+    keep = [i for i, path in enumerate(paths) if path in readable]
+    return [paths[i] for i in keep], labels[keep] if isinstance(labels, np.ndarray) else [labels[i] for i in keep]
 
 
-def class_balanced_sample(split_dir, classes, per_class, seed=0):
-    """(paths, class indices): up to `per_class` images of each class folder, a fixed random choice."""
+def class_balanced_sample(split_dir, classes, per_class, seed=0, bad_images="fail"):
+    """(paths, class indices): up to `per_class` images of each class folder, a fixed random choice,
+    the unreadable ones left out under bad_images="skip"."""
     rng = np.random.default_rng(seed)
     paths, labels = [], []
     for index, name in enumerate(classes):
-        files = sorted(p for p in (split_dir / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = class_images(split_dir / name)
         if not files:
             raise UserError(f"class folder {split_dir / name} has no images")
         chosen = sorted(rng.choice(len(files), size=min(per_class, len(files)), replace=False))
         paths += [files[i] for i in chosen]
         labels += [index] * len(chosen)
-    return paths, labels
+    return readable_with_labels(paths, labels, bad_images, str(split_dir))
 
 
 def probe_layout(root, splits=("train", "val")):
@@ -218,7 +221,17 @@ def probe_layout(root, splits=("train", "val")):
                     f"root ({splits[0]}/<class>/<image> and {splits[1]}/<class>/<image>)")
 
 
-def make_probe(root, image_size, mean, std, splits=("train", "val")):
+def check_probe_data(root, splits=("train", "val")):
+    """A one-line error for labelled data a probe cannot score, read before any run folder is made
+    (its labels and class folders; the images are --bad-images' business, when the probe is built)."""
+    if probe_layout(root, splits) == "voc":
+        for split in splits:
+            read_class_labels(find_voc_dir(root), split)
+    else:
+        checked_class_folders(root, splits)
+
+
+def make_probe(root, image_size, mean, std, splits=("train", "val"), bad_images="fail"):
     """The probe that fits `root`: KNNProbe for a VOC root, ClassFolderProbe for root/<split>/<class>/."""
     probe = KNNProbe if probe_layout(root, splits) == "voc" else ClassFolderProbe
-    return probe(root, image_size, mean, std, *splits)
+    return probe(root, image_size, mean, std, *splits, bad_images=bad_images)

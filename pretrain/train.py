@@ -30,7 +30,7 @@ from runtime.device import (DeviceOptions, check_scaling_options, resolve_device
 from runtime.engine import Engine, check_training_options, prepare_model
 from runtime.errors import UserError
 from runtime.identity import data_name, identity
-from runtime.options import option
+from runtime.options import flag, option
 from runtime.progress import info, warning
 from runtime.readers import read_json
 from runtime.runfiles import (check_new_run_dir, check_resumable, create_run_dir, environment_info, has_interrupted_run,
@@ -38,7 +38,7 @@ from runtime.runfiles import (check_new_run_dir, check_resumable, create_run_dir
 from .backbones import ENCODER_NORMS, label_with_arch, plain_encoder
 from .curves import plot_curves
 from .methods import get_method, method_names
-from .probe import DEAD_WARNING, make_probe, output_name, probe_layout
+from .probe import DEAD_WARNING, check_probe_data, make_probe, output_name
 
 PREVIEW_IMAGES = 8
 
@@ -73,7 +73,7 @@ class PretrainConfig(DeviceOptions):
     batch_size: int = option(32, "images per step (split between processes under torchrun)")
     lr: float | None = option(None, "learning rate (default: the method's own; the context encoder's Adam: "
                               "1e-3 central / 1e-4 other masks for alexnet, 2e-3 for inpaint)")
-    steps: int = option(300, "training iterations (default: 300; with --resume: the run's own)")
+    steps: int = option(300, "training iterations")
     warmup_steps: int = option(0, "learning rate rises linearly from lr / N to lr over the first N steps (0: none)")
     learning: bool = option(True, "update the weights; --no-learning is the control run: the same pipeline "
                             "(steps, batches, holes, BatchNorm statistics gathered and folded) with no weight "
@@ -110,16 +110,21 @@ def pretrain_run_name(config):
     return f"runs/{config.method}-{config.arch}{mask}-{config.image_size}px-seed{config.seed}"
 
 
+def check_pretrain_options(config):
+    """A one-line error for a number of `config` out of its range."""
+    check_training_options(config, ("--preview-every", config.preview_every, config.preview_every >= 1, "at least 1"),
+                           ("--probe-every", config.probe_every, config.probe_every >= 1, "at least 1"),
+                           ("--warmup-steps", config.warmup_steps, config.warmup_steps >= 0, "0 or more"))
+
+
 def resolve_config(config):
     """Validate `config` and fill in what depends on the data: default load size, mask folder,
     dataset statistics (the method's options are resolved where it is built: build_method).
     Returns (resolved config, image paths)."""
     config = dataclasses.replace(config)
-    check_training_options(config, ("--preview-every", config.preview_every, config.preview_every >= 1, "at least 1"),
-                           ("--probe-every", config.probe_every, config.probe_every >= 1, "at least 1"),
-                           ("--warmup-steps", config.warmup_steps, config.warmup_steps >= 0, "0 or more"))
+    check_pretrain_options(config)
     if config.probe_data is not None:
-        probe_layout(config.probe_data, config.probe_splits)
+        check_probe_data(config.probe_data, config.probe_splits)
     paths = training_images(config)
     if len(paths) < config.batch_size:
         raise UserError(f"only {len(paths)} images in {config.data_root} ({config.split}) for a batch "
@@ -205,23 +210,40 @@ def pretrain(config, out, overwrite=False, progress=True):
         return _put_in_place(run_dir, out)
 
 
-def resume_pretraining(out, steps=None, progress=True):
-    """Continue the run in `out` from its checkpoint, to `steps` (default: its configured steps);
-    or, when an --overwrite run of `out` was killed, that run in its staging folder, which then
-    replaces `out`. The number of processes may differ from the interrupted run's: the batches
-    are the same."""
+def resume_pretraining(out, given=None, progress=True):
+    """Continue the run in `out` from its checkpoint, with the options `given` on the command line
+    (see resumed_config), or, when an --overwrite run of `out` was killed, that run in its staging
+    folder, which then replaces `out`. The number of processes may differ from the interrupted
+    run's: the batches are the same."""
     run_dir = staging_dir(out) if has_interrupted_run(out) else Path(out)
     check_resumable(run_dir)
     with run_lock(out):
-        config = load_run_config(check_resumable(run_dir))
-        if steps is not None:
-            config.steps = steps
+        config = resumed_config(load_run_config(check_resumable(run_dir)), given or {}, out)
         check_training_options(config)
         check_scaling_options(config)
         config.device = start_process(config.device)
         method, dataset = build(config, training_images(config), progress)
         _train(config, method, dataset, run_dir, progress)
         return _put_in_place(run_dir, Path(out))
+
+
+# What a resumed run may change: neither its model nor its batches depend on them.
+RESUMABLE_CHANGES = ("steps", "device", "workers", "image_cache")
+
+
+def resumed_config(saved, given, out):
+    """The `saved` config of the run in `out` with the options `given` on the command line ({name:
+    value}, the method's own included) that a resumed run may change (RESUMABLE_CHANGES); a
+    one-line error listing the others given that differ from the saved run's, which its checkpoint
+    cannot continue."""
+    settings = {**dataclasses.asdict(saved), **saved.method_options}
+    differ = sorted(name for name, value in given.items()
+                    if name not in RESUMABLE_CHANGES and settings.get(name) != value)
+    if differ:
+        raise UserError(f"--resume {out}: the run was saved with "
+                        + ", ".join(f"{name.replace('_', '-')} {settings.get(name)}" for name in differ)
+                        + "; these options differ: " + ", ".join(f"{flag(name)} {given[name]}" for name in differ))
+    return dataclasses.replace(saved, **{name: given[name] for name in RESUMABLE_CHANGES if name in given})
 
 
 def _put_in_place(run_dir, out):
@@ -356,7 +378,7 @@ def _train(config, method, dataset, run_dir, progress=True):
     engine, train_step = pretraining_engine(method, config, run_dir, progress)
     preview_batch = _preview_batch(dataset, config) if main else None
     probe = make_probe(config.probe_data, config.image_size, method.input_mean, method.input_std,
-                       config.probe_splits) if main and config.probe_data else None
+                       config.probe_splits, config.bad_images) if main and config.probe_data else None
     warned = False
 
     def after_step(step, metrics):
@@ -414,16 +436,15 @@ def _save_encoder(method, config, run_dir, engine, images):
         run_dir / "encoder.json")
 
 
-def run_pretraining(config, folder, progress=True):
+def run_pretraining(config, folder, progress=True, given=None):
     """`bench pretrain`: a new run of `config` in folder.out (default: pretrain_run_name), or with
-    folder.resume the interrupted one continued, to config.steps when given (None: its own).
-    Returns the run folder."""
+    folder.resume the interrupted one continued with the options `given` on the command line
+    ({name: value}; see resumed_config). Returns the run folder."""
     out = folder.check().out or pretrain_run_name(config)
     if folder.resume:
-        run_dir = resume_pretraining(out, config.steps, progress)
+        run_dir = resume_pretraining(out, given, progress)
     else:
-        config = dataclasses.replace(config, steps=PretrainConfig.steps if config.steps is None else config.steps,
-                                     data_root=str(config.data_root or default_data_root()))
+        config = dataclasses.replace(config, data_root=str(config.data_root or default_data_root()))
         run_dir = pretrain(config, out, folder.overwrite, progress)
     if distributed.is_main():
         print(f"run folder: {run_dir}  (encoder: {run_dir / 'encoder.pt'}, preview: {run_dir / 'preview.png'})")

@@ -5,13 +5,17 @@ detection proposals (proposals/<VOC year>-<key>/), each generated toy VOC set (t
 anything else at the top of the folder. An entry's age is the time since it was last written or
 used (the image cache and the toy set mark their use).
 """
-import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from .errors import UserError
 from .options import at_least, option
+from .readers import read_json
 from .runfiles import cache_dir
 
 # Top-level folders whose children are entries of their own; files that share a stem are one entry.
@@ -26,6 +30,7 @@ class CacheEntry:
     bytes: int
     last_used: float  # seconds since the epoch
     about: str = ""   # e.g. "100 images at 74 px", from an image cache's index
+    problem: str = ""  # what makes the entry unusable, e.g. a truncated image cache
 
     @property
     def age_days(self):
@@ -58,20 +63,41 @@ def cache_entries(folder=None):
     entries = []
     for (kind, name), paths in groups.items():
         sizes, times = zip(*(_size_and_time(p) for p in paths))
-        entries.append(CacheEntry(kind, name, paths, sum(sizes), max(times), _about(paths)))
+        entries.append(CacheEntry(kind, name, paths, sum(sizes), max(times), *_about(kind, folder / kind, name)))
     return sorted(entries, key=lambda entry: -entry.bytes)
 
 
-def _about(paths):
-    """What an image cache's index says it holds, or ""."""
-    for path in paths:
-        if path.suffix == ".json":
-            try:
-                index = json.loads(path.read_text())
-                return f"{index['count']} images at {index['side']} px"
-            except (OSError, ValueError, KeyError, TypeError):
-                return ""
-    return ""
+def _about(kind, folder, name):
+    """(what an image cache holds, what is wrong with it) for the entry `name` of `folder`; ("", "")
+    for other entries."""
+    if kind != "images":
+        return "", ""
+    try:
+        index = read_image_index(folder / f"{name}.json", folder / f"{name}.u8")
+    except UserError as problem:
+        return "", str(problem)
+    return f"{index['count']} images at {index['side']} px", ""
+
+
+def read_image_index(index_path, data_path, count=None):
+    """The index of an image cache (data/imagecache.py) with its "offsets" and "shapes" as arrays,
+    once checked against its pixels file `data_path` (and the `count` of images it should hold);
+    else a one-line error naming the file at fault."""
+    index = read_json(index_path)
+    try:
+        offsets = np.asarray(index["offsets"], dtype=np.int64)
+        shapes = np.asarray(index["shapes"], dtype=np.int64).reshape(len(offsets), 2)
+        int(index["count"]), int(index["side"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{index_path}: not an image cache index (count, side, offsets and shapes)") from None
+    expected = index["count"] if count is None else count
+    if len(offsets) != expected:
+        raise UserError(f"{index_path}: indexes {len(offsets)} images, not {expected}")
+    needed = int(offsets[-1] + shapes[-1].prod() * 3) if len(offsets) else 0
+    size = data_path.stat().st_size if data_path.is_file() else 0
+    if size < needed:
+        raise UserError(f"{data_path}: truncated ({size} of {needed} bytes)")
+    return {**index, "offsets": offsets, "shapes": shapes}
 
 
 @dataclass
@@ -91,9 +117,14 @@ def list_cache(config=None):
     entries = cache_entries()
     print(f"cache folder: {cache_dir()}")
     for entry in entries:
-        print(f"{human_size(entry.bytes):>9}  {entry.age_days:6.1f} days  {entry.kind:<12} {entry.name}  {entry.about}")
+        about = f"CORRUPT: {entry.problem}" if entry.problem else entry.about
+        print(f"{human_size(entry.bytes):>9}  {entry.age_days:6.1f} days  {entry.kind:<12} {entry.name}  {about}")
     print(f"{human_size(sum(e.bytes for e in entries)):>9}  in {len(entries)} entries "
           f"(`bench cache clean --older-than DAYS` frees them)")
+    corrupt = [entry for entry in entries if entry.problem]
+    if corrupt:
+        print(f"warning: {len(corrupt)} corrupt entries, first: {corrupt[0].problem}; no run can use them "
+              f"(a run stops on one); `bench cache clean` deletes every entry", file=sys.stderr)
 
 
 def clean(config):

@@ -42,7 +42,7 @@ def check_training_options(config, *extra):
                   ("--image-size", config.image_size, config.image_size is None or config.image_size >= 1,
                    "at least 1"),
                   ("--workers", config.workers, config.workers >= 0, "0 or more"),
-                  ("--lr", config.lr, config.lr is None or config.lr > 0, "positive"), *extra])
+                  ("--lr", config.lr, config.lr is None or 0 < config.lr < math.inf, "positive and finite"), *extra])
 
 
 def prepare_model(model, device, compile=False, sync_bn=False):

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import functools
 import inspect
+import math
 import types
 import typing
 
@@ -96,8 +97,11 @@ def flag_type(kind, check=None):
     def parse(text):
         try:
             value = kind(text)
+            if kind is float and not math.isfinite(value):  # an infinite learning rate trains on NaNs
+                raise ValueError
         except ValueError:
-            raise argparse.ArgumentTypeError(f"takes {kind.__name__} values, got {text!r}") from None
+            finite = "finite " if kind is float else ""
+            raise argparse.ArgumentTypeError(f"takes {finite}{kind.__name__} values, got {text!r}") from None
         try:
             return check(value) if check else value
         except ValueError as problem:
@@ -172,9 +176,9 @@ def parse_options(cls, values, where):
 
 
 def typed(annotation, value, where):
-    """`value` as type `annotation` (pydantic's lax rules: "5" is an int, 5.5 is not; a number is
-    a string where one is expected, as YAML reads `year: 2012`), or a one-line error naming
-    `where` it came from."""
+    """`value` as type `annotation`, or a one-line error naming `where` it came from. Numbers and
+    booleans are strict (YAML's `yes` is not the number 1, nor is 1 true; 5 is a float but "5" is
+    not an int) and finite; a number is a string where one is expected, as YAML reads `year: 2012`."""
     try:
         return _adapter(annotation).validate_python(value)
     except pydantic.ValidationError as exc:
@@ -183,9 +187,25 @@ def typed(annotation, value, where):
         raise UserError(f"{where}{at}: {problem['msg'][0].lower()}{problem['msg'][1:]}, got {value!r}") from None
 
 
+STRICT_TYPES = {int: pydantic.StrictInt, float: pydantic.StrictFloat, bool: pydantic.StrictBool}
+
+
+def strict(annotation):
+    """`annotation` with its int, float and bool (alone, in a union or in a list) strict."""
+    args = typing.get_args(annotation)
+    if annotation in STRICT_TYPES:
+        return STRICT_TYPES[annotation]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return typing.Union[tuple(strict(arg) for arg in args)]
+    if typing.get_origin(annotation) is list and args:
+        return list[strict(args[0])]
+    return annotation
+
+
 @functools.lru_cache(maxsize=None)
 def _adapter(annotation):
-    return pydantic.TypeAdapter(annotation, config=pydantic.ConfigDict(coerce_numbers_to_str=True))
+    return pydantic.TypeAdapter(strict(annotation),
+                                config=pydantic.ConfigDict(coerce_numbers_to_str=True, allow_inf_nan=False))
 
 
 def check_ranges(rules):

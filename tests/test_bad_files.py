@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from helpers import bench
+from helpers import bench, huge_png
 
 
 class NotATensor:
@@ -50,6 +50,10 @@ def set_json(key, value):
     return edit
 
 
+def nan_xmax(path):
+    path.write_text(path.read_text().replace("<xmax>", "<xmax>nan<!-- was ", 1).replace("</xmax>", " --></xmax>", 1))
+
+
 def unknown_setting(path):
     content = json.loads(path.read_text())
     content["config"]["learning_rate"] = 0.1
@@ -66,8 +70,11 @@ EXPORT = ["export", "--run", "{run}", "--to", "torchvision"]
 INPAINT = ["inpaint", "--run", "{run}", "--images", "{toy}", "--out", "{tmp}/filled"]
 EVAL_INPAINT = ["eval-inpaint", "--run", "{run}", "--data-root", "{toy}", "--out", "{tmp}/scores"]
 NOT_A_RUN = "not a `bench pretrain` run folder (no config.json)"
+PROBE = ["transfer", "--task", "probe", "--data-root", "{classes}", "--image-size", "64", "--workers", "0",
+         "--out", "{tmp}/new"]
 # name: (file of the run folder to break, how, command, what the error line says). A case without a
-# file is a bad option or a bad path on the command line.
+# file is a bad option or a bad path on the command line. A file under root/ or classes/ is one of a
+# copy of the toy VOC root or of the toy class-folder root, at {root} or {classes}.
 CASES = {
     # Files the suite wrote, broken.
     "checkpoint empty": ("checkpoint.pt", zero_bytes, RESUME, "checkpoint.pt: empty (0 bytes); delete it or start"),
@@ -104,13 +111,38 @@ CASES = {
                              "record.json: holds a JSON list, not a JSON object; fix or remove it"),
     "report encoder info not json": ("encoder.json", not_json, ["report", "{run}"], "encoder.json: not valid JSON"),
     "jobs file not json": ("jobs.json", not_json, ["suite", "--status", "{run}"], "jobs.json: not valid JSON"),
+    # Data that cannot train or score as it is.
+    "det box nan": ("root/VOCdevkit/VOC2007/Annotations/000001.xml", nan_xmax,
+                    ["transfer", "--task", "det", "--data-root", "{root}", "--steps", "1", "--out", "{tmp}/new"],
+                    "has a coordinate that is not a finite number"),
+    "seg split empty": ("root/VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt", zero_bytes,
+                        [*SEG[:4], "{root}", *SEG[5:]], "lists no images"),
+    "pretrain split empty": ("root/VOCdevkit/VOC2012/ImageSets/Main/train.txt", zero_bytes,
+                             [*PRETRAIN[:2], "{root}", *PRETRAIN[3:]], "lists no images"),
+    "probe val class missing": ("classes/val/bird", shutil.rmtree, PROBE, "missing, though train has that class"),
+    "probe train class missing": ("classes/train/bird", shutil.rmtree, PROBE, "missing, though val has that class"),
+    "pretrain probe data class missing": ("classes/val/bird", shutil.rmtree, [*PRETRAIN, "--probe-data", "{classes}"],
+                                          "missing, though train has that class"),
+    "pretrain image too large": ("classes/train/bird/huge.png", huge_png,
+                                 ["pretrain", "--data-root", "{classes}/train", "--mask", "central", "--steps", "1", "--out",
+                                  "{tmp}/new"],
+                                 "has more than 89,478,485 pixels"),
+    "probe image too large": ("classes/val/bird/huge.png", huge_png, PROBE, "has more than 89,478,485 pixels"),
+    "probe image corrupt": ("classes/val/bird/0000.jpg", truncated, PROBE, "cannot read image"),
     # Options and paths.
     "pretrain seed negative": (None, None, [*PRETRAIN, "--seed", "-1"], "argument --seed: must be between 0 and"),
     "pretrain seed too large": (None, None, [*PRETRAIN, "--seed", str(2**32)], "argument --seed: must be between 0"),
     "pretrain device unknown": (None, None, [*PRETRAIN, "--device", "gpu"], "argument --device: must be auto, cpu"),
     "pretrain out under a file": (None, None, [*PRETRAIN[:-1], "{tmp}/a-file/run"],
                                   "a-file is a file, not a folder"),
-    "pretrain lr negative": (None, None, [*PRETRAIN, "--lr", "-1"], "--lr must be positive, got -1.0"),
+    "pretrain lr negative": (None, None, [*PRETRAIN, "--lr", "-1"], "--lr must be positive and finite, got -1.0"),
+    "pretrain lr infinite": (None, None, [*PRETRAIN, "--lr", "inf"], "argument --lr: takes finite float values"),
+    "pretrain resume other method": (None, None, [*RESUME, "--method", "rotation"],
+                                     "the run was saved with method context-encoder; these options differ: "
+                                     "--method rotation"),
+    "pretrain resume other size and arch": (None, None, [*RESUME, "--image-size", "64", "--steps", "3", "--arch",
+                                                         "inpaint"], "arch alexnet, image-size 96; these options "
+                                                                     "differ: --arch inpaint, --image-size 64"),
     "pretrain size zero": (None, None, [*PRETRAIN, "--image-size", "0"], "--image-size must be at least 1, got 0"),
     "pretrain steps a word": (None, None, [*PRETRAIN, "--steps", "many"], "argument --steps: takes int values"),
     "pretrain unknown option": (None, None, [*PRETRAIN, "--stepz", "3"], "unrecognized arguments: --stepz 3"),
@@ -177,7 +209,8 @@ def files_as_they_are(folder):
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_is_one_line_and_changes_nothing(name, pretrain_run, toy_voc_root, tmp_path, capsys):
+def test_bad_input_is_one_line_and_changes_nothing(name, pretrain_run, toy_voc_root, toy_class_folders, tmp_path,
+                                                   capsys):
     """Exit status 2, one line `error: ...` on stderr, no traceback, and every file under the test's
     folder (the run, records, jobs.json, a file and a folder in the way) as it was."""
     target, breaking, command, message = CASES[name]
@@ -191,13 +224,19 @@ def test_bad_input_is_one_line_and_changes_nothing(name, pretrain_run, toy_voc_r
     (run / "jobs.json").write_text(json.dumps({"plan": [], "jobs": {}}))
     (tmp_path / "a-file").write_text("in the way")
     (tmp_path / "a-folder").mkdir()
+    data = {"root": toy_voc_root, "classes": toy_class_folders}
+    broken = run / target if target else None
+    if target and target.split("/")[0] in data:
+        shutil.copytree(data[target.split("/")[0]], tmp_path / target.split("/")[0])
+        broken = tmp_path / target
+    elif breaking and (pretrain_run / target).is_file():
+        (run / target).unlink()
+        shutil.copyfile(pretrain_run / target, run / target)
     if breaking:
-        if (pretrain_run / target).is_file():
-            (run / target).unlink()
-            shutil.copyfile(pretrain_run / target, run / target)
-        breaking(run / target)
+        breaking(broken)
     before, folders = files_as_they_are(tmp_path), {p for p in tmp_path.rglob("*") if p.is_dir()}
-    names = {"run": run, "toy": toy_voc_root, "tmp": tmp_path, "records": run / "records"}
+    names = {"run": run, "toy": toy_voc_root, "tmp": tmp_path, "records": run / "records",
+             "root": tmp_path / "root", "classes": tmp_path / "classes"}
     args = [a.format(**names) for a in command]
     capsys.readouterr()
     assert bench(*args) == 2
@@ -206,7 +245,7 @@ def test_bad_input_is_one_line_and_changes_nothing(name, pretrain_run, toy_voc_r
     assert "Traceback" not in err
     assert len(lines) == 1 and lines[0].startswith("error: ") and message.format(**names) in lines[0], err
     if target:
-        assert str(run / target) in lines[0]  # the file, by its path
+        assert str(broken) in lines[0]  # the file, by its path
     assert files_as_they_are(tmp_path) == before
     assert {p for p in tmp_path.rglob("*") if p.is_dir()} == folders
 
@@ -260,6 +299,19 @@ GOOD_PRESET = ("seeds: [0]\npretrain: {image_size: 64, steps: 2}\nmethods: {ce: 
     (GOOD_PRESET.replace("methods: {ce: {method: context-encoder}}", "methods: 3"), "methods: input should be a valid"),
     (GOOD_PRESET.replace("image_size: 64}\ntasks", "image_size: 6.5}\ntasks"), "preset transfer.image_size"),
     (GOOD_PRESET.replace("{task: seg}", "{task: segment}"), "task must be one of"),
+    (GOOD_PRESET.replace("steps: 2", "steps: yes"), "preset pretrain.steps: input should be a valid integer, got True"),
+    (GOOD_PRESET.replace("seeds: [0]", "seeds: [yes]"), "seeds.0: input should be a valid integer, got True"),
+    (GOOD_PRESET.replace("{method: context-encoder}", "{method: context-encoder, lr: .inf}"),
+     "preset methods.ce.lr: input should be a finite number, got inf"),
+    (GOOD_PRESET.replace("{method: context-encoder}", "{method: context-encoder, steps: 0}"),
+     "preset methods.ce: --steps must be at least 1, got 0"),
+    (GOOD_PRESET.replace("seg: {task: seg}", "cls-svm: {task: cls, protocol: svm, steps: -3}"),
+     "preset tasks.cls-svm: --steps must be at least 1, got -3"),
+    (GOOD_PRESET.replace("{task: seg}", "{task: seg, protocol: svm}"),
+     "preset tasks.seg: --protocol svm applies to --task cls only"),
+    (GOOD_PRESET.replace("methods: {ce: {method: context-encoder}}", "methods: {}"), "preset methods: empty"),
+    (GOOD_PRESET.replace("tasks: {seg: {task: seg}}", "tasks: {}"), "preset tasks: empty"),
+    (GOOD_PRESET.replace("seeds: [0]", "seeds: []"), "preset seeds: empty"),
     ("", "a preset is a mapping of sections"),
     ("seeds: [0\n", "not valid YAML"),
 ])

@@ -1,6 +1,7 @@
 """`bench data check` and --bad-annotations: each kind of broken VOC file is found and named, a
 transfer stops on one before it trains (or leaves its image out when asked), and nothing is clipped."""
 import csv
+import shutil
 import time
 import xml.etree.ElementTree as ET
 
@@ -9,7 +10,8 @@ import pytest
 from PIL import Image
 
 from data.check import annotation_problems, root_problems
-from helpers import bench
+from data.pixels import load_rgb
+from helpers import bench, huge_png
 
 FAST_TRANSFER = ["--image-size", 64, "--batch-size", 4, "--steps", 2, "--fc-width", 16, "--workers", 0]
 
@@ -82,6 +84,16 @@ def break_box_empty(voc, image_id):
     return "empty-box", voc / "Annotations" / f"{image_id}.xml"
 
 
+def break_box_nan(voc, image_id):
+    edit_annotation(voc / "Annotations" / f"{image_id}.xml", lambda size, box: set_tags(box, xmax="nan"))
+    return "nonfinite-box", voc / "Annotations" / f"{image_id}.xml"
+
+
+def break_image_too_large(voc, image_id):
+    huge_png(voc / "JPEGImages" / f"{image_id}.jpg")
+    return "too-large", voc / "JPEGImages" / f"{image_id}.jpg"
+
+
 def break_annotation_size(voc, image_id):
     edit_annotation(voc / "Annotations" / f"{image_id}.xml",
                     lambda size, box: set_tags(size, width=tag(size, "width") + 10))
@@ -110,7 +122,8 @@ def remove(folder, suffix, kind):
 
 
 @pytest.mark.parametrize("break_it", [
-    break_box_outside, break_box_inverted, break_box_empty, break_annotation_size, break_mask_class,
+    break_box_outside, break_box_inverted, break_box_empty, break_box_nan, break_image_too_large,
+    break_annotation_size, break_mask_class,
     break_mask_size, remove("JPEGImages", ".jpg", "missing-image"),
     remove("Annotations", ".xml", "missing-annotation"),
     remove("SegmentationObject", ".png", "missing-mask"),
@@ -189,3 +202,42 @@ def test_an_inverted_box_stops_detection_by_default(toy_copy, tmp_path, capsys):
     lines = error_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith(f"error: annotation {path}: object 1") and "inverted" in lines[0]
     assert not (tmp_path / "det").exists()
+
+
+def test_an_empty_split_file_is_a_problem(toy_copy, capsys):
+    split = voc_dir(toy_copy) / "ImageSets" / "Main" / "val.txt"
+    split.write_text("\n")
+    problems, _ = root_problems(toy_copy)
+    assert [(problem.kind, problem.file) for problem in problems] == [("empty-split", str(split))]
+    assert bench("data", "check", toy_copy) == 1
+    assert f"{split}  empty-split  lists no images" in capsys.readouterr().out
+
+
+def test_a_class_folder_root_is_checked(toy_class_folders, tmp_path, capsys):
+    assert bench("data", "check", toy_class_folders) == 0
+    assert capsys.readouterr().out.strip() == "checked train (48 images), val (24 images): no problems"
+    root = shutil.copytree(toy_class_folders, tmp_path / "classes")
+    shutil.rmtree(root / "val" / "bird")  # train's birds would never be scored
+    (root / "val" / "zebra").mkdir()  # nor could val's zebras ever be predicted
+    shutil.copy(root / "val" / "boat" / "0000.jpg", root / "val" / "zebra")
+    (root / "train" / "boat" / "empty").mkdir()  # a sub-folder of a class is part of it
+    huge_png(root / "train" / "boat" / "huge.png")
+    assert bench("data", "check", root) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[:2] for line in lines[:-1]] == [
+        [str(root / "train" / "zebra"), "missing-class"], [str(root / "val" / "bird"), "missing-class"],
+        [str(root / "train" / "boat" / "huge.png"), "too-large"]]
+    assert "missing, though val has that class" in lines[0] and "missing, though train has that class" in lines[1]
+    assert "more than 89,478,485 pixels" in lines[2]
+    assert lines[-1] == "checked train (49 images), val (19 images): 3 problem(s) in 1 image(s)"
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    levels = np.linspace(0, 65535, 64 * 64).round().astype(np.uint16).reshape(64, 64)
+    Image.fromarray(levels).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as image:
+        assert image.mode.startswith("I")  # PIL's convert("RGB") would clip it at 255
+    pixels = np.asarray(load_rgb(tmp_path / "deep.png"))
+    assert pixels.shape == (64, 64, 3) and (pixels[..., 0] == pixels[..., 2]).all()
+    assert np.abs(pixels[..., 0].astype(int) - np.round(levels / 257)).max() == 0
+    assert pixels[0, 0, 0] == 0 and pixels[-1, -1, 0] == 255 and abs(pixels.mean() - 127.5) < 1

@@ -1,6 +1,7 @@
 """The in-domain evaluation (issue 21): frozen-feature probes on a class-folder root, unit health,
 BatchNorm folded out of a pretrained encoder, and `bench transfer --task probe`."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -131,10 +132,13 @@ def test_output_scale_scales_the_last_up_convolution():
     assert torch.equal(small.decoder[0].weight, full.decoder[0].weight)
 
 
-def test_transfer_task_probe_records_every_layer_and_beats_chance(toy_class_folders, tmp_path):
-    out = tmp_path / "probe"
-    assert bench("transfer", "--task", "probe", "--init", "random-kraehenbuehl", "--data-root", toy_class_folders,
-                 "--image-size", 64, "--out", out) == 0
+def test_transfer_task_probe_records_every_layer_and_beats_chance(toy_class_folders, tmp_path, capsys):
+    out, root = tmp_path / "probe", shutil.copytree(toy_class_folders, tmp_path / "classes")
+    corrupt = root / "val" / "bird" / "0000.jpg"
+    corrupt.write_bytes(corrupt.read_bytes()[:100])  # left out under --bad-images skip
+    assert bench("transfer", "--task", "probe", "--init", "random-kraehenbuehl", "--data-root", root,
+                 "--image-size", 64, "--bad-images", "skip", "--out", out) == 0
+    assert f"warning: skipping 1 unreadable image(s) of {root / 'val'}, e.g. {corrupt}" in capsys.readouterr().err
     record = json.loads((out / "record.json").read_text())
     assert record["task"] == "probe" and record["metric"] == "top-1"
     assert list(record["per_class"]) == ["conv1", "conv2", "conv3", "conv4", "conv5", "pool5"]

@@ -65,7 +65,7 @@ def test_a_failed_transfer_is_reported_and_the_others_still_run(toy_voc_root, tm
     preset = tmp_path / "failing.yaml"
     preset.write_text(yaml.safe_dump({
         **TINY, "methods": {"random": None},
-        "tasks": {"bad": {"task": "seg", "protocol": "svm"}, "cls-svm": TINY["tasks"]["cls-svm"]}}))
+        "tasks": {"bad": {"task": "seg", "test_split": "nosuch"}, "cls-svm": TINY["tasks"]["cls-svm"]}}))
     out = tmp_path / "suite"
     assert main(["suite", "--preset", str(preset), "--data-root", str(toy_voc_root), "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]

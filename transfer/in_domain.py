@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from data.pixels import channel_stats
-from pretrain.probe import ClassFolderProbe, class_balanced_sample, class_folders, output_name
+from data.check import checked_class_folders
+from pretrain.probe import ClassFolderProbe, class_balanced_sample, output_name
 from runtime.device import resolve_device, seed_everything
 from runtime.errors import UserError
 from .encoders import load_encoder
@@ -35,9 +36,11 @@ def run_in_domain(config, run_dir, progress=True):
     if init_info.get("input_mean") is not None:
         mean, std = init_info["input_mean"], init_info["input_std"]
     else:  # a random init: the training images' own statistics
-        split_dir = root / config.train_split
-        mean, std = channel_stats(class_balanced_sample(split_dir, class_folders(split_dir), 100)[0])
-    probe = ClassFolderProbe(root, config.image_size, mean, std, config.train_split, config.test_split)
+        classes = checked_class_folders(root, (config.train_split, config.test_split))
+        mean, std = channel_stats(class_balanced_sample(root / config.train_split, classes, 100,
+                                                        bad_images=config.bad_images)[0])
+    probe = ClassFolderProbe(root, config.image_size, mean, std, config.train_split, config.test_split,
+                             config.bad_images)
     train_images = probe.images[config.train_split]
     init_info = data_dependent_init(encoder, init_info, train_images[::max(1, len(train_images) // CALIBRATION_IMAGES)],
                                     config.rescale)

@@ -32,11 +32,7 @@ TASK_DATA = {
 def run_task(config, run_dir, progress=True):
     """Run `config`'s task into run_dir (resuming from its checkpoint when there is one); the record."""
     start_process(config.device)  # under torchrun: join the process group
-    if config.task not in TASKS:
-        raise UserError(f"unknown task {config.task!r}; choose from {', '.join(sorted(TASKS))}")
-    if config.protocol == "svm" and config.task != "cls":
-        raise UserError("--protocol svm applies to --task cls only")
-    check_training_options(config, ("--fc-width", config.fc_width, config.fc_width >= 1, "at least 1"))
+    check_transfer_options(config)
     config = with_image_size(with_task_data(config))
     _check_same_run(config, run_dir / "config.json")
     distributed.barrier()  # every process has compared before the main one rewrites it
@@ -47,6 +43,15 @@ def run_task(config, run_dir, progress=True):
     if distributed.is_main():
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the record is the run's result now
     return record
+
+
+def check_transfer_options(config):
+    """A one-line error for a task, a protocol or a number that `config` cannot run with."""
+    if config.task not in TASKS:
+        raise UserError(f"unknown task {config.task!r}; choose from {', '.join(sorted(TASKS))}")
+    if config.protocol == "svm" and config.task != "cls":
+        raise UserError("--protocol svm applies to --task cls only")
+    check_training_options(config, ("--fc-width", config.fc_width, config.fc_width >= 1, "at least 1"))
 
 
 def run_transfer(config, folder, progress=True):
