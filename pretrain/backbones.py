@@ -5,8 +5,17 @@
                pretrains, folded into the convolution when the encoder is saved (plain_encoder).
 "timm:<name>"  any timm model by name (timm:resnet18, timm:resnet50, ...), cut after its last
                stage (timm's features_only): its channels and output stride come from timm.
-Both return one (B, C, h, w) feature map; feature_shape() says C and h for an input size.
+               Keyword arguments of timm.create_model may follow the name, comma-separated
+               (timm:vit_tiny_patch16_224,patch_size=8,img_size=64): the arch string alone
+               rebuilds the network, so transfer loads it from encoder.json.
+               A vision transformer keeps its whole body (final norm included) and returns its
+               patch tokens as a map: class and register tokens dropped, the rest reshaped to
+               (B, C, H/patch, W/patch) (timm's forward_intermediates). It takes any input size
+               (position embeddings resampled, inputs padded to whole patches), as detection
+               and segmentation need.
+All return one (B, C, h, w) feature map; feature_shape() says C and h for an input size.
 """
+import ast
 import copy
 
 import torch
@@ -26,21 +35,56 @@ class ConvBatchNorm(nn.Sequential):
 
 
 class TimmBackbone(nn.Module):
-    """A timm model's last feature stage, as one feature map."""
+    """A timm model's last feature stage, as one feature map; `spec` is "name[,key=value...]"."""
 
-    def __init__(self, name):
+    def __init__(self, spec):
         super().__init__()
         import timm  # only timm backbones need it
+        name, kwargs = timm_model_args(spec)
+        self.name, self.is_vit = spec, _is_vision_transformer(name)
         try:
-            self.model = timm.create_model(name, pretrained=False, features_only=True, out_indices=(-1,))
-        except (RuntimeError, ValueError) as exc:
-            raise UserError(f"--arch {TIMM_PREFIX}{name}: timm cannot build it ({exc})") from None
-        self.name = name
-        self.channels = self.model.feature_info.channels()[-1]
-        self.stride = self.model.feature_info.reduction()[-1]
+            if self.is_vit:  # the whole body: pretext methods (MAE) run its parts on their own
+                self.model = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True,
+                                               dynamic_img_pad=True, **kwargs)
+            else:
+                self.model = timm.create_model(name, pretrained=False, features_only=True, out_indices=(-1,), **kwargs)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise UserError(f"--arch {TIMM_PREFIX}{spec}: timm cannot build it ({exc})") from None
+        if self.is_vit:
+            self.channels, self.stride = self.model.embed_dim, self.model.patch_embed.patch_size[0]
+        else:
+            self.channels = self.model.feature_info.channels()[-1]
+            self.stride = self.model.feature_info.reduction()[-1]
 
     def forward(self, x):
+        if self.is_vit:
+            return self.model.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW",
+                                                    intermediates_only=True)[-1]
         return self.model(x)[-1]
+
+
+def timm_model_args(spec):
+    """"name,key=value,..." -> (name, {key: value}); values are Python literals (8, 0.1, True) or
+    else strings."""
+    name, *pairs = spec.split(",")
+    kwargs = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key.isidentifier():
+            raise UserError(f"--arch {TIMM_PREFIX}{spec}: {pair!r} is not key=value")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    return name, kwargs
+
+
+def _is_vision_transformer(name):
+    """True for the models of timm's VisionTransformer class (vit_*, deit_*, ...)."""
+    from timm.models import is_model, model_entrypoint
+    if not is_model(name):
+        return False  # timm's own error says so
+    return model_entrypoint(name).__module__ in ("timm.models.vision_transformer", "timm.models.deit")
 
 
 def is_backbone_arch(arch):

@@ -134,6 +134,18 @@ def all_gather_objects(obj):
     return gathered
 
 
+def all_gather_with_gradients(tensor):
+    """Every process's `tensor` joined along dim 0 in rank order, differentiably (the tensor itself
+    on one process). The backward pass hands each process the sum, over all processes, of the
+    gradients they computed for its part (torch.distributed.nn's all_gather): with DDP averaging
+    the parameter gradients after that, a loss whose mean over processes is the global batch's
+    loss (each process's mean over its own share of it) gets exactly the one-process gradient."""
+    if not active():
+        return tensor
+    from torch.distributed.nn.functional import all_gather  # imports torch.distributed.nn's autograd ops
+    return torch.cat(all_gather(tensor))
+
+
 def average_metrics(metrics):
     """A {name: float} dict averaged over processes (each process's mean over its equal share of
     the global batch, so the average is the mean over the global batch)."""

@@ -153,3 +153,20 @@ def test_shards_cover_every_item_once(monkeypatch):
             monkeypatch.setattr(distributed, "world_size", lambda: 3)
             parts += list(distributed.shard(count))
         assert parts == list(range(count))
+
+
+def test_contrastive_loss_on_two_processes_has_the_one_process_loss_and_gradients(tmp_path):
+    """SimCLR with batch 4 on each of 2 processes against batch 8 on one: every anchor meets the
+    negatives of both processes (gathered with gradients), and after DDP's averaging each
+    parameter's gradient is the one-process gradient, unscaled."""
+    worker = TESTS / "contrastive_worker.py"
+    launch(worker, tmp_path / "two.pt", processes=2)
+    sys.path.insert(0, str(TESTS))
+    from contrastive_worker import main as contrast
+    contrast(tmp_path / "one.pt")  # in this process: one process, no group
+    one, two = (torch.load(tmp_path / name, weights_only=True) for name in ("one.pt", "two.pt"))
+    assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
+    assert one["grads"].keys() == two["grads"].keys()
+    for name, grad in one["grads"].items():
+        torch.testing.assert_close(two["grads"][name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max().item(),
+                                   msg=name)

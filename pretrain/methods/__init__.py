@@ -10,8 +10,8 @@ from .registry import (ENTRY_POINT_GROUP, METHODS, MethodsConfig, PluginOptions,
                        load_plugins, method_names, register)
 
 # Built-ins register themselves on import.
-from . import (autoencoder, context_encoder, denoising_autoencoder, relative_context,  # noqa: E402,F401,I001
-               rotation, supervised)
+from . import (autoencoder, context_encoder, denoising_autoencoder, mae, relative_context,  # noqa: E402,F401,I001
+               rotation, simclr, supervised)
 
 __all__ = ["ENTRY_POINT_GROUP", "METHODS", "MethodsConfig", "PluginOptions", "PretextMethod", "classification_metrics",
            "get_method", "list_methods", "load_plugins", "method_names", "register", "take_step"]
