@@ -56,7 +56,7 @@ def test_in_domain_probe_task_and_curves_use_the_class_folder_root(toy_class_fol
               if "probe_knn_top1" in line]
     assert [p["step"] for p in probes] == [0, 1, 2]
     table = pd.read_csv(out / "table.csv", keep_default_na=False).set_index("Pretraining")
-    assert table.loc["autoencoder", "In-domain linear"].endswith("(n=1)")
+    assert table.loc["ae", "In-domain linear"].endswith("(n=1)")
     assert table.loc["random", "In-domain kNN"].endswith("(n=1)")
     assert (out / "resolution.csv").is_file()
 
