@@ -175,6 +175,10 @@ class HoleOptions:
     device: str = option("auto", DEVICE_NAMES, check=device_name)
     overwrite: bool = option(False, "replace an existing --out folder")
 
+    def input_paths(self):
+        """(option, path) of what the command reads: its --out must lie apart from them."""
+        return [*(("--run", run) for run in self.run), ("--mask-dir", self.mask_dir)]
+
 
 @dataclass
 class InpaintConfig(HoleOptions):
@@ -186,6 +190,9 @@ class InpaintConfig(HoleOptions):
     masked | fill of each --run | original."""
     images: str = option("", "an image file or a folder of images", required=True)
     out: str = option("", "new folder for the side-by-side PNGs", required=True)
+
+    def input_paths(self):
+        return [*super().input_paths(), ("--images", self.images)]
 
 
 @dataclass
@@ -207,6 +214,9 @@ class EvalInpaintConfig(HoleOptions):
     out: str | None = option(None, "folder for the records (default: "
                              "runs/transfer/inpaint-<run>-<mask>-<split>-seed<seed>)")
 
+    def input_paths(self):
+        return [*super().input_paths(), ("--data-root", self.data_root)]
+
     def out_folder(self):
         mask = f"-{self.mask}" if self.mask else ""
         run = Path(self.run[0]).resolve().name
@@ -217,7 +227,7 @@ def inpaint(config, progress=True):
     """`bench inpaint`: the side-by-side PNGs of config.images in a new folder config.out."""
     if not Path(config.images).exists():
         raise UserError(f"--images {config.images} does not exist")
-    with staged_run_dir(config.out, config.overwrite) as staging:
+    with staged_run_dir(config.out, "inpaint", config.overwrite, inputs=config.input_paths()) as staging:
         written = inpaint_files(config, staging, progress)
     print(f"wrote {len(written)} side-by-side PNG(s) to {config.out}")
 
@@ -226,7 +236,7 @@ def evaluate(config, progress=True):
     """`bench eval-inpaint`: the records and grid in config.out_folder(), and the scores printed."""
     config.data_root = str(config.data_root or default_data_root())
     out = config.out_folder()
-    with staged_run_dir(out, config.overwrite) as staging:
+    with staged_run_dir(out, "eval-inpaint", config.overwrite, inputs=config.input_paths()) as staging:
         records = evaluate_inpainting(config, staging, progress)
     print(f"{'row':<60} {'L1 %':>6} {'L2 %':>6} {'PSNR dB':>8} {'SSIM':>6}")
     for record in records:

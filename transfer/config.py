@@ -45,3 +45,7 @@ class TransferConfig(DeviceOptions):
     bad_annotations: str = option("error", BAD_ANNOTATIONS_HELP, choices=BAD_ANNOTATION_POLICIES)
     checkpoint_every: int = option(100, "steps between training checkpoints (what --resume continues from)")
     image_size_from: str | None = None  # set by run_task: "option", "encoder.json" or "default"
+
+    def input_paths(self):
+        """(option, path) of what the run reads: its run folder must lie apart from them."""
+        return [("--data-root", self.data_root), ("--init", self.init)]
