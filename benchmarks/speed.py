@@ -167,7 +167,7 @@ class SpeedConfig:
     loader_cores: int | None = option(None, "loader workers of the projected machine (default: this machine's "
                                       "cores)", check=at_least(1))
     out: str | None = option(None, "results folder (default: runs/speed-<date>-<time>)")
-    overwrite: bool = option(False, "replace an existing results folder")
+    overwrite: bool = option(False, "replace an existing results folder (only one bench wrote)")
 
     def input_paths(self):
         """(option, path) of what the command reads: its --out must lie apart from them."""

@@ -173,7 +173,7 @@ class HoleOptions:
     mask_dir: str | None = option(None, "VOC segmentation PNGs for random-region holes (default: the run's)")
     seed: int = option(0, "seed of the holes", check=seed_value)
     device: str = option("auto", DEVICE_NAMES, check=device_name)
-    overwrite: bool = option(False, "replace an existing --out folder")
+    overwrite: bool = option(False, "replace an existing --out folder (only one bench wrote)")
 
     def input_paths(self):
         """(option, path) of what the command reads: its --out must lie apart from them."""

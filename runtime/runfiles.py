@@ -32,7 +32,8 @@ class RunFolder:
     out: str | None = option(None, "run folder (default: a name under runs/ made of the run's settings)")
     resume: bool = option(False, "continue the interrupted run in --out from its checkpoint (with its saved "
                           "settings)")
-    overwrite: bool = option(False, "replace an existing run folder; it is kept until the new run is complete")
+    overwrite: bool = option(False, "replace an existing run folder (only one bench wrote); it is kept until the "
+                          "new run is complete")
 
     def check(self):
         if self.resume and self.overwrite:

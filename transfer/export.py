@@ -54,7 +54,7 @@ class ExportConfig:
     run: str = option("", "a `bench pretrain` run folder or an encoder.pt", required=True)
     to: str = option("torchvision", "target checkpoint layout", choices=FORMATS, required=True)
     out: str = option("", "file to write (.pth for torchvision and timm, .pkl for detectron2)", required=True)
-    overwrite: bool = option(False, "replace an existing --out file")
+    overwrite: bool = option(False, "replace an existing --out file (never one inside the run exported)")
 
 
 def export(config):
