@@ -164,7 +164,7 @@ class Job:
             interrupted = has_interrupted_run(self.run_dir)
             info(f"{'resuming transfer' if interrupted else 'transfer'} {self.name} -> {self.run_dir}")
             with staged_run_dir(self.run_dir, "transfer-run", overwrite=True, resume=interrupted,
-                                inputs=self.config.input_paths()) as staging:
+                                inputs=self.config.input_paths(), runs=self.config.input_runs()) as staging:
                 record = run_task(self.config, staging, progress=self.progress)
             return record
         return finish_suite(self.out, self.needs)

@@ -176,8 +176,12 @@ class HoleOptions:
     overwrite: bool = option(False, "replace an existing --out folder (only one bench wrote)")
 
     def input_paths(self):
-        """(option, path) of what the command reads: its --out must lie apart from them."""
-        return [*(("--run", run) for run in self.run), ("--mask-dir", self.mask_dir)]
+        """(option, path) of the data the command reads: its --out must lie apart from them."""
+        return [("--mask-dir", self.mask_dir)]
+
+    def input_runs(self):
+        """(option, path) of the runs whose networks fill the holes: --out must not replace them."""
+        return [("--run", run) for run in self.run]
 
 
 @dataclass
@@ -227,7 +231,8 @@ def inpaint(config, progress=True):
     """`bench inpaint`: the side-by-side PNGs of config.images in a new folder config.out."""
     if not Path(config.images).exists():
         raise UserError(f"--images {config.images} does not exist")
-    with staged_run_dir(config.out, "inpaint", config.overwrite, inputs=config.input_paths()) as staging:
+    with staged_run_dir(config.out, "inpaint", config.overwrite, inputs=config.input_paths(),
+                        runs=config.input_runs()) as staging:
         written = inpaint_files(config, staging, progress)
     print(f"wrote {len(written)} side-by-side PNG(s) to {config.out}")
 
@@ -236,7 +241,8 @@ def evaluate(config, progress=True):
     """`bench eval-inpaint`: the records and grid in config.out_folder(), and the scores printed."""
     config.data_root = str(config.data_root or default_data_root())
     out = config.out_folder()
-    with staged_run_dir(out, "eval-inpaint", config.overwrite, inputs=config.input_paths()) as staging:
+    with staged_run_dir(out, "eval-inpaint", config.overwrite, inputs=config.input_paths(),
+                        runs=config.input_runs()) as staging:
         records = evaluate_inpainting(config, staging, progress)
     print(f"{'row':<60} {'L1 %':>6} {'L2 %':>6} {'PSNR dB':>8} {'SSIM':>6}")
     for record in records:

@@ -111,25 +111,26 @@ def not_written_by_bench(out):
                      f"({', '.join(names)}{more}); choose another --out")
 
 
-def check_apart_from_inputs(out, inputs):
-    """Refuse an `out` that is, holds or lies inside one of the command's inputs (pairs of option and
-    path): replacing it would delete them, and writing into them would add to the data."""
+def check_apart_from_inputs(out, inputs=(), runs=()):
+    """Refuse an `out` that is or holds one of the command's `inputs` (data folders, as pairs of
+    option and path) or `runs` (run folders it reads): replacing it would delete them; and one that
+    lies inside an input, which would add to the data (a run folder takes a sub-folder unchanged)."""
     where = Path(out).resolve()
-    for flag, path in inputs:
+    for (flag, path), is_run in [*((pair, False) for pair in inputs), *((pair, True) for pair in runs)]:
         if not path or not Path(path).exists():
             continue
         source = Path(path).resolve()
         relation = ("is" if where == source else "holds" if where in source.parents
-                    else "is inside" if source in where.parents else None)
+                    else "is inside" if source in where.parents and not is_run else None)
         if relation:
             raise UserError(f"--out {out} {relation} {flag} {path}; choose an --out apart from the command's inputs")
 
 
-def check_new_run_dir(out, overwrite=False, inputs=()):
-    """Refuse an `out` that is, holds or lies inside one of the command's `inputs`, and a non-empty
-    `out` unless bench wrote it and `overwrite` is given; changes nothing on disk."""
+def check_new_run_dir(out, overwrite=False, inputs=(), runs=()):
+    """Refuse an `out` too close to the command's `inputs` and `runs` (check_apart_from_inputs), and
+    a non-empty `out` unless bench wrote it and `overwrite` is given; changes nothing on disk."""
     out = Path(out)
-    check_apart_from_inputs(out, inputs)
+    check_apart_from_inputs(out, inputs, runs)
     if out.exists() and not out.is_dir():
         raise UserError(f"run folder {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()):
@@ -143,8 +144,8 @@ def check_new_run_dir(out, overwrite=False, inputs=()):
 
 def check_output_of(out, kind, inputs=()):
     """Refuse an `out` that a command adding to its own folder (a suite continues in its folder)
-    must not write into: one that is, holds or lies inside one of `inputs`, or a non-empty one that
-    is not a `kind` output."""
+    must not write into: one too close to its `inputs` (check_apart_from_inputs), or a non-empty
+    one that is not a `kind` output."""
     out = Path(out)
     check_apart_from_inputs(out, inputs)
     if out.exists() and not out.is_dir():
@@ -257,18 +258,18 @@ def has_interrupted_run(out):
 
 
 @contextmanager
-def staged_run_dir(out, kind, overwrite=False, resume=False, inputs=()):
+def staged_run_dir(out, kind, overwrite=False, resume=False, inputs=(), runs=()):
     """Yield a staging folder beside `out`, marked as a `kind` output; it becomes `out` only when the
     block succeeds, so a failed or interrupted run never replaces (or half-writes) earlier results,
     and a full disk is one line that says so. `out` is checked first (check_new_run_dir, with the
-    command's `inputs`).
+    command's `inputs` and `runs`).
 
     A run stopped after writing staging/checkpoint.pt leaves its staging folder behind, and
     `resume` continues in it; a new run refuses to discard it unless overwriting.
 
     Under torchrun every process enters the block with the same folder; the main process alone
     creates, removes and renames it, and the others wait for it at barriers."""
-    out = check_new_run_dir(out, overwrite, inputs)
+    out = check_new_run_dir(out, overwrite, inputs, runs)
     with run_lock(out):
         yield from _staged(out, kind, overwrite, resume)
 

@@ -47,5 +47,9 @@ class TransferConfig(DeviceOptions):
     image_size_from: str | None = None  # set by run_task: "option", "encoder.json" or "default"
 
     def input_paths(self):
-        """(option, path) of what the run reads: its run folder must lie apart from them."""
-        return [("--data-root", self.data_root), ("--init", self.init)]
+        """(option, path) of the data the run reads: its run folder must lie apart from them."""
+        return [("--data-root", self.data_root)]
+
+    def input_runs(self):
+        """(option, path) of the run the encoder comes from: the run folder must not replace it."""
+        return [("--init", self.init)]
