@@ -150,10 +150,10 @@ def check_output_of(out, kind, inputs=()):
     check_apart_from_inputs(out, inputs)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()) and output_kind(out) != kind:
-        found = output_kind(out)
-        if found is None:
-            raise not_written_by_bench(out)
+    found = output_kind(out) if out.exists() and any(out.iterdir()) else kind  # new or empty: becomes one
+    if found is None:
+        raise not_written_by_bench(out)
+    if found != kind:
         raise UserError(f"--out {out} is a {found} folder, not a {kind} folder; choose another --out")
     return out
 
