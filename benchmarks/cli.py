@@ -159,13 +159,10 @@ class VersionAction(argparse.Action):
 
 def version():
     """bench's version, the commit it runs from, and torch's."""
-    import importlib.metadata
-
     import torch
 
-    from runtime.runfiles import code_version
-    return (f"bench {importlib.metadata.version('context-encoder-bench')} (commit {code_version()}), "
-            f"torch {torch.__version__}")
+    from runtime.runfiles import code_version, package_version
+    return f"bench {package_version()} (commit {code_version()}), torch {torch.__version__}"
 
 
 def early_options(argv):

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from runtime.readers import read_json
-from runtime.runfiles import write_atomically
+from runtime.runfiles import mark_output, write_atomically
 
 STATE_FILE = "jobs.json"
 
@@ -23,7 +23,9 @@ def read_job_states(out):
 
 
 def start_job_states(out, jobs):
-    """Record the plan of a suite that starts, keeping the states of jobs that are done."""
+    """Mark the folder of a suite that starts as a suite's, and record its plan, keeping the states
+    of jobs that are done."""
+    mark_output(out, "suite")
     kept = {name: entry for name, entry in read_job_states(out).items() if entry.get("state") == "done"}
     write_job_states(out, kept, [{"name": job.name, "needs": list(job.needs)} for job in jobs])
 

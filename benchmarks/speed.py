@@ -167,7 +167,11 @@ class SpeedConfig:
     loader_cores: int | None = option(None, "loader workers of the projected machine (default: this machine's "
                                       "cores)", check=at_least(1))
     out: str | None = option(None, "results folder (default: runs/speed-<date>-<time>)")
-    overwrite: bool = option(False, "replace an existing results folder")
+    overwrite: bool = option(False, "replace an existing results folder (only one bench wrote)")
+
+    def input_paths(self):
+        """(option, path) of what the command reads: its --out must lie apart from them."""
+        return [("--data-root", self.data_root), ("--mask-dir", self.mask_dir)]
 
 
 def measure_speed(config, progress=True):
@@ -197,7 +201,7 @@ def run_speed(config, progress=True):
     cases = default_cases(config.feature_sizes, config.feature_batch, config.inpaint_batch)
     for precision in precisions:
         speedups.check_precision(precision, device)
-    out = check_new_run_dir(out, config.overwrite)  # refuse before measuring, not after
+    out = check_new_run_dir(out, config.overwrite, config.input_paths())  # refuse before measuring, not after
     peaks = {}
     for precision in sorted(set(precisions) | {"fp32"}):
         dtype = {"fp32": torch.float32, **speedups.DTYPES}[precision]
@@ -231,7 +235,7 @@ def run_speed(config, progress=True):
               "cores": len(os.sched_getaffinity(0)), "workers": workers, "warmup_steps": warmup,
               "timed_steps": steps, "data_root": config.data_root, "environment": environment_info()}
     # Written beside `out` and renamed: a run stopped midway leaves an earlier record in place.
-    with staged_run_dir(out, config.overwrite) as staging:
+    with staged_run_dir(out, "speed", config.overwrite, inputs=config.input_paths()) as staging:
         save_json(record, staging / "speed.json")
         write_atomically(staging / "speed.csv", lambda tmp: _write_csv(tmp, rows))
         if loader_rows:

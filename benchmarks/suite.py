@@ -27,7 +27,7 @@ from runtime.device import DEVICE_NAMES, device_name, seed_value
 from runtime.errors import UserError
 from runtime.options import at_least, option, parse_options
 from runtime.progress import info
-from runtime.runfiles import CHECKPOINT, has_interrupted_run, staged_run_dir
+from runtime.runfiles import CHECKPOINT, check_output_of, has_interrupted_run, staged_run_dir
 from transfer.config import TransferConfig, task_names
 from transfer.tasks import check_transfer_options, run_task
 from .job_states import STATE_FILE, read_job_file, read_job_states, start_job_states, write_job_states
@@ -177,7 +177,8 @@ class Job:
         if self.kind == "transfer":
             interrupted = has_interrupted_run(self.run_dir)
             info(f"{'resuming transfer' if interrupted else 'transfer'} {self.name} -> {self.run_dir}")
-            with staged_run_dir(self.run_dir, overwrite=True, resume=interrupted) as staging:
+            with staged_run_dir(self.run_dir, "transfer-run", overwrite=True, resume=interrupted,
+                                inputs=self.config.input_paths(), runs=self.config.input_runs()) as staging:
                 record = run_task(self.config, staging, progress=self.progress)
             return record
         return finish_suite(self.out, self.needs)
@@ -216,6 +217,11 @@ class SuiteConfig(PluginOptions):
     def out_folder(self):
         return Path(self.out or f"runs/suite-{Path(self.preset).stem}")
 
+    def input_paths(self):
+        """(option, path) of the data the suite reads: its folder must lie apart from them."""
+        return [("--pretrain-data", self.data_root), ("--transfer-data", self.transfer_data_root),
+                ("--in-domain-data", self.in_domain_data), ("--mask-dir", self.mask_dir)]
+
 
 def run_suite_command(config):
     """`bench suite`: the suite's status, or the suite run (or submitted), its table printed."""
@@ -231,7 +237,7 @@ def run_suite_command(config):
     config = dataclasses.replace(config, data_root=str(config.data_root or preset.get("data_root")
                                                        or default_data_root()),
                                  mask_dir=config.mask_dir or preset.get("mask_dir"))
-    out = config.out_folder()
+    out = check_output_of(config.out_folder(), "suite", config.input_paths())  # a new or earlier suite's folder
     if config.launcher == "sequential" and not config.dry_run:
         table = run_suite(preset, config)
     else:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from runtime.errors import UserError
 from runtime.options import option
+from runtime.runfiles import write_atomically
 from .images import VOC_CLASSES, class_folders, class_images, find_voc_dir, is_voc_root, read_split
 from .pixels import TOO_LARGE, ImageTooLarge, open_image
 from .voc import VOCDetection, VOCSegmentation, mask_misfit, parse_annotation
@@ -196,6 +197,9 @@ class DataCheckConfig:
 def check_root(config):
     """`bench data check`: print the problems of config.root (and write them to config.out); the
     exit status: 1 when there are problems, so that scripts can tell a clean root."""
+    if config.out and Path(config.out).is_dir():
+        raise UserError(f"--out {config.out} is a folder; name the CSV file to write, e.g. "
+                        f"{Path(config.out) / 'problems.csv'}")
     if is_class_folder_root(config.root):
         problems, checked = class_folder_root_problems(config.root)
     else:
@@ -310,10 +314,10 @@ def summary(problems, checked):
 
 
 def write_problems(problems, path):
-    """`problems` as a CSV file with the columns file, kind, detail, image_id."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=[field.name for field in fields(Problem)])
-        writer.writeheader()
-        writer.writerows(asdict(problem) for problem in problems)
+    """`problems` as a CSV file with the columns file, kind, detail, image_id, written whole or not at all."""
+    def write(tmp):
+        with open(tmp, "w", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=[field.name for field in fields(Problem)])
+            writer.writeheader()
+            writer.writerows(asdict(problem) for problem in problems)
+    write_atomically(path, write)

@@ -26,7 +26,7 @@ from runtime.device import seed_value
 from runtime.errors import UserError
 from runtime.options import at_least, option
 from runtime.progress import info
-from runtime.runfiles import cache_dir
+from runtime.runfiles import cache_dir, staged_run_dir
 from .images import VOC_CLASSES
 
 DEFAULT_TOY = {"n_images": 200, "size": 128, "seed": 0, "classes": 10}  # the built-in data of `bench` commands
@@ -282,8 +282,9 @@ def make_toy_voc(config):
     out = Path(config.out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; choose a new folder")
-    root = write_toy_voc(out, config.images, config.size, config.seed, config.classes)
-    print(f"toy VOC written to {root} ({config.images} images per year, see toy_voc.json)")
+    with staged_run_dir(out, "toy-voc") as staging:  # a full disk leaves no half-written set
+        write_toy_voc(staging, config.images, config.size, config.seed, config.classes)
+    print(f"toy VOC written to {out} ({config.images} images per year, see toy_voc.json)")
 
 
 def write_toy_class_folders(out_dir, per_class=(12, 6), size=64, seed=0, classes=4):

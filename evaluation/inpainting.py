@@ -174,7 +174,15 @@ class HoleOptions:
     mask_dir: str | None = option(None, "VOC segmentation PNGs for random-region holes (default: the run's)")
     seed: int = option(0, "seed of the holes", check=seed_value)
     device: str = option("auto", DEVICE_NAMES, check=device_name)
-    overwrite: bool = option(False, "replace an existing --out folder")
+    overwrite: bool = option(False, "replace an existing --out folder (only one bench wrote)")
+
+    def input_paths(self):
+        """(option, path) of the data the command reads: its --out must lie apart from them."""
+        return [("--mask-dir", self.mask_dir)]
+
+    def input_runs(self):
+        """(option, path) of the runs whose networks fill the holes: --out must not replace them."""
+        return [("--run", run) for run in self.run]
 
 
 @dataclass
@@ -187,6 +195,9 @@ class InpaintConfig(HoleOptions):
     masked | fill of each --run | original."""
     images: str = option("", "an image file or a folder of images", required=True)
     out: str = option("", "new folder for the side-by-side PNGs", required=True)
+
+    def input_paths(self):
+        return [*super().input_paths(), ("--images", self.images)]
 
 
 @dataclass
@@ -208,6 +219,9 @@ class EvalInpaintConfig(HoleOptions):
     out: str | None = option(None, "folder for the records (default: "
                              "runs/transfer/inpaint-<run>-<mask>-<split>-seed<seed>)")
 
+    def input_paths(self):
+        return [*super().input_paths(), ("--data-root", self.data_root)]
+
     def out_folder(self):
         mask = f"-{self.mask}" if self.mask else ""
         run = Path(self.run[0]).resolve().name
@@ -218,7 +232,8 @@ def inpaint(config, progress=True):
     """`bench inpaint`: the side-by-side PNGs of config.images in a new folder config.out."""
     if not Path(config.images).exists():
         raise UserError(f"--images {config.images} does not exist")
-    with staged_run_dir(config.out, config.overwrite) as staging:
+    with staged_run_dir(config.out, "inpaint", config.overwrite, inputs=config.input_paths(),
+                        runs=config.input_runs()) as staging:
         written = inpaint_files(config, staging, progress)
     print(f"wrote {len(written)} side-by-side PNG(s) to {config.out}")
 
@@ -227,7 +242,8 @@ def evaluate(config, progress=True):
     """`bench eval-inpaint`: the records and grid in config.out_folder(), and the scores printed."""
     config.data_root = str(config.data_root or default_data_root())
     out = config.out_folder()
-    with staged_run_dir(out, config.overwrite) as staging:
+    with staged_run_dir(out, "eval-inpaint", config.overwrite, inputs=config.input_paths(),
+                        runs=config.input_runs()) as staging:
         records = evaluate_inpainting(config, staging, progress)
     print(f"{'row':<60} {'L1 %':>6} {'L2 %':>6} {'PSNR dB':>8} {'SSIM':>6}")
     for record in records:

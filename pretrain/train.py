@@ -103,6 +103,10 @@ class PretrainConfig(DeviceOptions):
     dataset_mean: list | None = None
     dataset_std: list | None = None
 
+    def input_paths(self):
+        """(option, path) of what the run reads: its run folder must lie apart from them."""
+        return [("--data-root", self.data_root), ("--probe-data", self.probe_data), ("--mask-dir", self.mask_dir)]
+
 
 def pretrain_run_name(config):
     """The default run folder: runs/<method>-<arch>[-<mask>]-<size>px-seed<seed>."""
@@ -179,12 +183,14 @@ def pretrain(config, out, overwrite=False, progress=True):
 
     Under torchrun every process calls this; the main one alone writes the run folder, holding
     its lock (runtime.runfiles.run_lock) from the first check to the encoder. With `overwrite`, an
-    existing run in `out` is kept until the new one is complete: the new run is written into a
-    staging folder beside it (runtime.runfiles.staging_dir) that replaces `out` at the end, and a
-    run killed there continues with resume_pretraining(out)."""
-    check_new_run_dir(out, overwrite)
+    existing run in `out` (only a folder bench wrote: runtime.runfiles.output_kind) is kept until
+    the new one is complete: the new run is written into a staging folder beside it
+    (runtime.runfiles.staging_dir) that replaces `out` at the end, and a run killed there continues
+    with resume_pretraining(out)."""
+    inputs = config.input_paths()
+    check_new_run_dir(out, overwrite, inputs)  # before any work: a refused run costs nothing
     with run_lock(out):
-        out = check_new_run_dir(out, overwrite)  # again: a run that held the lock may have finished it
+        out = check_new_run_dir(out, overwrite, inputs)  # again: a run that held the lock may have finished it
         replacing = out.exists() and any(out.iterdir())
         run_dir = staging_dir(out) if replacing else out
         config, paths = resolve_config(config)
@@ -193,7 +199,7 @@ def pretrain(config, out, overwrite=False, progress=True):
         config.method_options = run_config.method_options  # as the method resolved them
         distributed.barrier()  # every process has checked `out` before the main one writes
         if distributed.is_main():
-            create_run_dir(run_dir, overwrite=True)
+            create_run_dir(run_dir, "pretrain-run")
             settings = pretraining_settings(config, method, len(paths))
             save_json(formats.stamped("config", {
                 "config": dataclasses.asdict(config), "identity": identity(settings), "identity_settings": settings,

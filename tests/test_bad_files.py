@@ -1,14 +1,19 @@
 """Bad input, table-driven: every file the suite writes, broken the ways a full disk, a crash or a
-hand edit breaks it, and bad options and paths of every command. Each is reported as one line
-`error: ...` (for a file: `error: <file>: <what is wrong>`) with exit status 2: no traceback, and
-no file changed or added."""
+hand edit breaks it; bad options and paths of every command; --out folders bench did not write or
+that hold a command's data; and writes that fail (a full disk, a folder that cannot be written).
+Each is reported as one line `error: ...` (for a file: `error: <file>: <what is wrong>`) with exit
+status 2: no traceback, and no file changed or added."""
 import json
 import os
 import pickle
+import resource
 import shutil
+from contextlib import contextmanager, nullcontext
+from functools import partial
 
 import pytest
 import torch
+from PIL import Image
 
 from helpers import bench, huge_png
 
@@ -60,6 +65,19 @@ def unknown_setting(path):
     path.write_text(json.dumps(content))
 
 
+@contextmanager
+def disk_full(room=200):
+    """While the command runs no file may grow past `room` bytes (`ulimit -f`): every larger write
+    fails with EFBIG, as on a full disk (Python ignores the SIGXFSZ that comes with it). The lock
+    file and the marker of an output folder still fit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (room, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
 RESUME = ["pretrain", "--resume", "--out", "{run}"]
 TRANSFER = ["transfer", "--task", "cls", "--protocol", "svm", "--init", "{run}", "--data-root", "{toy}",
             "--image-size", "64", "--workers", "0", "--out", "{tmp}/record"]
@@ -69,12 +87,17 @@ SEG = ["transfer", "--task", "seg", "--data-root", "{toy}", "--steps", "1", "--o
 EXPORT = ["export", "--run", "{run}", "--to", "torchvision"]
 INPAINT = ["inpaint", "--run", "{run}", "--images", "{toy}", "--out", "{tmp}/filled"]
 EVAL_INPAINT = ["eval-inpaint", "--run", "{run}", "--data-root", "{toy}", "--out", "{tmp}/scores"]
+SPEED = ["speed", "--data-root", "{toy}"]
+SUITE = ["suite", "--data-root", "{toy}"]
 NOT_A_RUN = "not a `bench pretrain` run folder (no config.json)"
 PROBE = ["transfer", "--task", "probe", "--data-root", "{classes}", "--image-size", "64", "--workers", "0",
          "--out", "{tmp}/new"]
+NOT_BENCH = "{tmp}/thesis holds 3 items that bench did not write (chapter1.tex, data/, photo.jpg); choose another"
+NO_ROOM = "File too large; nothing was written"
 # name: (file of the run folder to break, how, command, what the error line says). A case without a
-# file is a bad option or a bad path on the command line. A file under root/ or classes/ is one of a
-# copy of the toy VOC root or of the toy class-folder root, at {root} or {classes}.
+# file is a bad option or a bad path on the command line; its second entry, if any, is what the
+# command runs under (a full disk). A file under root/ or classes/ is one of a copy of the toy VOC
+# root or of the toy class-folder root, at {root} or {classes}.
 CASES = {
     # Files the suite wrote, broken.
     "checkpoint empty": ("checkpoint.pt", zero_bytes, RESUME, "checkpoint.pt: empty (0 bytes); delete it or start"),
@@ -199,7 +222,73 @@ CASES = {
     "data toy seed negative": (None, None, ["data", "toy", "--out", "{tmp}/toy", "--seed", "-1"],
                                "argument --seed: must be between 0"),
     "data check of no VOC root": (None, None, ["data", "check", "{tmp}/a-folder"], "no VOCdevkit folder"),
+    "data check to a folder": (None, None, ["data", "check", "{toy}", "--out", "{tmp}/a-folder"],
+                               "--out {tmp}/a-folder is a folder; name the CSV file to write"),
+    "table into a file": (None, None, ["table", "--records", "{tmp}/transfer", "--out", "{tmp}/a-file"],
+                          "--out {tmp}/a-file is a file, not a folder"),
+    # --out folders bench did not write: refused, with or without --overwrite, before any work.
+    "pretrain over user files": (None, None, [*PRETRAIN[:-1], "{tmp}/thesis", "--overwrite"], NOT_BENCH),
+    "pretrain into user files": (None, None, [*PRETRAIN[:-1], "{tmp}/thesis"], NOT_BENCH),
+    "transfer over user files": (None, None, [*SEG[:-1], "{tmp}/thesis", "--overwrite"], NOT_BENCH),
+    "inpaint over user files": (None, None, [*INPAINT[:-1], "{tmp}/thesis", "--overwrite"], NOT_BENCH),
+    "eval-inpaint over user files": (None, None, [*EVAL_INPAINT[:-1], "{tmp}/thesis", "--overwrite"], NOT_BENCH),
+    "speed over user files": (None, None, [*SPEED, "--out", "{tmp}/thesis", "--overwrite"], NOT_BENCH),
+    "suite into user files": (None, None, [*SUITE, "--out", "{tmp}/thesis"], NOT_BENCH),
+    "suite into a pretraining run": (None, None, [*SUITE, "--out", "{run}"],
+                                     "is a pretrain-run folder, not a suite folder"),
+    # --out folders that are, hold or lie inside the command's own data or runs.
+    "pretrain over its data root": (None, None, ["pretrain", "--data-root", "{data}", "--steps", "1", "--out",
+                                                 "{data}", "--overwrite"], "--out {data} is --data-root {data}"),
+    "pretrain into its data root": (None, None, ["pretrain", "--data-root", "{data}", "--out", "{data}/runs/new"],
+                                    "--out {data}/runs/new is inside --data-root {data}"),
+    "pretrain over a folder of its data": (None, None, ["pretrain", "--data-root", "{data}", "--out", "{tmp}",
+                                                        "--overwrite"], "--out {tmp} holds --data-root {data}"),
+    "pretrain over its probe data": (None, None, [*PRETRAIN[:-1], "{data}", "--probe-data", "{data}", "--overwrite"],
+                                     "is --probe-data {data}"),
+    "pretrain over its mask folder": (None, None, [*PRETRAIN[:-1], "{data}/VOCdevkit", "--mask-dir",
+                                                   "{data}/VOCdevkit/VOC2012/SegmentationClass", "--overwrite"],
+                                      "holds --mask-dir {data}/VOCdevkit/VOC2012/SegmentationClass"),
+    "transfer over its encoder's run": (None, None, [*SEG[:-1], "{run}", "--init", "{run}", "--overwrite"],
+                                        "--out {run} is --init {run}"),
+    "transfer over its data root": (None, None, [*SEG[:-1], "{data}", "--data-root", "{data}", "--overwrite"],
+                                    "is --data-root {data}"),
+    "inpaint into its images": (None, None, ["inpaint", "--run", "{run}", "--images", "{tmp}/thesis", "--out",
+                                             "{tmp}/thesis/filled"], "is inside --images {tmp}/thesis"),
+    "inpaint over its run": (None, None, [*INPAINT[:-1], "{run}", "--overwrite"], "--out {run} is --run {run}"),
+    "eval-inpaint over its data root": (None, None, [*EVAL_INPAINT[:3], "--data-root", "{data}", "--out", "{data}",
+                                                     "--overwrite"], "is --data-root {data}"),
+    "speed over its data root": (None, None, ["speed", "--data-root", "{data}", "--out", "{data}", "--overwrite"],
+                                 "is --data-root {data}"),
+    "suite into its data root": (None, None, ["suite", "--data-root", "{data}", "--out", "{data}/suite"],
+                                 "is inside --pretrain-data {data}"),
+    "export over the run's encoder": (None, None, [*EXPORT, "--out", "{run}/encoder.pt", "--overwrite"],
+                                      "--out {run}/encoder.pt is inside --run {run}"),
+    "export of an encoder file over it": (None, None, ["export", "--run", "{run}/encoder.pt", "--to", "torchvision",
+                                                       "--out", "{run}/encoder.pt", "--overwrite"],
+                                          "is inside --run {run}"),
+    # Writes that fail: a full disk, a folder that cannot be written (here /proc).
+    "data toy on a full disk": (None, disk_full, ["data", "toy", "--out", "{tmp}/toy", "--images", "4", "--size",
+                                                  "128"], f"cannot write {{tmp}}/toy: {NO_ROOM}"),
+    "data check on a full disk": (None, partial(disk_full, 10), ["data", "check", "{toy}", "--out",
+                                                                 "{tmp}/problems.csv"],
+                                  "cannot write {tmp}/problems.csv: File too large"),
+    "inpaint on a full disk": (None, disk_full, [*INPAINT, "--quiet"], f"cannot write {{tmp}}/filled: {NO_ROOM}"),
+    "export on a full disk": (None, disk_full, [*EXPORT, "--out", "{tmp}/out.pth"],
+                              "cannot write {tmp}/out.pth: File too large"),
+    "table on a full disk": (None, disk_full, ["table", "--records", "{tmp}/transfer", "--out", "{tmp}/table"],
+                             "cannot write {tmp}/table/table.csv: File too large; nothing was written"),
+    "report on a full disk": (None, disk_full, ["report", "{run}"], "cannot write {run}/report.html: File too large"),
+    "pretrain under /proc": (None, None, [*PRETRAIN[:-1], "/proc/bench-run"],
+                             "its lock file /proc/.bench-run.lock cannot be made"),
+    "transfer under /proc": (None, None, [*SEG[:-1], "/proc/bench-run"], "its lock file /proc/.bench-run.lock"),
+    "inpaint under /proc": (None, None, [*INPAINT[:-1], "/proc/bench-run"], "its lock file /proc/.bench-run.lock"),
+    "data toy under /proc": (None, None, ["data", "toy", "--out", "/proc/bench-toy"], "cannot write /proc/bench-toy"),
+    "table under /proc": (None, None, ["table", "--records", "{tmp}/transfer", "--out", "/proc/bench-table"],
+                          "cannot write /proc/bench-table"),
 }
+# A transfer record `bench table` reads without complaint.
+RECORD = {"task": "cls", "protocol": "svm", "pretrain_method": "context-encoder", "data_root": "toy", "seed": 0,
+          "pretrain_seconds": 1.0, "metric": "mAP", "value": 0.5}
 
 
 def files_as_they_are(folder):
@@ -208,38 +297,56 @@ def files_as_they_are(folder):
     return {p: (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) for p in folder.rglob("*") if p.is_file()}
 
 
+def user_files(folder):
+    """A folder of someone's own files (text, a JPEG, a CSV in a sub-folder) that bench did not write."""
+    (folder / "data").mkdir(parents=True)
+    (folder / "chapter1.tex").write_text("\\chapter{Context}\n")
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(folder / "photo.jpg")
+    (folder / "data" / "budget.csv").write_text("item,cost\ngpu,1\n")
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_and_changes_nothing(name, pretrain_run, toy_voc_root, toy_class_folders, tmp_path,
                                                    capsys):
     """Exit status 2, one line `error: ...` on stderr, no traceback, and every file under the test's
-    folder (the run, records, jobs.json, a file and a folder in the way) as it was."""
+    folder (the run, records, jobs.json, a file and a folder in the way, a folder of user files, a
+    data root) as it was; the user's files byte for byte."""
     target, breaking, command, message = CASES[name]
     run = tmp_path / "run"
     # Hard links: the run's 50 MB are not copied 80 times. The suite replaces files by renaming
     # (write_atomically), which leaves the shared copy alone; the file a case breaks in place is
-    # made a copy of its own first.
+    # made a copy of its own first. The data root is linked too: a case that deleted it would
+    # delete only the links, not the session's toy set.
     shutil.copytree(pretrain_run, run, copy_function=os.link)
+    shutil.copytree(toy_voc_root, tmp_path / "data", copy_function=os.link)
     (run / "records" / "a").mkdir(parents=True)
     (run / "records" / "a" / "record.json").write_text(json.dumps({"task": "cls"}))
     (run / "jobs.json").write_text(json.dumps({"plan": [], "jobs": {}}))
+    (tmp_path / "transfer" / "a").mkdir(parents=True)
+    (tmp_path / "transfer" / "a" / "record.json").write_text(json.dumps(RECORD))
     (tmp_path / "a-file").write_text("in the way")
     (tmp_path / "a-folder").mkdir()
+    user_files(tmp_path / "thesis")
+    condition = breaking if target is None and breaking else nullcontext
     data = {"root": toy_voc_root, "classes": toy_class_folders}
     broken = run / target if target else None
     if target and target.split("/")[0] in data:
         shutil.copytree(data[target.split("/")[0]], tmp_path / target.split("/")[0])
         broken = tmp_path / target
-    elif breaking and (pretrain_run / target).is_file():
+    elif target and (pretrain_run / target).is_file():
         (run / target).unlink()
         shutil.copyfile(pretrain_run / target, run / target)
-    if breaking:
+    if target:
         breaking(broken)
     before, folders = files_as_they_are(tmp_path), {p for p in tmp_path.rglob("*") if p.is_dir()}
-    names = {"run": run, "toy": toy_voc_root, "tmp": tmp_path, "records": run / "records",
+    theirs = {p: p.read_bytes() for p in (tmp_path / "thesis").rglob("*") if p.is_file()}
+    names = {"run": run, "toy": toy_voc_root, "tmp": tmp_path, "records": run / "records", "data": tmp_path / "data",
              "root": tmp_path / "root", "classes": tmp_path / "classes"}
     args = [a.format(**names) for a in command]
     capsys.readouterr()
-    assert bench(*args) == 2
+    with condition():
+        status = bench(*args)
+    assert status == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err
@@ -248,6 +355,7 @@ def test_bad_input_is_one_line_and_changes_nothing(name, pretrain_run, toy_voc_r
         assert str(broken) in lines[0]  # the file, by its path
     assert files_as_they_are(tmp_path) == before
     assert {p for p in tmp_path.rglob("*") if p.is_dir()} == folders
+    assert {p: p.read_bytes() for p in (tmp_path / "thesis").rglob("*") if p.is_file()} == theirs
 
 
 def test_unpickling_never_runs_code(pretrain_run, tmp_path, capsys):

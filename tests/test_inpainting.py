@@ -189,7 +189,7 @@ def test_inpaint_fills_images_of_any_size_at_full_resolution(pretrain_run, tmp_p
     Image.fromarray(rng.integers(0, 256, (200, 90, 3), dtype=np.uint8)).save(images / "sub" / "tall.jpg")
     out = tmp_path / "out"
     assert bench("inpaint", "--run", pretrain_run, "--run", pretrain_run, "--images", images, "--out", out) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["sub__tall.png", "wide.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["bench-output.json", "sub__tall.png", "wide.png"]
     panels = np.asarray(Image.open(out / "wide.png"))
     assert panels.shape == (100, 4 * 150, 3)  # masked | fill | fill | original
     masked, filled, original = panels[:, :150], panels[:, 150:300], panels[:, 450:]
@@ -198,9 +198,12 @@ def test_inpaint_fills_images_of_any_size_at_full_resolution(pretrain_run, tmp_p
     assert 0.1 < hole.mean() < 0.3  # the central quarter of the 100 px square, less the overlap band
     assert np.array_equal(filled[~hole], wide[~hole])  # the context keeps its own pixels
     assert Image.open(out / "sub__tall.png").size == (4 * 90, 200)
-    # A single file works too, and an existing result is never overwritten.
-    assert bench("inpaint", "--run", pretrain_run, "--images", images / "wide.png", "--out", out) == 2
-    assert sorted(p.name for p in out.iterdir()) == ["sub__tall.png", "wide.png"]
+    # A single file works too, and an existing result is replaced only with --overwrite.
+    single = ["inpaint", "--run", pretrain_run, "--images", images / "wide.png", "--out", out]
+    assert bench(*single) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["bench-output.json", "sub__tall.png", "wide.png"]
+    assert bench(*single, "--overwrite") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["bench-output.json", "wide.png"]
 
 
 def test_bad_inpainting_input_is_a_one_line_error(inpaint_runs, pretrain_run, toy_voc_root, tmp_path, capsys):

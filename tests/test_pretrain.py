@@ -248,8 +248,11 @@ def test_overwrite_replaces(toy_voc_root, tmp_path):
     (out / "stray.txt").write_text("from an older run")
     assert bench(*args, "--steps", 2) == 2
     assert (out / "stray.txt").exists()
+    # A run of a version before output folders were marked (no bench-output.json) is replaced too.
+    (out / "bench-output.json").unlink()
     assert bench(*args, "--steps", 3, "--overwrite") == 0
     assert not (out / "stray.txt").exists()
+    assert json.loads((out / "bench-output.json").read_text())["kind"] == "pretrain-run"
     assert [m["step"] for m in read_metrics(out)] == [1, 2, 3]
     assert json.loads((out / "config.json").read_text())["config"]["steps"] == 3
     assert sorted(p.name for p in (out / "previews").iterdir()) == ["step_000003.png"]

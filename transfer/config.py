@@ -46,3 +46,11 @@ class TransferConfig(DeviceOptions):
     checkpoint_every: int = option(100, "steps between training checkpoints (what --resume continues from)")
     label: str | None = option(None, "row name in `bench table` (default: the --init encoder's own)")
     image_size_from: str | None = None  # set by run_task: "option", "encoder.json" or "default"
+
+    def input_paths(self):
+        """(option, path) of the data the run reads: its run folder must lie apart from them."""
+        return [("--data-root", self.data_root)]
+
+    def input_runs(self):
+        """(option, path) of the run the encoder comes from: the run folder must not replace it."""
+        return [("--init", self.init)]

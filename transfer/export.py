@@ -18,7 +18,7 @@ import torch
 from pretrain.backbones import TIMM_PREFIX
 from runtime.errors import UserError
 from runtime.options import option
-from runtime.runfiles import save_torch, write_atomically
+from runtime.runfiles import check_apart_from_inputs, output_kind, save_torch, write_atomically
 from .encoders import load_encoder
 
 FORMATS = ("torchvision", "detectron2", "timm")
@@ -54,7 +54,7 @@ class ExportConfig:
     run: str = option("", "a `bench pretrain` run folder or an encoder.pt", required=True)
     to: str = option("torchvision", "target checkpoint layout", choices=FORMATS, required=True)
     out: str = option("", "file to write (.pth for torchvision and timm, .pkl for detectron2)", required=True)
-    overwrite: bool = option(False, "replace an existing --out file")
+    overwrite: bool = option(False, "replace an existing --out file (never one inside the run exported)")
 
 
 def export(config):
@@ -69,6 +69,10 @@ def export_encoder(init, to, out, overwrite=False):
         raise UserError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; name the file to write, e.g. {out / 'encoder.pth'}")
+    # A file of the run being exported (its encoder.pt) is never replaced: the run needs it.
+    source = Path(init)
+    run_folder = source if source.is_dir() or output_kind(source.parent) is None else source.parent
+    check_apart_from_inputs(out, [("--run", run_folder)])
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     encoder, info = load_encoder(init)
@@ -78,7 +82,6 @@ def export_encoder(init, to, out, overwrite=False):
                         f"export it --to torchvision")
     if to != "timm" and is_timm:
         raise UserError(f"the encoder of {init} is {info['arch']!r}; export it --to timm")
-    out.parent.mkdir(parents=True, exist_ok=True)
     if to == "torchvision":
         save_torch(torchvision_state(encoder), out)
     elif to == "timm":

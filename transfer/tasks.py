@@ -60,7 +60,8 @@ def run_transfer(config, folder, progress=True):
     if config.task != "probe":  # the toy set is VOC; the probe needs a class-folder root
         config = dataclasses.replace(config, data_root=str(config.data_root or default_data_root()))
     out = folder.check().out or transfer_run_name(config)
-    with staged_run_dir(out, folder.overwrite, folder.resume) as staging:
+    with staged_run_dir(out, "transfer-run", folder.overwrite, folder.resume, config.input_paths(),
+                        config.input_runs()) as staging:
         record = run_task(config, staging, progress)
     if distributed.is_main():
         print(f"{config.task} {record['metric']} = {100 * record['value']:.1f}%  (record: {Path(out) / 'record.json'})")
