@@ -181,6 +181,11 @@ def test_cut_download_keeps_its_part_and_resumes_with_a_range(server, archives, 
     assert (root / "imagenette2-160" / "val").is_dir() and not part.exists()
 
 
+def test_suite_names_the_fetch_command_for_missing_data(capsys):
+    assert bench("suite", "--preset", "imagenet-subset", "--transfer-data", "x", "--mask-dir", "y") == 2
+    assert "fetch it with: bench data fetch imagenette-320 --root data/" in capsys.readouterr().err
+
+
 def test_a_local_folder_mirror_replaces_a_part_it_cannot_resume(server, archives, tmp_path, capsys):
     """A file:// URL ignores Range and sends the whole file, which replaces the .part."""
     local = tmp_path / "copies"
