@@ -139,8 +139,8 @@ def verified_archive(url, md5, folder):
     download(url, part)
     if not check_integrity(part, md5):
         part.unlink()
-        raise UserError(f"{url} is not the expected file (its MD5 is not {md5}): deleted it; check the URL or "
-                        f"--mirror, then run again")
+        raise UserError(f"{url} is not the expected file (its MD5 is not {md5}); the download is deleted: "
+                        f"check the URL or --mirror and run again")
     part.rename(path)
     return path
 
