@@ -23,6 +23,7 @@ EXAMPLES = {
     "data": "bench data toy --out runs/toy-voc",
     "toy": "bench data toy --out runs/toy-voc --images 50",
     "check": "bench data check ../shared/data/pets-voc --out problems.csv",
+    "fetch": "bench data fetch voc2012 --root data/",
     "speed": "bench speed --feature-sizes 128 --precisions fp32 bf16",
     "cache": "bench cache clean --older-than 30",
     "list": "bench cache list",
@@ -30,7 +31,7 @@ EXAMPLES = {
 }
 # Commands that only group others.
 GROUPS = {
-    "data": ("make or check data sets", None),
+    "data": ("make, fetch or check data sets", None),
     "cache": ("list or free what commands keep in the cache folder",
               "Decoded images (the uint8 cache), detection proposals and the toy VOC set are kept in "
               "$BENCH_CACHE_DIR (default ~/.cache/context-encoder-bench) for later runs."),
@@ -57,6 +58,7 @@ def simple_commands():
     from benchmarks.speed import SpeedConfig, measure_speed
     from benchmarks.table import TableConfig, make_table
     from data.check import DataCheckConfig, check_root
+    from data.fetch import FetchConfig, fetch
     from data.toy_voc import ToyVOCConfig, make_toy_voc
     from evaluation.inpainting import EvalInpaintConfig, InpaintConfig, evaluate, inpaint
     from pretrain.methods import MethodsConfig, list_methods
@@ -66,6 +68,7 @@ def simple_commands():
             ("inpaint",): (InpaintConfig, inpaint), ("eval-inpaint",): (EvalInpaintConfig, evaluate),
             ("report",): (ReportConfig, make_report), ("methods",): (MethodsConfig, list_methods),
             ("data", "toy"): (ToyVOCConfig, make_toy_voc), ("data", "check"): (DataCheckConfig, check_root),
+            ("data", "fetch"): (FetchConfig, fetch),
             ("speed",): (SpeedConfig, measure_speed),
             ("cache", "list"): (CacheListConfig, list_cache), ("cache", "clean"): (CacheCleanConfig, clean)}
 
@@ -189,7 +192,7 @@ def main(argv=None):
             check_out_path(args.out)
         set_verbosity(getattr(args, "verbosity", "normal"))
         start_process(getattr(args, "device", None))  # under torchrun: join the process group first
-        status = args.handler(args)  # a command's exit status (`bench data check`), else its result
+        status = args.handler(args)  # a command's exit status (`bench data check`, `fetch`), else its result
         return status if isinstance(status, int) else 0
     except UserError as exc:
         # An error raised in a DataLoader worker arrives wrapped in the worker's traceback;

@@ -80,11 +80,20 @@ def load_preset(name):
     return preset
 
 
+# The `bench data fetch` set that serves each data option a preset may need: the VOC year of the
+# presets' transfers, and its SegmentationClass PNGs as masks.
+FETCH_FOR = {"pretrain-data": "imagenette-320", "in-domain-data": "imagenette-320", "transfer-data": "voc2012",
+             "mask-dir": "voc2012"}
+
+
 def check_needs(preset, name, given):
-    """Refuse to start a preset without the command-line options its `needs:` names ({option: value})."""
+    """Refuse to start a preset without the command-line options its `needs:` names ({option: value}),
+    naming the command that fetches the data where there is one."""
     for needed, hint in (preset.get("needs") or {}).items():
         if given.get(needed) is None:
-            raise UserError(f"preset {name} needs --{needed} ({hint})")
+            fetch = (f"; fetch it with: bench data fetch {FETCH_FOR[needed]} --root data/ (it prints the path to pass)"
+                     if needed in FETCH_FOR else "")
+            raise UserError(f"preset {name} needs --{needed} ({hint}){fetch}")
 
 
 def check_preset(preset):

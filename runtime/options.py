@@ -127,15 +127,15 @@ def add_options(parser, cls, title=None, unset=None):
             help += f" (default: {unset}" + (f", else {default})" if default is not None else ")")
         default = None if unset else default
         names = meta.get("flags") or (flag(field.name),)
+        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
         if not names[0].startswith("-"):  # positional: argparse takes its name as the destination
             group.add_argument(field.name, metavar=names[0], type=flag_type(kind, meta["check"]),
-                               nargs=meta["nargs"], help=help)
+                               choices=choices, nargs=meta["nargs"], help=help)
             continue
         if kind is bool:
             group.add_argument(*names, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
                                help=help)
             continue
-        choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
         group.add_argument(*names, dest=field.name, type=flag_type(kind, meta["check"]), default=default,
                            choices=choices, metavar=meta["metavar"], nargs=meta["nargs"], help=help,
                            **({"required": True} if meta["required"] else {}),
