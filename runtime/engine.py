@@ -25,8 +25,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, formats, preemption, speedups
-from .events import EventLog
 from .errors import UserError
+from .events import EventLog
 from .options import check_ranges, flag
 from .progress import progress_bar
 from .readers import read_torch
@@ -181,6 +181,8 @@ class Engine:
                             if self.run_dir is not None and (self.run_dir / CHECKPOINT).is_file() else "")
                     raise UserError(f"{self.desc}: loss became non-finite at step {self.step + 1} ({metrics})"
                                     f"{kept}; try a lower --lr")
+                # The rates this step used, before the schedules move on (first parameter group: the
+                # suite's optimisers have one).
                 rates = {name: optimizer.param_groups[0]["lr"] for name, optimizer in self.optimizers.items()}
                 for schedule in self.schedules.values():
                     schedule.step()
