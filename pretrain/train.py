@@ -8,6 +8,7 @@ A run folder holds
   encoder.pt        the transferable encoder's state_dict (plain, torchvision key names for AlexNet)
   encoder.json      what transfer needs to use it: arch, input size and normalisation, pretraining time
   previews/         PNG grids (rows: masked input / prediction / original), and preview.png, the latest
+  tensorboard/      TensorBoard event files: the metrics, learning rates and preview grids
 """
 import dataclasses
 import shutil
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
+from torchvision.utils import make_grid, save_image
 
 from data import images
 from data.imagecache import ImageCache
@@ -166,16 +167,18 @@ def training_batches(dataset, config, start_step):
         yield {key: speedups.to_device(value, config.device, channels_last) for key, value in batch.items()}
 
 
-def _save_preview(method, dataset, preview_batch, run_dir, step):
+def _save_preview(method, dataset, preview_batch, engine, run_dir, step):
+    """The preview grid at `step`: previews/step_<step>.png, preview.png and TensorBoard's "preview"."""
     was_training = method.training
     method.eval()
     rows = method.preview(preview_batch)
     method.train(was_training)
-    grid = torch.cat([dataset.denormalize(row.cpu()) for row in rows])
+    grid = make_grid(torch.cat([dataset.denormalize(row.cpu()) for row in rows]), nrow=len(rows[0]), padding=2)
     path = run_dir / "previews" / f"step_{step:06d}.png"
     path.parent.mkdir(exist_ok=True)
-    save_image(grid, path, nrow=len(rows[0]), padding=2)
-    save_image(grid, run_dir / "preview.png", nrow=len(rows[0]), padding=2)
+    save_image(grid, path)
+    save_image(grid, run_dir / "preview.png")
+    engine.log_image("preview", grid, step)
 
 
 def pretrain(config, out, overwrite=False, progress=True):
@@ -389,12 +392,12 @@ def _train(config, method, dataset, run_dir, progress=True):
 
     def after_step(step, metrics):
         if metrics is not None and (step % config.preview_every == 0 or step == config.steps):
-            _save_preview(method, dataset, preview_batch, run_dir, step)
+            _save_preview(method, dataset, preview_batch, engine, run_dir, step)
         # The probe curve starts at the initialisation (the call before the first step).
         nonlocal warned
         if probe is not None and (step % config.probe_every == 0 or step == config.steps):
             scores = probe(method.encoder, config.device)
-            engine.log({"step": step, **scores, "elapsed_s": round(engine.elapsed, 3)})
+            engine.log({"step": step, **scores, "elapsed_s": round(engine.elapsed, 3)}, section="probe")
             plot_curves(run_dir)
             output = output_name(method.encoder)
             dead = scores[f"dead_{output}"]

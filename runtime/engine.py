@@ -5,7 +5,8 @@ a pretext method's `train_step`, or a task's forward, loss and `take_step`.
 The engine owns what every training run must get right, whatever it trains:
 * checkpoint.pt and exact resume: model, optimisers, learning-rate schedules, fp16 loss scalers,
   the step, the training time and every process's RNG streams (the dropout draws);
-* metrics.jsonl: one line per step, cut back to the checkpoint's step on resume;
+* metrics.jsonl: one line per step, cut back to the checkpoint's step on resume, and the same
+  in TensorBoard event files in tensorboard/ (runtime.events), with the learning rates and pictures;
 * data parallelism under torchrun: the step sees a view of the model whose trainable children are
   wrapped in DistributedDataParallel (gradients averaged during backward, bucketed and overlapped);
   every process starts from the same weights (same seed) but draws its own dropout;
@@ -25,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed, formats, preemption, speedups
 from .errors import UserError
+from .events import EventLog
 from .options import check_ranges, flag
 from .progress import progress_bar
 from .readers import read_torch
@@ -124,18 +126,29 @@ class Engine:
         for optimizer in optimizers.values():
             optimizer.grad_scaler = speedups.grad_scaler(precision, device)
         self.step, self.elapsed = 0, 0.0
-        self._metrics_file = None
+        self._metrics_file = self._events = None
         if self.run_dir is not None and (self.run_dir / CHECKPOINT).is_file():
             self._load(read_checkpoint(self.run_dir / CHECKPOINT, device))
         elif distributed.rank() > 0:
             # The weights came from the same seed everywhere; dropout must differ between processes.
             torch.manual_seed(distributed.process_seed(seed, distributed.rank()))
 
-    def log(self, record):
-        """Append `record` (a dict with "step") to metrics.jsonl (main process only)."""
+    def log(self, record, section="train"):
+        """Append `record` (a dict with "step") to metrics.jsonl, and its numbers to the TensorBoard
+        events as <section>/<name> (main process only, while `run` runs). The training steps are
+        "train"; a caller names its own records' section (pretraining's probe scores: "probe")."""
         if self._metrics_file is not None:
             self._metrics_file.write(json.dumps(record) + "\n")
             self._metrics_file.flush()
+            # The events' own wall times stand in for elapsed_s.
+            self._events.scalars(section, record["step"], {name: value for name, value in record.items()
+                                                           if name not in ("step", "elapsed_s")})
+
+    def log_image(self, tag, picture, step):
+        """Add `picture`, a (channels, height, width) tensor with values in [0, 1], to the
+        TensorBoard events (main process only, while `run` runs)."""
+        if self._events is not None:
+            self._events.image(tag, picture, step)
 
     def run(self, train_step, batches_from, after_step=None):
         """Call `train_step(model, batch) -> {"loss": float, ...}` on the batches of
@@ -155,9 +168,10 @@ class Engine:
                 started += time.perf_counter() - hook_started
 
         metrics_file = open(self.run_dir / METRICS, "a") if self.main else contextlib.nullcontext()
+        events = EventLog(self.run_dir, first_step=self.step + 1) if self.main else contextlib.nullcontext()
         with progress_bar(total=self.steps, initial=self.step, desc=self.desc, unit="step",
                           disable=not self.progress) as bar, metrics_file as self._metrics_file, \
-                preemption.training_loop():
+                events as self._events, preemption.training_loop():
             if self.step == 0:
                 hook(None)
             for batch in batches_from(self.step) if self.step < self.steps else ():
@@ -167,12 +181,16 @@ class Engine:
                             if self.run_dir is not None and (self.run_dir / CHECKPOINT).is_file() else "")
                     raise UserError(f"{self.desc}: loss became non-finite at step {self.step + 1} ({metrics})"
                                     f"{kept}; try a lower --lr")
+                # The rates this step used, before the schedules move on (first parameter group: the
+                # suite's optimisers have one).
+                rates = {name: optimizer.param_groups[0]["lr"] for name, optimizer in self.optimizers.items()}
                 for schedule in self.schedules.values():
                     schedule.step()
                 self.step += 1
                 self.elapsed = time.perf_counter() - started
                 if self.main:
                     self.log({"step": self.step, **metrics, "elapsed_s": round(self.elapsed, 3)})
+                    self._events.scalars("lr", self.step, rates)
                     rate = (self.step - session_first_step) * self.batch_size / (time.perf_counter() - session_start)
                     bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{rate:.1f}", refresh=False)
                     bar.update(1)
@@ -184,7 +202,7 @@ class Engine:
                     preemption.hand_over()  # the job is requeued and resumes from this checkpoint
                 if self.step >= self.steps:
                     break
-        self._metrics_file = None
+        self._metrics_file = self._events = None
         distributed.average_buffers(self.model)  # without --sync-bn each process kept its own statistics
         return self.model
 
@@ -204,6 +222,7 @@ class Engine:
         if self.run_dir is None:
             return
         if self.main:
+            self._events.flush()  # the events of the steps a resume keeps are on disk with them
             state = {"model": self.model.state_dict(), "step": self.step, "elapsed": self.elapsed,
                      "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
                      "schedules": {n: s.state_dict() for n, s in self.schedules.items()},
