@@ -13,11 +13,9 @@ per core) with what a device of a given peak can train, for the `paper` preset's
 """
 import time
 
-from torch.utils.flop_counter import FlopCounterMode
-
 from data.masks import central_mask
 from data.sampling import epoch_batches
-from pretrain.runs import build_method, build_pretraining, fixed_batch_step
+from pretrain.runs import build_method, build_pretraining, count_flops, fixed_batch_step
 from pretrain.train import PretrainConfig
 from runtime.device import synchronize
 
@@ -66,10 +64,7 @@ def training_gflop_per_image(image_size, mask="random-region", arch="alexnet", b
     FlopCounterMode; a step's FLOPs are proportional to its batch)."""
     config = PretrainConfig(method="context-encoder", arch=arch, mask=mask, image_size=image_size,
                             batch_size=batch_size, device="cpu", dataset_mean=[0.5] * 3, dataset_std=[0.25] * 3)
-    step = fixed_batch_step(build_method(config), config, central_mask(image_size))
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return counter.get_total_flops() / 1e9 / batch_size
+    return count_flops(fixed_batch_step(build_method(config), config, central_mask(image_size))) / 1e9 / batch_size
 
 
 def project_paper_pretraining(loader_img_s_per_worker, cores, peak_tflops, gflop_per_image,

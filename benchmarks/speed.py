@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from data.masks import MASK_KINDS
 from data.pretrain_items import AUGMENT_ON
 from data.pixels import channel_stats
-from pretrain.runs import build_pretraining, fixed_batch_step, pretraining_engine, training_batches, training_images
+from pretrain.runs import (build_pretraining, count_flops, fixed_batch_step, pretraining_engine, training_batches,
+                           training_images)
 from pretrain.train import PretrainConfig
 from runtime import speedups
 from data.toy_voc import default_data_root
@@ -112,9 +112,7 @@ def measure_case(case, precision, config, dataset_stats, progress=True):
     config, sampler = pretraining.config, pretraining.dataset.mask_sampler
     hole = None if sampler is None else sampler(np.random.default_rng(0))
     step = fixed_batch_step(pretraining.method, config, hole)
-    with FlopCounterMode(display=False) as counter:
-        step()
-    row["gflop_per_step"] = counter.get_total_flops() / 1e9
+    row["gflop_per_step"] = count_flops(step) / 1e9
     seconds, _ = _timed_steps(lambda: step()["loss"], warmup, steps, config.device)
     row["model_only_img_s"] = case.batch_size / seconds
 

@@ -21,7 +21,7 @@ import yaml
 
 from pretrain.curves import probe_comparison
 from pretrain.methods import PluginOptions, get_method, load_plugins
-from pretrain.train import PretrainConfig, check_pretrain_options, pretrain, resume_pretraining
+from pretrain.train import PretrainConfig, check_pretrain_options, check_steps_or_budget, pretrain, resume_pretraining
 from data.toy_voc import default_data_root
 from runtime.device import DEVICE_NAMES, device_name, seed_value
 from runtime.errors import UserError
@@ -129,8 +129,10 @@ def _named(where, check, config):
 
 def pretrain_config(preset, options, where):
     """The PretrainConfig of a method entry over the preset's `pretrain` section: the names that are
-    not general options are the method's own (its Options), checked as `bench pretrain` checks them."""
+    not general options are the method's own (its Options), checked as `bench pretrain` checks them.
+    A budget_pflops there (in the section: for every method) sets the steps, so neither may set steps."""
     merged = {**preset["pretrain"], **options}
+    check_steps_or_budget(merged, f"preset {where}")
     general = {f.name for f in dataclasses.fields(PretrainConfig)}
     config = parse_options(PretrainConfig, {k: v for k, v in merged.items() if k in general}, f"preset {where}")
     own = {k: v for k, v in merged.items() if k not in general}

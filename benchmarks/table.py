@@ -1,7 +1,8 @@
 """`bench table`: the paper's tables beside the measured records.
 
 Table 2 (transfer): measured rows group records by (pretraining method, data set); each task cell
-is "mean ± std (n)" over seeds, in percent. Written as table.csv, table.md, table.json, table.png.
+is "mean ± std (n)" over seeds, in percent; beside the pretraining time, its compute (training
+FLOPs, steps x the FLOPs of one step, from encoder.json), the budget rows compare at. Written as table.csv, table.md, table.json, table.png.
 In-domain probe records (`--task probe`, on a class-folder root) fill the In-domain columns of
 their method's row. Beside it, what the table can resolve (benchmarks.resolution): per column its
 range, positive control and seed spread (resolution.csv/.md), and per pretrained row its
@@ -44,6 +45,7 @@ COLUMNS = {("cls", "finetune"): "Classification", ("cls", "svm"): "Classificatio
            ("probe", "linear"): "In-domain linear"}
 IN_DOMAIN = {"In-domain kNN": "probe_knn_top1", "In-domain linear": None}  # None: the record's value
 PAPER_COLUMNS = {"cls": "Classification", "det": "Detection", "seg": "Segmentation"}
+COMPUTE_UNITS = {9: "GFLOP", 12: "TFLOP", 15: "PFLOP", 18: "EFLOP"}
 
 
 def read_records(folder):
@@ -76,7 +78,8 @@ def load_records(records):
                     "identity": record["pretrain_identity"], "control_identity": record.get("control_identity"),
                     "settings": record["pretrain_settings"], "transfer_identity": record["identity"],
                     "transfer_settings": record["transfer_settings"], "probe_data": "", "seed": record["seed"],
-                    "pretrain_seconds": record["pretrain_seconds"], "record": str(path)}
+                    "pretrain_seconds": record["pretrain_seconds"],
+                    "pretrain_flops": record.get("pretrain_flops"), "record": str(path)}
             if task == "probe":
                 for column, key in IN_DOMAIN.items():
                     value = record["value"] if key is None else record["metrics"][key]
@@ -185,6 +188,16 @@ def _duration(seconds):
     return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
 
 
+def _compute(flops):
+    """Training FLOPs in the largest unit that keeps a digit before the point: "2.0 PFLOP"."""
+    if pd.isna(flops):  # downloaded weights, or a run from before compute was counted
+        return "not measured"
+    if flops < 1:
+        return "none"
+    exponent = min(max(int(np.log10(flops)) // 3 * 3, 9), 18)
+    return f"{flops / 10**exponent:.1f} {COMPUTE_UNITS[exponent]}"
+
+
 def build_table(records):
     """(table rows for people, numeric summary for the plot and JSON)."""
     summary = (records.groupby(["method", "data", "column"])["value"]
@@ -199,12 +212,13 @@ def build_table(records):
         probe_data = sorted(set(group["probe_data"]) - {"", data})
         source = f"measured: {data}" + "".join(f"; in-domain: {name}" for name in probe_data)
         row = {"Pretraining": method, "Source": source,
-               "Pretraining time": _duration(group["pretrain_seconds"].mean())}
+               "Pretraining time": _duration(group["pretrain_seconds"].mean()),
+               "Pretraining compute": _compute(group["pretrain_flops"].mean())}
         for column in COLUMNS.values():
             row[column] = _cell(group.loc[group["column"] == column, "value"])
         rows.append(row)
     table = pd.DataFrame(rows).fillna("")
-    order = ["Pretraining", "Source", "Pretraining time", *COLUMNS.values()]
+    order = ["Pretraining", "Source", "Pretraining time", "Pretraining compute", *COLUMNS.values()]
     return table[[c for c in order if (table[c] != "").any()]], summary
 
 

@@ -1,25 +1,23 @@
 """Pretraining as a library, for the code that uses a pretraining without training it through
 `pretrain()`: build one from a config (`build_pretraining`), load a finished run folder
 (`load_run`), and run training steps of a method on one fixed batch (`fixed_batch_step`, what
-`bench speed` times and counts FLOPs of). The training loop's own batches (`training_batches`)
-and engine (`pretraining_engine`) are offered here too, for timing the loop end to end.
+`bench speed` times, and `count_flops` counts, as `bench pretrain` does for its compute). The
+training loop's own batches (`training_batches`) and engine (`pretraining_engine`) are offered
+here too, for timing the loop end to end.
 """
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from data.pretrain_items import PretrainImages
-from runtime import speedups
 from runtime.engine import read_checkpoint
 from runtime.errors import UserError
 from runtime.runfiles import CHECKPOINT
 from .methods import PretextMethod
-from .train import (PretrainConfig, build, build_method, load_run_config, pretraining_engine, resolve_config,
-                    training_batches, training_images)
+from .train import (PretrainConfig, build, build_method, count_flops, fixed_batch_step, load_run_config,
+                    pretraining_engine, resolve_config, training_batches, training_images)
 
-__all__ = ["Pretraining", "build_method", "build_pretraining", "fixed_batch_step", "load_run", "pretraining_engine",
-           "training_batches", "training_images"]
+__all__ = ["Pretraining", "build_method", "build_pretraining", "count_flops", "fixed_batch_step", "load_run",
+           "pretraining_engine", "training_batches", "training_images"]
 
 
 @dataclass
@@ -56,27 +54,3 @@ def load_run(run_dir):
     # Memory-mapped: only the network's tensors are read, not the optimiser state beside them.
     method.load_state_dict(read_checkpoint(checkpoint, mmap=True, hint="")["model"])
     return config, method.eval()
-
-
-def fixed_batch_step(method, config, hole=None, seed=0, memory_format=None):
-    """A function of no arguments that runs one training step of `method` (in training mode, with its
-    optimisers and config.precision, as the training loop steps it) on the same batch every time,
-    and returns the step's metrics.
-
-    The batch: config.batch_size images of config.image_size px drawn from a normal distribution by
-    a generator seeded with `seed` (the same seed gives the same images), and for a method with
-    holes, `hole` (an (S, S) array, 1 where pixels are dropped) in every image; on config.device
-    in `memory_format` (default: the layout training uses there). Methods that need labels are not
-    covered."""
-    if method.uses_masks and hole is None:
-        raise ValueError(f"{config.method} trains on holes: a fixed batch needs its `hole`")
-    if memory_format is None:
-        memory_format = torch.channels_last if speedups.use_channels_last(config.device) else torch.contiguous_format
-    side = config.image_size
-    batch = {"image": torch.randn(config.batch_size, 3, side, side, generator=torch.Generator().manual_seed(seed))}
-    if method.uses_masks:
-        batch["hole"] = torch.as_tensor(hole).float().expand(config.batch_size, 1, side, side)
-    batch = {key: value.to(config.device).contiguous(memory_format=memory_format) for key, value in batch.items()}
-    method.train()
-    engine, train_step = pretraining_engine(method, config, None, progress=False)
-    return lambda: engine.train_one_step(train_step, method, batch)

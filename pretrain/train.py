@@ -7,15 +7,19 @@ A run folder holds
   checkpoint.pt     everything needed to --resume
   encoder.pt        the transferable encoder's state_dict (plain, torchvision key names for AlexNet)
   encoder.json      what transfer needs to use it: arch, input size and normalisation, pretraining time
+                    and compute (training FLOPs)
   previews/         PNG grids (rows: masked input / prediction / original), and preview.png, the latest
   tensorboard/      TensorBoard event files: the metrics, learning rates and preview grids
 """
 import dataclasses
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.utils import make_grid, save_image
 
 from data import images
@@ -31,7 +35,7 @@ from runtime.device import (DeviceOptions, check_scaling_options, resolve_device
 from runtime.engine import Engine, check_training_options, prepare_model
 from runtime.errors import UserError
 from runtime.identity import data_name, identity
-from runtime.options import flag, option
+from runtime.options import flag, option, positive
 from runtime.progress import info, warning
 from runtime.readers import read_json
 from runtime.runfiles import (check_new_run_dir, check_resumable, create_run_dir, environment_info, has_interrupted_run,
@@ -75,6 +79,11 @@ class PretrainConfig(DeviceOptions):
     lr: float | None = option(None, "learning rate (default: the method's own; the context encoder's Adam: "
                               "1e-3 central / 1e-4 other masks for alexnet, 2e-3 for inpaint)")
     steps: int = option(300, "training iterations")
+    budget_pflops: float | None = option(None, "train for this many PFLOP (10^15 FLOPs, a multiply-add counting 2) "
+                                         "instead of --steps: steps = floor(budget / the FLOPs of one training "
+                                         "step of the method, forward and backward, counted by torch's "
+                                         "FlopCounterMode before training), so that methods compare at equal "
+                                         "compute", check=positive)
     warmup_steps: int = option(0, "learning rate rises linearly from lr / N to lr over the first N steps (0: none)")
     learning: bool = option(True, "update the weights; --no-learning is the control run: the same pipeline "
                             "(steps, batches, holes, BatchNorm statistics gathered and folded) with no weight "
@@ -103,6 +112,7 @@ class PretrainConfig(DeviceOptions):
     classes: list | None = None  # class names of labelled data, for methods that use labels
     dataset_mean: list | None = None
     dataset_std: list | None = None
+    flops_per_step: float | None = None  # measured before training (measure_compute); None in runs from before
 
     def input_paths(self):
         """(option, path) of what the run reads: its run folder must lie apart from them."""
@@ -120,6 +130,13 @@ def check_pretrain_options(config):
     check_training_options(config, ("--preview-every", config.preview_every, config.preview_every >= 1, "at least 1"),
                            ("--probe-every", config.probe_every, config.probe_every >= 1, "at least 1"),
                            ("--warmup-steps", config.warmup_steps, config.warmup_steps >= 0, "0 or more"))
+
+
+def check_steps_or_budget(given, where="bench pretrain"):
+    """A one-line error when `given` ({option: value}, as the command line or a preset gives them)
+    sets both the steps and the budget: the budget sets the steps."""
+    if given.get("steps") is not None and given.get("budget_pflops") is not None:
+        raise UserError(f"{where}: give --steps or --budget-pflops, not both (the budget sets the steps)")
 
 
 def resolve_config(config):
@@ -197,7 +214,9 @@ def pretrain(config, out, overwrite=False, progress=True):
         replacing = out.exists() and any(out.iterdir())
         run_dir = staging_dir(out) if replacing else out
         config, paths = resolve_config(config)
-        run_config = dataclasses.replace(config, device=start_process(config.device))
+        device = start_process(config.device)
+        config = measure_compute(config, device)
+        run_config = dataclasses.replace(config, device=device)
         method, dataset = build(run_config, paths, progress)
         config.method_options = run_config.method_options  # as the method resolved them
         distributed.barrier()  # every process has checked `out` before the main one writes
@@ -206,7 +225,7 @@ def pretrain(config, out, overwrite=False, progress=True):
             settings = pretraining_settings(config, method, len(paths))
             save_json(formats.stamped("config", {
                 "config": dataclasses.asdict(config), "identity": identity(settings), "identity_settings": settings,
-                "images": len(paths), "processes": distributed.world_size(), "environment": environment_info()}),
+                "training_flops": training_flops(config, config.steps), "images": len(paths), "processes": distributed.world_size(), "environment": environment_info()}),
                 run_dir / "config.json")
         distributed.barrier()
         try:
@@ -245,6 +264,7 @@ def resumed_config(saved, given, out):
     value}, the method's own included) that a resumed run may change (RESUMABLE_CHANGES); a
     one-line error listing the others given that differ from the saved run's, which its checkpoint
     cannot continue."""
+    check_steps_or_budget({**given, "budget_pflops": saved.budget_pflops}, f"--resume {out}")
     settings = {**dataclasses.asdict(saved), **saved.method_options}
     differ = sorted(name for name, value in given.items()
                     if name not in RESUMABLE_CHANGES and settings.get(name) != value)
@@ -300,10 +320,11 @@ def _config_from_version_1(content):
 # differ only there are repeats), where and how often it writes and shows things, how its batches
 # are loaded (the batches are the same), the device and compilation (float rounding, far below seed
 # noise; config.json's environment records them), the probe (it reads the encoder, changes
-# nothing), its table label, and the data's paths (named by data_name instead).
+# nothing), its table label, the data's paths (named by data_name instead), and the measured FLOPs
+# of a step (the settings decide them; the steps they give under a budget are in the identity).
 NOT_IDENTITY = {"seed", "workers", "checkpoint_every", "preview_every", "image_cache", "device", "compile",
                 "probe_data", "probe_every", "probe_splits", "label", "bad_images", "data_root", "mask_dir",
-                "method_options"}
+                "method_options", "flops_per_step"}
 
 
 def pretraining_settings(config, method, images):
@@ -313,6 +334,8 @@ def pretraining_settings(config, method, images):
     settings.update(config.method_options)
     if not method.uses_masks:
         settings.pop("mask")
+    if config.budget_pflops is None:  # runs without a budget keep the identity they had before budgets
+        settings.pop("budget_pflops")
     settings.update(data=data_name(config.data_root), images=images,
                     **({"mask_dir": data_name(config.mask_dir)} if method.uses_masks else {}))
     return settings
@@ -354,14 +377,20 @@ def build(config, paths, progress=True):
         if classes != config.classes:
             raise UserError(f"the class folders of {config.data_root} changed since the run started")
     # Holes are a data-side transform: per item in the loader's workers, or per batch on the device.
-    holes = MaskSampler.from_folder(config.mask, config.image_size, method.hole_band,
-                                    config.mask_dir) if method.uses_masks else None
+    holes = hole_sampler(config, method)
     dataset = PretrainImages(paths, config.image_size, config.load_size, method.input_mean,
                              method.input_std, holes, config.seed, labels, augment_on=config.augment_on)
     if config.image_cache:
         with distributed.main_first(local=True):  # one process per machine builds it, the others read it
             dataset.cache = ImageCache(paths, config.load_size, progress=progress and distributed.is_local_main())
     return method, dataset
+
+
+def hole_sampler(config, method):
+    """The MaskSampler of `method`'s holes (None for a method without holes)."""
+    if not method.uses_masks:
+        return None
+    return MaskSampler.from_folder(config.mask, config.image_size, method.hole_band, config.mask_dir)
 
 
 def pretraining_engine(method, config, run_dir, progress=True):
@@ -378,6 +407,64 @@ def pretraining_engine(method, config, run_dir, progress=True):
                     device=config.device, precision=config.precision, checkpoint_every=config.checkpoint_every,
                     schedules=schedules, desc=f"pretraining {config.method}", progress=progress)
     return engine, lambda trained, batch: trained.train_step(batch, optimizers)
+
+
+def fixed_batch_step(method, config, hole=None, seed=0, memory_format=None):
+    """A function of no arguments that runs one training step of `method` (in training mode, with its
+    optimisers and config.precision, as the training loop steps it) on the same batch every time,
+    and returns the step's metrics.
+
+    The batch: config.batch_size images of config.image_size px drawn from a normal distribution by
+    a generator seeded with `seed` (the same seed gives the same images), and for a method with
+    holes, `hole` (an (S, S) array, 1 where pixels are dropped) in every image, for one with labels,
+    labels of config.classes drawn by the same generator; on config.device in `memory_format`
+    (default: the layout training uses there)."""
+    if method.uses_masks and hole is None:
+        raise ValueError(f"{config.method} trains on holes: a fixed batch needs its `hole`")
+    if memory_format is None:
+        memory_format = torch.channels_last if speedups.use_channels_last(config.device) else torch.contiguous_format
+    side, generator = config.image_size, torch.Generator().manual_seed(seed)
+    batch = {"image": torch.randn(config.batch_size, 3, side, side, generator=generator)}
+    if method.uses_masks:
+        batch["hole"] = torch.as_tensor(hole).float().expand(config.batch_size, 1, side, side)
+    batch = {key: value.to(config.device).contiguous(memory_format=memory_format) for key, value in batch.items()}
+    if method.uses_labels:
+        batch["label"] = torch.randint(len(config.classes), (config.batch_size,), generator=generator).to(config.device)
+    method.train()
+    engine, train_step = pretraining_engine(method, config, None, progress=False)
+    return lambda: engine.train_one_step(train_step, method, batch)
+
+
+def count_flops(step):
+    """The FLOPs of one call of `step()` (a training step: forward and backward), as torch's
+    FlopCounterMode counts them (convolutions and matmuls, a multiply-add counting 2)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def measure_compute(config, device):
+    """`config` (resolved) with flops_per_step: one training step of a freshly built copy of its
+    method on `device`, counted (the weights and random streams of the run are untouched: build
+    seeds them afresh); and with --budget-pflops, the steps the budget buys."""
+    config = dataclasses.replace(config, device=device)
+    method = prepare_model(build_method(config), device)  # uncompiled: the counter sees every operation
+    sampler = hole_sampler(config, method)
+    hole = None if sampler is None else sampler(np.random.default_rng(0))
+    config.flops_per_step = float(count_flops(fixed_batch_step(method, config, hole)))
+    if config.budget_pflops is not None:
+        steps = math.floor(config.budget_pflops * 1e15 / config.flops_per_step)
+        if steps < 1:
+            raise UserError(f"--budget-pflops {config.budget_pflops:g} buys no training step: one step of "
+                            f"{config.method} costs {config.flops_per_step / 1e15:.3g} PFLOP")
+        config.steps = steps
+        info(f"budget {config.budget_pflops:g} PFLOP: {steps} steps of {config.flops_per_step / 1e9:.3g} GFLOP")
+    return config
+
+
+def training_flops(config, steps):
+    """The FLOPs of `steps` training steps of `config` (None for a run from before they were counted)."""
+    return None if config.flops_per_step is None else steps * config.flops_per_step
 
 
 def _train(config, method, dataset, run_dir, progress=True):
@@ -439,7 +526,9 @@ def _save_encoder(method, config, run_dir, engine, images):
         "method": config.method, "label": config.label or pretraining_label(config, method),
         "arch": method.encoder_arch, "image_size": config.image_size, **loss_terms,
         "method_options": config.method_options, "input_mean": method.input_mean, "input_std": method.input_std,
-        "steps": engine.step, "pretrain_seconds": round(engine.elapsed, 1), "seed": config.seed,
+        "steps": engine.step, "pretrain_seconds": round(engine.elapsed, 1), "flops_per_step": config.flops_per_step,
+        "pretrain_flops": training_flops(config, engine.step), "budget_pflops": config.budget_pflops,
+        "seed": config.seed,
         "data_root": config.data_root, "split": config.split, "identity": identity(settings),
         "control_identity": identity(control_settings(settings)), "settings": settings}),
         run_dir / "encoder.json")
@@ -453,6 +542,7 @@ def run_pretraining(config, folder, progress=True, given=None):
     if folder.resume:
         run_dir = resume_pretraining(out, given, progress)
     else:
+        check_steps_or_budget(given or {})
         config = dataclasses.replace(config, data_root=str(config.data_root or default_data_root()))
         run_dir = pretrain(config, out, folder.overwrite, progress)
     if distributed.is_main():

@@ -72,6 +72,13 @@ def at_least(minimum):
     return check
 
 
+def positive(value):
+    """An option's `check`: more than 0."""
+    if not value > 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
 def command_help(config_class):
     """(help, description) of the command whose options are `config_class`: its docstring's first
     line and the paragraph after it (later paragraphs are for readers of the code)."""

@@ -2,6 +2,7 @@
 BatchNorm folded out of a pretrained encoder, and `bench transfer --task probe`."""
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -12,8 +13,9 @@ from torch import nn
 import pretrain.train
 from helpers import bench
 from pretrain.backbones import ConvBatchNorm, build_backbone, plain_encoder
-from pretrain.probe import (ClassFolderProbe, class_balanced_sample, dead_units, knn_top1, linear_top1, make_probe,
-                            output_name, read_layers)
+from pretrain.probe import (PROBE_PROTOCOLS, ClassFolderProbe, ProbeProtocol, class_balanced_sample, dead_units,
+                            knn_top1, linear_top1, make_probe, output_name, read_layers)
+from sklearn.exceptions import ConvergenceWarning
 from runtime.errors import UserError
 
 
@@ -146,6 +148,54 @@ def test_transfer_task_probe_records_every_layer_and_beats_chance(toy_class_fold
     # 4 classes (chance 25%) of distinct shapes and textures: random features read them well.
     assert record["value"] >= 0.6 and record["metrics"]["probe_knn_top1"] >= 0.5
     assert record["pretrain_label"] == "random + Krähenbühl init (the paper's Random Gaussian)"
+    # The default protocol is the sample the probe always took: records keep the identity they had.
+    assert record["config"]["knn_k"] == 20 and "knn_k" not in record["transfer_settings"]
+
+
+def test_the_knn_options_change_the_score_and_the_sample(toy_class_folders):
+    encoder = build_backbone("alexnet")
+    # The whole train split scored against itself with one neighbour: each image finds itself.
+    itself = ClassFolderProbe(toy_class_folders, 64, [0.5] * 3, [0.25] * 3, "train", "train",
+                              protocol=ProbeProtocol(knn_k=1, knn_temperature=0.1, probe_train_per_class=0,
+                                                     probe_test_per_class=0))
+    assert len(itself.images["train"]) == 4 * 12
+    assert itself(encoder, "cpu")["probe_knn_top1"] == 1.0
+    sampled = ClassFolderProbe(toy_class_folders, 64, [0.5] * 3, [0.25] * 3,
+                               protocol=ProbeProtocol(20, 0.07, probe_train_per_class=5, probe_test_per_class=3))
+    assert (len(sampled.images["train"]), len(sampled.images["val"])) == (4 * 5, 4 * 3)
+    assert PROBE_PROTOCOLS["lightly"] == ProbeProtocol(200, 0.1, 0, 0)
+
+
+def test_the_linear_probe_converges_on_the_toy_data_and_says_in_one_line_when_it_does_not(toy_class_folders,
+                                                                                            capsys):
+    encoder = build_backbone("alexnet")
+    probe = ClassFolderProbe(toy_class_folders, 64, [0.5] * 3, [0.25] * 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        scores = probe(encoder, "cpu", linear=True)
+    assert len([key for key in scores if key.startswith("linear_top1_")]) == 6
+    assert "warning" not in capsys.readouterr().err
+    train, y_train = clusters(20)
+    linear_top1(train, y_train, train, y_train, "conv3", max_iter=1)
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "warning: linear probe of conv3: the logistic regression did not converge in 1 iterations; "
+        "its top-1 is not final"]
+
+
+def test_transfer_probe_runs_lightly_protocol_with_options_changing_it(toy_class_folders, tmp_path):
+    out = tmp_path / "probe"
+    # Train images as the test split, one neighbour: each finds itself (the whole splits, as lightly's).
+    assert bench("transfer", "--task", "probe", "--init", "random", "--data-root", toy_class_folders,
+                 "--image-size", 64, "--test-split", "train", "--probe-protocol", "lightly", "--knn-k", 1,
+                 "--out", out) == 0
+    record = json.loads((out / "record.json").read_text())
+    assert record["metrics"]["probe_knn_top1"] == 1.0
+    assert {key: record["config"][key] for key in ("knn_k", "knn_temperature", "probe_train_per_class",
+                                                   "probe_test_per_class")} == \
+        {"knn_k": 1, "knn_temperature": 0.1, "probe_train_per_class": 0, "probe_test_per_class": 0}
+    # In the identity where they differ from the sample the probe always took.
+    assert {key: record["transfer_settings"].get(key) for key in ("knn_k", "knn_temperature", "probe_protocol")} == \
+        {"knn_k": 1, "knn_temperature": 0.1, "probe_protocol": None}
 
 
 def test_transfer_task_probe_needs_a_class_folder_root(toy_voc_root, tmp_path, capsys):

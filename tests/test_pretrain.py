@@ -303,7 +303,7 @@ def interrupt_at(monkeypatch, call):
 
 def interrupted_run(toy_voc_root, out, monkeypatch):
     """A 4-step run (checkpoint every 2) stopped by Ctrl-C during step 3."""
-    interrupt_at(monkeypatch, 3)
+    interrupt_at(monkeypatch, 4)  # the first call is the step whose FLOPs a new run counts
     assert bench(*alexnet_args(toy_voc_root, out, "--mask", "central", "--steps", 4, "--batch-size", 4,
                                "--lr", LR, "--checkpoint-every", 2)) == 130
     monkeypatch.undo()
@@ -340,7 +340,7 @@ def test_non_finite_loss_stops_with_user_error(toy_voc_root, tmp_path, monkeypat
     def step(self, batch, optimizers):
         calls.append(1)
         metrics = real_step(self, batch, optimizers)
-        return {**metrics, "loss": float("nan")} if len(calls) == 3 else metrics
+        return {**metrics, "loss": float("nan")} if len(calls) == 4 else metrics  # the first counts FLOPs
 
     monkeypatch.setattr(ContextEncoder, "train_step", step)
     out = tmp_path / "run"
@@ -495,7 +495,7 @@ class FailsAtStepThree(Autoencoder):
 
     def train_step(self, batch, optimizers):
         type(self).calls += 1
-        if type(self).calls == 3:
+        if type(self).calls == 4:  # the first call is the step whose FLOPs bench pretrain counts
             raise UserError("the method gave up at step 3")
         return super().train_step(batch, optimizers)
 """

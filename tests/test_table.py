@@ -10,12 +10,12 @@ from benchmarks.cli import main
 from benchmarks.table import write_table
 
 
-def record(folder, name, label, task, protocol, value, seed, pretrain_seconds=600.0, data="pets-voc"):
+def record(folder, name, label, task, protocol, value, seed, pretrain_seconds=600.0, data="pets-voc", **more):
     path = folder / name / "record.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({
         "task": task, "protocol": protocol, "pretrain_method": label.split(" ")[0], "pretrain_label": label,
-        "pretrain_seconds": pretrain_seconds, "seed": seed, "data_root": f"/data/{data}", "value": value}))
+        "pretrain_seconds": pretrain_seconds, "seed": seed, "data_root": f"/data/{data}", "value": value, **more}))
 
 
 @pytest.fixture
@@ -52,6 +52,21 @@ def test_table_rows_and_numbers(records, tmp_path):
     assert measured[("context-encoder (random-region)", "Classification")]["n"] == 2
     assert (out / "table.md").read_text().startswith("| Pretraining | Source |")
     assert (out / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pretraining_compute_is_shown_beside_the_time(tmp_path):
+    folder = tmp_path / "records"
+    record(folder, "a", "context-encoder", "seg", "finetune", 0.3, 0, pretrain_flops=2e15)
+    record(folder, "b", "context-encoder", "seg", "finetune", 0.4, 1, pretrain_flops=2e15)
+    record(folder, "c", "autoencoder", "seg", "finetune", 0.3, 0, pretrain_flops=3.4e9)
+    record(folder, "d", "random", "seg", "finetune", 0.2, 0, pretrain_seconds=0.0, pretrain_flops=0.0)
+    record(folder, "e", "rotation", "seg", "finetune", 0.2, 0)  # a record from before compute was counted
+    write_table(folder, tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "table.csv", keep_default_na=False).set_index("Pretraining")
+    assert list(table.columns[1:3]) == ["Pretraining time", "Pretraining compute"]
+    assert table["Pretraining compute"].to_dict() == {
+        **{name: "" for name in table.index if name.endswith("(paper)")},
+        "context-encoder": "2.0 PFLOP", "autoencoder": "3.4 GFLOP", "random": "none", "rotation": "not measured"}
 
 
 def test_a_full_disk_leaves_the_table_folder_as_it_was(records, tmp_path, monkeypatch, capsys):

@@ -35,7 +35,7 @@ def test_segmentation_record(toy_voc_root, tmp_path):
     assert record["year"] == "2012" and (record["train_split"], record["test_split"]) == ("train", "val")
     assert 0 <= record["value"] <= 1
     assert list(record["per_class"]) == ["background", *VOC_CLASSES]
-    assert record["init"] == "random" and record["pretrain_seconds"] == 0
+    assert record["init"] == "random" and record["pretrain_seconds"] == 0 and record["pretrain_flops"] == 0
     assert record["config"]["steps"] == 3 and "torch" in record["environment"]
     # The confusion matrix counts every non-void pixel of the val masks at their original size.
     confusion = np.array(json.loads((out / "confusion.json").read_text())["confusion"])
@@ -63,6 +63,7 @@ def test_classification_svm_from_pretrained_run(toy_voc_root, tmp_path, pretrain
     record = read_record(out)
     assert record["protocol"] == "svm" and record["pretrain_method"] == "context-encoder"
     assert record["init"] == str(pretrain_run) and record["pretrain_seconds"] > 0
+    assert record["pretrain_flops"] == json.loads((pretrain_run / "encoder.json").read_text())["pretrain_flops"] > 0
     assert 0 <= record["value"] <= 1
 
 

@@ -1,11 +1,14 @@
 """The configuration of a transfer run, apart from the task code, so that the tasks and the code
 they share can all use it without importing transfer.tasks."""
+import dataclasses
 from dataclasses import dataclass
 
 from data.check import BAD_ANNOTATION_POLICIES, BAD_ANNOTATIONS_HELP
 from data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP
+from pretrain.probe import PROBE_PROTOCOLS
 from runtime.device import DeviceOptions, seed_value
-from runtime.options import option
+from runtime.options import at_least, option, positive
+
 
 def task_names():
     """The names `--task` takes, sorted: the tasks of transfer.tasks.TASKS, which checks that it has
@@ -44,6 +47,19 @@ class TransferConfig(DeviceOptions):
     bad_images: str = option("fail", BAD_IMAGES_HELP, choices=BAD_IMAGE_POLICIES)
     bad_annotations: str = option("error", BAD_ANNOTATIONS_HELP, choices=BAD_ANNOTATION_POLICIES)
     checkpoint_every: int = option(100, "steps between training checkpoints (what --resume continues from)")
+    probe_protocol: str = option("sampled", "probe only: how the kNN scores, as a set: sampled (k 20, temperature "
+                                 "0.07, a fixed class-balanced sample of 300 train and 150 test images per class) "
+                                 "or lightly (lightly's imagenette benchmark, comparable with its published "
+                                 "numbers: k 200, temperature 0.1, the whole train and test splits); the four "
+                                 "options below change one value of it", choices=tuple(PROBE_PROTOCOLS))
+    knn_k: int | None = option(None, "probe only: neighbours in the kNN vote (default: --probe-protocol's)",
+                               check=at_least(1))
+    knn_temperature: float | None = option(None, "probe only: temperature T of the kNN vote's weights exp(cos / T) "
+                                           "(default: --probe-protocol's)", check=positive)
+    probe_train_per_class: int | None = option(None, "probe only: images per class of --train-split, 0: all "
+                                               "(default: --probe-protocol's)", check=at_least(0))
+    probe_test_per_class: int | None = option(None, "probe only: images per class of --test-split, 0: all "
+                                              "(default: --probe-protocol's)", check=at_least(0))
     label: str | None = option(None, "row name in `bench table` (default: the --init encoder's own)")
     image_size_from: str | None = None  # set by run_task: "option", "encoder.json" or "default"
 
@@ -54,3 +70,11 @@ class TransferConfig(DeviceOptions):
     def input_runs(self):
         """(option, path) of the run the encoder comes from: the run folder must not replace it."""
         return [("--init", self.init)]
+
+
+def probe_protocol(config):
+    """The ProbeProtocol `config` (a TransferConfig) asks for: its --probe-protocol with the values
+    that its probe options (knn_k, ..., None: the protocol's) change."""
+    chosen = PROBE_PROTOCOLS[config.probe_protocol]
+    return dataclasses.replace(chosen, **{field.name: getattr(config, field.name) for field in dataclasses.fields(chosen)
+                                          if getattr(config, field.name) is not None})

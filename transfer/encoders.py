@@ -43,8 +43,8 @@ def load_encoder(init):
       "timm:<model>:PATH": a timm model's state_dict file (its ImageNet weights, or
           `bench export --to timm`), cut to its feature stages.
     info holds method, label, arch, input_mean/input_std (None for random: use the data's own),
-    pretrain_seconds, the source path, and identity, settings and control_identity (None where
-    there is no pretraining to control).
+    pretrain_seconds and pretrain_flops (None where not known), the source path, and identity,
+    settings and control_identity (None where there is no pretraining to control).
     """
     encoder, info = _load(str(init))
     if "identity" not in info:  # no pretraining run: the init's kind is the whole experiment
@@ -63,13 +63,13 @@ def _load(init):
                     torch.nn.init.normal_(layer.weight, 0.0, 0.01)
                     torch.nn.init.zeros_(layer.bias)
         return encoder, {"init": init, "method": init, "label": RANDOM_INITS[init], "arch": "alexnet",
-                         "input_mean": None, "input_std": None, "pretrain_seconds": 0.0,
+                         "input_mean": None, "input_std": None, "pretrain_seconds": 0.0, "pretrain_flops": 0.0,
                          "data_init": init == RANDOM_KRAEHENBUEHL}
     if init == RANDOM or init.startswith(f"{RANDOM}:"):
         arch = init.removeprefix(RANDOM).removeprefix(":") or "alexnet"
         return build_backbone(arch), {"init": init, "method": RANDOM, "label": label_with_arch(RANDOM, arch),
                                       "arch": arch, "input_mean": None, "input_std": None,
-                                      "pretrain_seconds": 0.0}
+                                      "pretrain_seconds": 0.0, "pretrain_flops": 0.0}
     if init.startswith(TORCHVISION_PREFIX):
         return _load_torchvision_alexnet(init)
     if init.startswith(TIMM_PREFIX):

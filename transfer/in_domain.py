@@ -3,8 +3,9 @@ features, unchanged, tell the classes of a class-folder root (ImageNet's layout,
 imagenette: train/<class>/ -> val/<class>/).
 
 No fine-tuning, so it needs no schedule and resolves what pretraining did to the features
-themselves: kNN top-1 at the output (pool5 for AlexNet) and a linear probe (logistic regression
-on standardised features) at every layer, each map average-pooled to about 9k values (the 2016
+themselves: kNN top-1 at the output (pool5 for AlexNet; --probe-protocol: this suite's sample, or
+lightly's imagenette protocol on the whole splits) and a linear probe (logistic regression on
+standardised features) at every layer, each map average-pooled to about 9k values (the 2016
 protocol of Zhang et al.); the record also holds the share of units per layer that never fire.
 The record's value is the linear top-1 at the output; its per_class field holds the linear
 top-1 of each layer, conv1 .. pool5.
@@ -17,6 +18,7 @@ from data.check import checked_class_folders
 from pretrain.probe import ClassFolderProbe, class_balanced_sample, output_name
 from runtime.device import resolve_device, seed_everything
 from runtime.errors import UserError
+from .config import probe_protocol
 from .encoders import load_encoder
 from .finetune import data_dependent_init
 from .records import write_record
@@ -40,7 +42,7 @@ def run_in_domain(config, run_dir, progress=True):
         mean, std = channel_stats(class_balanced_sample(root / config.train_split, classes, 100,
                                                         bad_images=config.bad_images)[0])
     probe = ClassFolderProbe(root, config.image_size, mean, std, config.train_split, config.test_split,
-                             config.bad_images)
+                             config.bad_images, probe_protocol(config))
     train_images = probe.images[config.train_split]
     init_info = data_dependent_init(encoder, init_info, train_images[::max(1, len(train_images) // CALIBRATION_IMAGES)],
                                     config.rescale)

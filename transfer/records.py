@@ -4,6 +4,7 @@ import math
 import time
 from pathlib import Path
 
+from pretrain.probe import PROBE_PROTOCOLS
 from runtime import distributed, formats
 from runtime.identity import data_name, identity
 from runtime.readers import read_json
@@ -15,15 +16,20 @@ from .encoders import read_encoder_json
 # came from, its table label, and the paths of its init and data (the init's own identity and the
 # data's name stand for them). Bad images or annotations left out change the data, and with it the
 # image count a check reports, not these options' values.
+# --probe-protocol only names the values the probe options then hold.
 NOT_IDENTITY = {"seed", "workers", "checkpoint_every", "device", "compile", "image_size_from", "init", "label",
-                "bad_images", "bad_annotations", "data_root"}
+                "bad_images", "bad_annotations", "data_root", "probe_protocol"}
+# The probe's options enter the identity where they differ from the sample the probe always took
+# before they were options (None: a task that has no probe), so earlier records keep theirs.
+EARLIER_PROBE = dataclasses.asdict(PROBE_PROTOCOLS["sampled"])
 
 
 def transfer_settings(config):
     """What decides a transfer's numbers beside its encoder (`config` a TransferConfig or its dict):
     the input of the record's identity."""
     config = config if isinstance(config, dict) else dataclasses.asdict(config)
-    settings = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    settings = {k: v for k, v in config.items() if k not in NOT_IDENTITY
+                and not (k in EARLIER_PROBE and v in (None, EARLIER_PROBE[k]))}
     return {**settings, "data": data_name(config.get("data_root"))}
 
 
@@ -63,7 +69,8 @@ def write_record(run_dir, config, init_info, metric_name, metric, per_class, cla
         "pretrain_settings": init_info["settings"], "transfer_settings": settings,
         "init": init_info.get("init"), "pretrain_method": init_info.get("method"),
         "pretrain_label": init_info.get("label", init_info.get("method")),
-        "pretrain_seconds": init_info.get("pretrain_seconds"), "seed": config.seed,
+        "pretrain_seconds": init_info.get("pretrain_seconds"), "pretrain_flops": init_info.get("pretrain_flops"),
+        "seed": config.seed,
         "data_root": config.data_root, "year": config.year,
         "image_size": config.image_size, "image_size_from": config.image_size_from,
         "train_split": config.train_split, "test_split": config.test_split,

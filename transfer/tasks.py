@@ -11,7 +11,7 @@ from runtime.errors import UserError
 from runtime.readers import read_json
 from runtime.runfiles import CHECKPOINT, save_json, staged_run_dir
 from .classification import run_classification
-from .config import task_names
+from .config import probe_protocol, task_names
 from .detection import run_detection
 from .encoders import pretrained_image_size
 from .in_domain import run_in_domain
@@ -33,7 +33,7 @@ def run_task(config, run_dir, progress=True):
     """Run `config`'s task into run_dir (resuming from its checkpoint when there is one); the record."""
     start_process(config.device)  # under torchrun: join the process group
     check_transfer_options(config)
-    config = with_image_size(with_task_data(config))
+    config = with_probe_protocol(with_image_size(with_task_data(config)))
     _check_same_run(config, run_dir / "config.json")
     distributed.barrier()  # every process has compared before the main one rewrites it
     if distributed.is_main():
@@ -75,6 +75,14 @@ def with_task_data(config):
     return dataclasses.replace(
         config, year=config.year or (data["year"] and voc_year(config.data_root, data["year"])),
         train_split=config.train_split or data["train_split"], test_split=config.test_split or data["test_split"])
+
+
+def with_probe_protocol(config):
+    """A probe's `config` with the values of its --probe-protocol filled in where no option changed
+    them, so that its config.json and record say what it ran with; other tasks' unchanged."""
+    if config.task != "probe":
+        return config
+    return dataclasses.replace(config, **dataclasses.asdict(probe_protocol(config)))
 
 
 def transfer_run_name(config):
