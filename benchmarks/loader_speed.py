@@ -19,7 +19,7 @@ from pretrain.runs import build_method, build_pretraining, count_flops, fixed_ba
 from pretrain.train import PretrainConfig
 from runtime.device import synchronize
 
-# The paper preset's pretraining (benchmarks/presets/paper.yaml; DESIGN §3).
+# The paper preset's pretraining (benchmarks/presets/paper.yaml; docs/protocol.md, "The paper preset").
 PAPER_PRETRAINING = {"image_size": 227, "batch_size": 128, "steps": 100_000, "mask": "random-region"}
 # Fraction of its bf16 peak a GPU is assumed to reach on the AlexNet context encoder's training
 # step when it was not measured: an assumption, printed with every projection that uses it (our

@@ -6,7 +6,7 @@ learnable, and the background is regular, so context predicts a hole. Objects ar
 35-75% of the image's shorter side, as VOC's objects often are) so that FCN-32s and Fast R-CNN,
 whose features have a stride of 16-32 px, can resolve them at 128 px; and the set uses the first
 `classes` VOC classes (10 by default), so that fine-tuning learns them in a few hundred steps on a
-CPU. The files follow the real VOC layout (see DESIGN.md section 6), so everything that reads VOC
+CPU. The files follow the real VOC layout (docs/protocol.md, "VOC layout"), so everything that reads VOC
 reads this set unchanged; classes that never occur score no AP and no IU (they are left out of the
 means, not counted as zero).
 """

@@ -1,4 +1,4 @@
-"""The paper's networks (DESIGN §3): the AlexNet feature-learning context encoder, the
+"""The paper's networks (docs/protocol.md, "Networks"): the AlexNet feature-learning context encoder, the
 inpainting generator (4000-d bottleneck) and the DCGAN discriminator."""
 import math
 from dataclasses import dataclass

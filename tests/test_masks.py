@@ -1,4 +1,4 @@
-"""Hole masks (DESIGN §3c): coverage rules, determinism, VOC shape loading and error cases."""
+"""Hole masks (docs/protocol.md, "Hole masks"): coverage rules, determinism, VOC shape loading and error cases."""
 import pickle
 
 import numpy as np

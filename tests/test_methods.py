@@ -1,6 +1,6 @@
 """Pretext methods: one smoke harness runs every registered method on toy data (a few steps,
-finite losses, the encoder loads into every transfer task's model); the README's "Add a pretext
-method" example runs through pretrain -> transfer -> table as a --plugin; entry points and
+finite losses, the encoder loads into every transfer task's model); docs/extending.md's "Add a
+pretext method" example runs through pretrain -> transfer -> table as a --plugin; entry points and
 `bench methods`; labelled image folders for the supervised method."""
 import importlib.metadata
 import json
@@ -22,7 +22,7 @@ from transfer.config import TransferConfig
 from transfer.segmentation import FCN32s
 from helpers import bench
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
 BUILT_IN = sorted(METHODS)
 SIZE = 64
 VIT = f"timm:vit_tiny_patch16_224,depth=2,patch_size=8,img_size={SIZE}"

@@ -1,4 +1,4 @@
-"""The paper's networks (DESIGN §3a, §3b): shapes, sizes and the channel-wise FC layer."""
+"""The paper's networks (docs/protocol.md, "Networks"): shapes, sizes and the channel-wise FC layer."""
 import pytest
 import torch
 from torch import nn

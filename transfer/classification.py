@@ -1,4 +1,4 @@
-"""VOC07 multi-label classification (DESIGN §4): trainval -> test, per-class AP and mAP.
+"""VOC07 multi-label classification (docs/protocol.md, "Transfer tasks"): trainval -> test, per-class AP and mAP.
 
 Two protocols:
 * finetune  the whole network: encoder + fresh fc6/fc7 (dropout 0.5) + a 20-way layer, sigmoid

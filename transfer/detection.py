@@ -1,4 +1,4 @@
-"""Fast R-CNN detection on the encoder (DESIGN §4): VOC2007 trainval -> test, VOC07 mAP@0.5.
+"""Fast R-CNN detection on the encoder (docs/protocol.md, "Transfer tasks"): VOC2007 trainval -> test, VOC07 mAP@0.5.
 
 The encoder up to conv5 (stride 16; a timm backbone: its last stage) feeds RoI max pooling to
 6x6, fresh fc6/fc7 and the

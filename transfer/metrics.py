@@ -1,4 +1,4 @@
-"""Evaluation metrics of the transfer tasks (DESIGN.md §4), as pure functions. Classification's
+"""Evaluation metrics of the transfer tasks (docs/protocol.md, "Metrics"), as pure functions. Classification's
 mAP is runtime.metrics.classification_ap, which the pretraining probe scores with too.
 
 - Detection: the PASCAL VOC 2007 devkit (VOCevaldet.m): greedy matching at IoU >= 0.5 in order of

@@ -1,4 +1,4 @@
-"""FCN-32s semantic segmentation on the encoder (DESIGN §4): VOC2012 train -> val, mean IU.
+"""FCN-32s semantic segmentation on the encoder (docs/protocol.md, "Transfer tasks"): VOC2012 train -> val, mean IU.
 
 fc6/fc7 become fresh convolutions, a 21-way 1x1 classifier scores each pool5 cell, and the scores
 are upsampled bilinearly (x32 for the paper's sizes) to the input. fc6 is a 3x3 convolution

@@ -20,7 +20,7 @@ from .segmentation import run_segmentation
 DEFAULT_IMAGE_SIZE = 96
 TASKS = {"cls": run_classification, "det": run_detection, "seg": run_segmentation, "probe": run_in_domain}
 assert sorted(TASKS) == list(task_names()), "transfer.config.task_names() must name the tasks"
-# The paper's data for each task (DESIGN §4).
+# The paper's data for each task (docs/protocol.md, "Transfer tasks").
 TASK_DATA = {
     "seg": {"year": "2012", "train_split": "train", "test_split": "val"},
     "cls": {"year": "2007", "train_split": "trainval", "test_split": "test"},
