@@ -276,8 +276,8 @@ def plan_suite(preset, suite, progress=True):
     for name, options in preset["methods"].items():
         for seed in seeds:
             if _no_pretraining(options):  # a random-init row
-                options = options or {}
-                encoders[name, seed] = (options.get("init", "random"), options.get("label") or name, None)
+                init_only = options or {}
+                encoders[name, seed] = (init_only.get("init", "random"), init_only.get("label") or name, None)
                 continue
             config = pretrain_config(preset, options, f"methods.{name}")
             config = dataclasses.replace(config, label=config.label or name)  # rows keep the preset's names
