@@ -31,10 +31,10 @@ def seg(root, init, out):
 
 @pytest.fixture(scope="module")
 def sweep(toy_voc_root, tmp_path_factory):
-    """Three pretrainings: lr 1e-3 with seeds 0 and 1, and lr 1e-5 with BatchNorm; each
-    transferred to segmentation; the table of their records."""
+    """Four pretrainings: lr 1e-3 with seeds 0 and 1, its no-learning control, and lr 1e-5 with
+    BatchNorm; each transferred to segmentation; the table of their records."""
     folder = tmp_path_factory.mktemp("sweep")
-    runs = {"a0": ("--lr", "1e-3"), "a1": ("--lr", "1e-3", "--seed", 1),
+    runs = {"a0": ("--lr", "1e-3"), "a1": ("--lr", "1e-3", "--seed", 1), "control": ("--lr", "1e-3", "--no-learning"),
             "b": ("--lr", "1e-5", "--encoder-norm", "batch")}
     for name, options in runs.items():
         pretrain(toy_voc_root, folder / "pretrain" / name, *options)
@@ -46,7 +46,8 @@ def sweep(toy_voc_root, tmp_path_factory):
 def test_runs_that_differ_in_a_setting_get_rows_of_their_own_named_by_it(sweep):
     table = pd.read_csv(sweep / "table" / "table.csv", keep_default_na=False)
     measured = table[~table["Pretraining"].str.endswith("(paper)")].set_index("Pretraining")["Segmentation"]
-    assert sorted(measured.index) == ["context-encoder (central; encoder_norm batch, lr 1e-05)",
+    assert sorted(measured.index) == ["context-encoder (central, no learning)",
+                                      "context-encoder (central; encoder_norm batch, lr 1e-05)",
                                       "context-encoder (central; encoder_norm none, lr 0.001)"]
     assert measured["context-encoder (central; encoder_norm none, lr 0.001)"].endswith("(n=2)")  # the two seeds
     assert measured["context-encoder (central; encoder_norm batch, lr 1e-05)"].endswith("(n=1)")
@@ -71,8 +72,8 @@ def test_identity_ignores_key_order_and_descriptions_name_what_differs():
     assert describe(runs[1], differing(runs)) == "lr 1e-05, norm none"
 
 
-def test_no_learning_moves_no_weight_and_pairs_with_its_learned_run(sweep, toy_voc_root, tmp_path):
-    control = pretrain(toy_voc_root, tmp_path / "control", "--lr", "1e-3", "--no-learning")
+def test_no_learning_moves_no_weight_and_pairs_with_its_learned_run(sweep):
+    control = sweep / "pretrain" / "control"
     config = load_run_config(control)
     seed_everything(config.seed)
     initial = build_method(config).encoder.state_dict()
@@ -82,6 +83,9 @@ def test_no_learning_moves_no_weight_and_pairs_with_its_learned_run(sweep, toy_v
     made = json.loads((control / "encoder.json").read_text())
     assert learned["control_identity"] == made["identity"]
     assert made["label"] == "context-encoder (central, no learning)"
+    differences = pd.read_csv(sweep / "table" / "differences.csv")
+    against = differences[differences["row"] == "context-encoder (central; encoder_norm none, lr 0.001)"]["against"]
+    assert "context-encoder (central, no learning)" in set(against)  # learned minus its own control
 
 
 def test_no_learning_with_batchnorm_folds_gathered_statistics(toy_voc_root, tmp_path):
@@ -109,7 +113,7 @@ def _as_version_1(path):
 
 def test_files_of_the_earlier_format_still_load(sweep, tmp_path):
     folder = shutil.copytree(sweep, tmp_path / "old")
-    for name in ("a0", "a1", "b"):
+    for name in ("a0", "a1", "control", "b"):
         for path in (folder / "pretrain" / name / "config.json", folder / "pretrain" / name / "encoder.json",
                      folder / "transfer" / name / "record.json"):
             _as_version_1(path)
@@ -118,7 +122,7 @@ def test_files_of_the_earlier_format_still_load(sweep, tmp_path):
     # Records whose run folders moved away: grouped by their label, as before identities.
     write_table(folder / "transfer", tmp_path / "table")
     table = pd.read_csv(tmp_path / "table" / "table.csv", keep_default_na=False).set_index("Pretraining")
-    assert len(table[~table.index.str.endswith("(paper)")]) == 2
+    assert len(table[~table.index.str.endswith("(paper)")]) == 3
 
 
 def test_a_newer_format_is_refused_in_one_line(pretrain_run, toy_voc_root, tmp_path, capsys):
