@@ -22,7 +22,7 @@ from transfer.config import TransferConfig
 from transfer.segmentation import FCN32s
 from helpers import bench
 
-README = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
+EXTENDING = Path(__file__).resolve().parent.parent / "docs" / "extending.md"
 BUILT_IN = sorted(METHODS)
 SIZE = 64
 VIT = f"timm:vit_tiny_patch16_224,depth=2,patch_size=8,img_size={SIZE}"
@@ -69,31 +69,38 @@ def test_every_method_trains_and_transfers(method, arch, toy_voc_root, tmp_path)
     loads_into_every_task(out)
 
 
-def readme_example():
-    section = README.read_text().split("## Add a pretext method", 1)[1]
+def docs_example(heading):
+    section = EXTENDING.read_text().split(f"## {heading}", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_readme_example_runs_through_pretrain_transfer_and_table(toy_voc_root, tmp_path, capsys,
-                                                                  private_registry):
-    example = readme_example()
-    assert len(example.splitlines()) <= 50
+# The plug-ins of docs/extending.md: (its heading, the method it registers, an option of its own).
+DOCS_EXAMPLES = [("Add a pretext method", "colourisation", ("loss", "l1")),
+                 ("A modern method, worked", "tiny-simclr", ("temperature", 0.3))]
+
+
+@pytest.mark.parametrize("heading, method, option", DOCS_EXAMPLES, ids=[m for _, m, _ in DOCS_EXAMPLES])
+def test_docs_examples_run_through_pretrain_transfer_and_table(heading, method, option, toy_voc_root, tmp_path,
+                                                               capsys, private_registry):
+    example = docs_example(heading)
+    assert len(example.splitlines()) <= 60
     plugin = tmp_path / "my_methods.py"
     plugin.write_text(example)
     assert bench("methods", "--plugin", plugin) == 0
-    assert "colourisation" in capsys.readouterr().out
-    run = tmp_path / "colour"
-    assert bench("pretrain", "--plugin", plugin, "--method", "colourisation", "--loss", "l1",
+    assert method in capsys.readouterr().out
+    run = tmp_path / "run"
+    name, value = option
+    assert bench("pretrain", "--plugin", plugin, "--method", method, f"--{name}", value,
                  "--data-root", toy_voc_root, "--out", run, "--image-size", SIZE, "--steps", 2, "--batch-size", 4,
                  "--workers", 0) == 0
     # Its own option, declared in the plug-in only, reaches the run and its record.
-    assert json.loads((run / "config.json").read_text())["config"]["method_options"] == {"loss": "l1"}
+    assert json.loads((run / "config.json").read_text())["config"]["method_options"] == {name: value}
     records = tmp_path / "records"
     assert bench("transfer", "--task", "cls", "--protocol", "svm", "--init", run, "--data-root", toy_voc_root,
                  "--image-size", SIZE, "--workers", 0, "--out", records / "svm") == 0
     assert bench("table", "--records", records, "--out", tmp_path / "table") == 0
     rows = json.loads((tmp_path / "table" / "table.json").read_text())["rows"]
-    measured = [row for row in rows if row["Pretraining"] == "colourisation"]
+    measured = [row for row in rows if row["Pretraining"] == method]
     assert len(measured) == 1 and measured[0]["Classification (SVM)"].endswith("(n=1)")
 
 
