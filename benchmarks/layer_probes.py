@@ -12,6 +12,7 @@ import matplotlib
 import pandas as pd
 
 from runtime.runfiles import write_atomically
+from transfer.in_domain import PROBE
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -22,7 +23,7 @@ PUBLISHED = Path(__file__).resolve().parent.parent / "results" / "published_line
 def layer_means(records):
     """{row: {layer: mean linear top-1 in %}} from (path, record, task) of in-domain probe records."""
     rows = [{"row": record.get("pretrain_label") or record["pretrain_method"], "layer": layer, "value": 100 * value}
-            for _, record, task in records if task == "probe" for layer, value in record["per_class"].items()
+            for _, record, task in records if task == PROBE.name for layer, value in record["per_class"].items()
             if value is not None]
     if not rows:
         return pd.DataFrame(columns=["row", "layer", "value"])

@@ -28,7 +28,8 @@ from runtime.errors import UserError
 from runtime.options import at_least, option, parse_options
 from runtime.progress import info
 from runtime.runfiles import CHECKPOINT, check_output_of, has_interrupted_run, staged_run_dir
-from transfer.config import TransferConfig, task_names
+from transfer.config import TransferConfig
+from transfer.registry import CLASS_FOLDERS, get_task, task_names
 from transfer.tasks import check_transfer_options, run_task
 from .job_states import STATE_FILE, read_job_file, read_job_states, start_job_states, write_job_states
 from .launcher import LAUNCHERS, cluster_options, launch
@@ -292,10 +293,11 @@ def plan_suite(preset, suite, progress=True):
     for task_name, task_options in preset["tasks"].items():
         for (name, seed), (init, label, maker) in encoders.items():
             config = parse_options(TransferConfig, {**preset["transfer"], **task_options}, f"preset tasks.{task_name}")
-            if config.task == "probe" and not in_domain:
-                raise UserError(f"preset tasks.{task_name} is an in-domain probe: give --in-domain-data, a "
+            on_class_folders = get_task(config.task).data_kind == CLASS_FOLDERS
+            if on_class_folders and not in_domain:
+                raise UserError(f"preset tasks.{task_name} reads class folders: give --in-domain-data, a "
                                 f"class-folder root (train/<class>/, val/<class>/)")
-            task_root = in_domain if config.task == "probe" else transfer_root
+            task_root = in_domain if on_class_folders else transfer_root
             config = dataclasses.replace(config, init=init, label=label, data_root=str(task_root), seed=seed,
                                          device=device)
             jobs.append(Job(f"transfer/{task_name}-{name}-seed{seed}", config=config,

@@ -3,15 +3,16 @@
 Table 2 (transfer): measured rows group records by (pretraining method, data set); each task cell
 is "mean ± std (n)" over seeds, in percent; beside the pretraining time, its compute (training
 FLOPs, steps x the FLOPs of one step, from encoder.json), the budget rows compare at. Written as table.csv, table.md, table.json, table.png.
-In-domain probe records (`--task probe`, on a class-folder root) fill the In-domain columns of
-their method's row. Beside it, what the table can resolve (benchmarks.resolution): per column its
-range, positive control and seed spread (resolution.csv/.md), and per pretrained row its
-difference from the best random init and the autoencoder with a 95% interval
-(differences.csv/.md); table.json holds both.
+Each task's records fill the columns its registration names (transfer.registry); those of a task
+on class folders (the in-domain probe) join the row of their method's transfer records. Beside
+it, what the table can resolve (benchmarks.resolution): per column its range, positive control
+and seed spread (resolution.csv/.md), and per pretrained row its difference from the best random
+init and the autoencoder with a 95% interval (differences.csv/.md); table.json holds both.
 Table 1 (inpainting, from `bench eval-inpaint` records): one row per (method, data set, hole kind),
 mean L1 and L2 in percent, PSNR in dB and SSIM, each "mean ± std (n)" over pretraining seeds.
 Written as inpaint_table.csv, .md and .json.
 """
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from runtime.identity import describe, differing
 from runtime.options import option
 from runtime.progress import warning
 from runtime.runfiles import save_json, staged_files, write_atomically
+from transfer.config import TransferConfig
 from transfer.records import read_record
+from transfer.registry import CLASS_FOLDERS, get_task, registered_tasks
 from .layer_probes import write_layer_probes
 from .resolution import column_resolution, row_differences
 
@@ -38,13 +41,8 @@ INPAINT_TASK = "inpaint"
 # Inpainting columns: (record metric, heading, scale, decimals).
 INPAINT_COLUMNS = [("l1", "Mean L1 (%)", 100, 2), ("l2", "Mean L2 (%)", 100, 2),
                    ("psnr", "PSNR (dB)", 1, 2), ("ssim", "SSIM", 1, 3)]
-# Column of each (task, protocol); the paper's numbers are full fine-tuning.
-COLUMNS = {("cls", "finetune"): "Classification", ("cls", "svm"): "Classification (SVM)",
-           ("det", "selective-search"): "Detection", ("det", "rpn"): "Detection (RPN)",
-           ("seg", "finetune"): "Segmentation", ("probe", "knn"): "In-domain kNN",
-           ("probe", "linear"): "In-domain linear"}
-IN_DOMAIN = {"In-domain kNN": "probe_knn_top1", "In-domain linear": None}  # None: the record's value
-PAPER_COLUMNS = {"cls": "Classification", "det": "Detection", "seg": "Segmentation"}
+# A record's settings from before an option was one had its default.
+TRANSFER_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TransferConfig)}
 COMPUTE_UNITS = {9: "GFLOP", 12: "TFLOP", 15: "PFLOP", 18: "EFLOP"}
 
 
@@ -63,9 +61,9 @@ def read_records(folder):
 
 
 def load_records(records):
-    """One row per transfer record of `records` (from read_records), two for an in-domain probe
-    record (kNN and linear). Records of one pretraining identity and data set make one table row
-    ("method" names it, see row_names); an in-domain row joins the transfer row of its identity
+    """One row per column that a transfer record of `records` (from read_records) fills (two for
+    an in-domain probe record: kNN and linear). Records of one pretraining identity and data set
+    make one table row ("method" names it, see row_names); an in-domain row joins the transfer row of its identity
     when that identity was transferred to one data set ("data" becomes that data set's,
     "probe_data" keeps its own)."""
     rows = []
@@ -80,18 +78,23 @@ def load_records(records):
                     "transfer_settings": record["transfer_settings"], "probe_data": "", "seed": record["seed"],
                     "pretrain_seconds": record["pretrain_seconds"],
                     "pretrain_flops": record.get("pretrain_flops"), "record": str(path)}
-            if task == "probe":
-                for column, key in IN_DOMAIN.items():
-                    value = record["value"] if key is None else record["metrics"][key]
-                    rows.append({**base, "column": column, "value": value, "probe_data": base["data"]})
-            else:
-                rows.append({**base, "column": COLUMNS[_variant(record)], "value": record["value"]})
+            kind = get_task(task)
+            variant = {**TRANSFER_DEFAULTS, "protocol": record["protocol"], **record.get("config", {})}[
+                kind.variant_option]
+            if kind.data_kind == CLASS_FOLDERS:
+                base["probe_data"] = base["data"]
+            for column in kind.columns:
+                if column.variant in (None, variant):
+                    value = record["value"] if column.metric is None else record["metrics"][column.metric]
+                    rows.append({**base, "column": column.heading, "value": value})
         except (KeyError, TypeError) as exc:
             raise UserError(f"{path} is not a transfer record ({exc})") from None
+        except UserError as exc:  # a task no module registered
+            raise UserError(f"{path}: {exc}") from None
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    in_domain = frame["column"].isin(list(IN_DOMAIN))
+    in_domain = frame["probe_data"] != ""
     for encoder, group in frame[~in_domain].groupby("identity"):
         if group["data"].nunique() == 1:
             frame.loc[in_domain & (frame["identity"] == encoder), "data"] = group["data"].iloc[0]
@@ -162,13 +165,6 @@ def load_inpaint_records(records):
     return pd.DataFrame(rows)
 
 
-def _variant(record):
-    """(task, protocol), or (det, proposal kind) for detection."""
-    if record["task"] == "det":
-        return "det", record.get("config", {}).get("proposals", "selective-search")
-    return record["task"], record["protocol"]
-
-
 def _cell(values, scale=100, decimals=1):
     values = values.dropna() * scale
     if values.empty:
@@ -198,8 +194,15 @@ def _compute(flops):
     return f"{flops / 10**exponent:.1f} {COMPUTE_UNITS[exponent]}"
 
 
+def paper_columns(paper):
+    """(task, column heading) of each task whose number the paper's table (a frame) holds."""
+    return [(task.name, column.heading) for task in registered_tasks() if task.name in paper
+            for column in task.columns if column.paper]
+
+
 def build_table(records):
     """(table rows for people, numeric summary for the plot and JSON)."""
+    headings = [column.heading for task in registered_tasks() for column in task.columns]
     summary = (records.groupby(["method", "data", "column"])["value"]
                .agg(mean="mean", std="std", n="count").reset_index())
     rows = []
@@ -207,18 +210,19 @@ def build_table(records):
     for _, p in paper.iterrows():
         rows.append({"Pretraining": f"{p['pretraining']} (paper)", "Source": "paper: PASCAL VOC, 227 px",
                      "Pretraining time": p["pretraining_time"],
-                     **{PAPER_COLUMNS[t]: ("" if pd.isna(p[t]) else f"{p[t]:.1f}") for t in PAPER_COLUMNS}})
+                     **{column: ("" if pd.isna(p[task]) else f"{p[task]:.1f}")
+                        for task, column in paper_columns(paper)}})
     for (method, data), group in records.groupby(["method", "data"], sort=True):
         probe_data = sorted(set(group["probe_data"]) - {"", data})
         source = f"measured: {data}" + "".join(f"; in-domain: {name}" for name in probe_data)
         row = {"Pretraining": method, "Source": source,
                "Pretraining time": _duration(group["pretrain_seconds"].mean()),
                "Pretraining compute": _compute(group["pretrain_flops"].mean())}
-        for column in COLUMNS.values():
+        for column in headings:
             row[column] = _cell(group.loc[group["column"] == column, "value"])
         rows.append(row)
     table = pd.DataFrame(rows).fillna("")
-    order = ["Pretraining", "Source", "Pretraining time", "Pretraining compute", *COLUMNS.values()]
+    order = ["Pretraining", "Source", "Pretraining time", "Pretraining compute", *headings]
     return table[[c for c in order if (table[c] != "").any()]], summary
 
 

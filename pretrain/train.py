@@ -126,10 +126,13 @@ def pretrain_run_name(config):
 
 
 def check_pretrain_options(config):
-    """A one-line error for a number of `config` out of its range."""
+    """A one-line error for a number of `config` out of its range, or options that do not go together."""
     check_training_options(config, ("--preview-every", config.preview_every, config.preview_every >= 1, "at least 1"),
                            ("--probe-every", config.probe_every, config.probe_every >= 1, "at least 1"),
                            ("--warmup-steps", config.warmup_steps, config.warmup_steps >= 0, "0 or more"))
+    if config.arch == "inpaint" and config.encoder_norm != "none":
+        # The inpainting network has BatchNorm of its own: the option would change nothing.
+        raise UserError(f"--encoder-norm {config.encoder_norm} applies to --arch alexnet, not --arch inpaint")
 
 
 def check_steps_or_budget(given, where="bench pretrain"):

@@ -49,8 +49,8 @@ class Parser(argparse.ArgumentParser):
 
 def option(default, help, choices=None, metavar=None, nargs=None, required=False, check=None, flags=None,
            repeat=False):
-    """A dataclass field with its command-line help. `choices` may be a function giving them when
-    the parser is built (e.g. the registered methods, plug-ins included); `nargs` makes a list;
+    """A dataclass field with its command-line help. `choices` and `help` may be functions giving
+    them when the parser is built (e.g. the registered methods, plug-ins included); `nargs` makes a list;
     `required`: the command line must give it (the dataclass default serves library callers);
     `check(value)` raises ValueError saying what is wrong with a value of the right type (a seed
     out of range), wherever the value comes from: a flag, a preset or a saved run; `flags`: the
@@ -129,7 +129,7 @@ def add_options(parser, cls, title=None, unset=None):
             continue
         kind, meta = _value_type(hints[field.name]), field.metadata
         default = field.default_factory() if field.default is dataclasses.MISSING else field.default
-        help = meta["help"]
+        help = meta["help"]() if callable(meta["help"]) else meta["help"]
         if unset:
             help += f" (default: {unset}" + (f", else {default})" if default is not None else ")")
         default = None if unset else default

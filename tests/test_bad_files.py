@@ -167,6 +167,8 @@ CASES = {
                                                          "inpaint"], "arch alexnet, image-size 96; these options "
                                                                      "differ: --arch inpaint, --image-size 64"),
     "pretrain size zero": (None, None, [*PRETRAIN, "--image-size", "0"], "--image-size must be at least 1, got 0"),
+    "pretrain inpaint with encoder norm": (None, None, [*PRETRAIN, "--arch", "inpaint", "--encoder-norm", "batch"],
+                                           "--encoder-norm batch applies to --arch alexnet, not --arch inpaint"),
     "pretrain steps a word": (None, None, [*PRETRAIN, "--steps", "many"], "argument --steps: takes int values"),
     "pretrain unknown option": (None, None, [*PRETRAIN, "--stepz", "3"], "unrecognized arguments: --stepz 3"),
     "pretrain unknown method": (None, None, [*PRETRAIN, "--method", "inpaint"], "argument --method: invalid choice"),

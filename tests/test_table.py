@@ -8,6 +8,8 @@ import pytest
 
 from benchmarks.cli import main
 from benchmarks.table import write_table
+from helpers import bench
+from transfer import registry
 
 
 def record(folder, name, label, task, protocol, value, seed, pretrain_seconds=600.0, data="pets-voc", **more):
@@ -96,3 +98,29 @@ def test_table_names_a_broken_record(tmp_path, capsys):
     (tmp_path / "x" / "record.json").write_text("{}")
     assert main(["table", "--records", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert str(tmp_path / "x" / "record.json") in capsys.readouterr().err
+
+
+def test_a_registered_task_is_offered_and_tabled(tmp_path, monkeypatch, capsys):
+    """A task registered from outside the package (as a plug-in would) is a `--task` choice with
+    its help, and its records fill the columns it declares, after the built-ins'."""
+    monkeypatch.setattr(registry, "TASKS", dict(registry.TASKS))  # the plug-in leaves with the test
+    registry.register(registry.TransferTask(
+        "cls-knn", "kNN on frozen features, mAP", lambda config, run_dir, progress: None, registry.VOC,
+        "trainval", "test", year="2007", columns=(registry.Column("Classification (kNN)"),)))
+    assert bench("transfer", "--help") == 0
+    help_text = capsys.readouterr().out
+    assert "{cls,cls-knn,det,probe,seg}" in help_text and "kNN on frozen features, mAP" in help_text
+
+    folder = tmp_path / "records"
+    record(folder, "a", "context-encoder", "cls-knn", "finetune", 0.4, 0)
+    record(folder, "b", "context-encoder", "seg", "finetune", 0.3, 0)
+    write_table(folder, tmp_path / "results")
+    table = pd.read_csv(tmp_path / "results" / "table.csv", keep_default_na=False).set_index("Pretraining")
+    assert table.loc["context-encoder", "Classification (kNN)"] == "40.0 (n=1)"
+    assert list(table.columns).index("Classification (kNN)") > list(table.columns).index("Segmentation")
+
+
+def test_a_record_of_an_unregistered_task_is_named(tmp_path, capsys):
+    record(tmp_path / "records", "a", "context-encoder", "depth", "finetune", 0.4, 0)
+    assert main(["table", "--records", str(tmp_path / "records"), "--out", str(tmp_path / "out")]) == 2
+    assert "unknown task 'depth'" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from runtime.progress import progress_bar
 from .encoders import calibrate_fresh_head
 from .finetune import Crops, evaluation_items, fit, seeded_batches, set_up_task
 from .records import write_record
+from .registry import VOC, Column, TransferTask, register
 
 TEST_CROPS = 10
 SVM_COSTS = (0.01, 0.1, 1.0, 10.0)
@@ -136,3 +137,9 @@ def _fit_svms(train_x, test_x, train_set, config, progress):
             svm.fit(train_x[keep], y)
         scores[:, c] = svm.decision_function(test_x)
     return scores
+
+
+register(TransferTask(
+    "cls", "multi-label classification, mAP", run_classification, VOC, "trainval", "test", year="2007",
+    protocols=("finetune", "svm"),
+    columns=(Column("Classification", "finetune", paper=True), Column("Classification (SVM)", "svm"))))

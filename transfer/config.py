@@ -8,31 +8,23 @@ from data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP
 from pretrain.probe import PROBE_PROTOCOLS
 from runtime.device import DeviceOptions, seed_value
 from runtime.options import at_least, option, positive
-
-
-def task_names():
-    """The names `--task` takes, sorted: the tasks of transfer.tasks.TASKS, which checks that it has
-    exactly these (written out here, as the task modules import this one)."""
-    return ("cls", "det", "probe", "seg")
+from .registry import task_help, task_names
 
 
 @dataclass
 class TransferConfig(DeviceOptions):
     """Everything a transfer run depends on; each field with help text is a `bench transfer` flag."""
-    task: str = option("seg", "seg: FCN-32s, mean IU; cls: mAP; det: Fast R-CNN, VOC07 mAP at IoU 0.5; probe: "
-                       "frozen features on a class-folder root (train/<class>/, val/<class>/), kNN top-1 and "
-                       "a linear probe at every layer",
-                       choices=task_names, required=True)
+    task: str = option("seg", task_help, choices=task_names, required=True)
     protocol: str = option("finetune", "cls only: finetune everything, or linear SVMs on frozen pool5 features",
                            choices=("finetune", "svm"))
     init: str = option("random", "a `bench pretrain` run folder, an encoder.pt, 'random' (He-normal), "
                        "'random-gaussian' (N(0, 0.01^2)), 'random-kraehenbuehl' (data-dependent) or "
                        "'torchvision-alexnet:PATH'")
-    data_root: str = option("", "a VOC root (default: the built-in toy VOC set); for --task probe a class-folder "
-                            "root such as ../shared/data/imagenette")
-    year: str | None = option(None, "VOC year (default: 2012 for seg, 2007 for cls/det, else the newest present)")
-    train_split: str | None = option(None, "default: train (seg), trainval (cls, det)")
-    test_split: str | None = option(None, "default: val (seg), test (cls, det)")
+    data_root: str = option("", "a VOC root (default: the built-in toy VOC set), or for a task on class folders "
+                            "(see --task) a class-folder root such as ../shared/data/imagenette")
+    year: str | None = option(None, "VOC year (default: the task's, see --task; else the newest present)")
+    train_split: str | None = option(None, "default: the task's, see --task")
+    test_split: str | None = option(None, "default: the task's, see --task")
     image_size: int | None = option(None, "crop side in px (the paper: 227); default: the size the --init "
                                     "encoder was pretrained at (its encoder.json), else 96")
     batch_size: int = option(16, "images per step (split between processes under torchrun)")

@@ -48,6 +48,7 @@ from .encoders import calibrate_fresh_head
 from .finetune import fit, seeded_batches, set_up_task
 from .metrics import TRUE_POSITIVE, detection_ap, match_detections
 from .records import write_record
+from .registry import VOC, Column, TransferTask, register
 
 PROPOSAL_KINDS = ("selective-search", "rpn")
 MAX_PROPOSALS = 2000        # selective-search boxes kept per image (its own ranking order)
@@ -329,3 +330,9 @@ def save_detection_grid(voc, detections, path, count=GRID_IMAGES, per_image=DRAW
     grid = make_grid(tiles, nrow=len(tiles), padding=2, pad_value=255)
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(path)
     return path
+
+
+register(TransferTask(
+    "det", "Fast R-CNN (or with --proposals rpn Faster R-CNN), VOC07 mAP at IoU 0.5", run_detection, VOC,
+    "trainval", "test", year="2007", variant_option="proposals",
+    columns=(Column("Detection", "selective-search", paper=True), Column("Detection (RPN)", "rpn"))))

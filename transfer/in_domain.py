@@ -10,6 +10,7 @@ protocol of Zhang et al.); the record also holds the share of units per layer th
 The record's value is the linear top-1 at the output; its per_class field holds the linear
 top-1 of each layer, conv1 .. pool5.
 """
+import dataclasses
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .config import probe_protocol
 from .encoders import load_encoder
 from .finetune import data_dependent_init
 from .records import write_record
+from .registry import CLASS_FOLDERS, Column, TransferTask, register
 
 CALIBRATION_IMAGES = 64  # training images for the data-dependent inits, as the other tasks
 
@@ -51,3 +53,14 @@ def run_in_domain(config, run_dir, progress=True):
     return write_record(run_dir, config, init_info, "top-1", scores[f"linear_top1_{output_name(encoder)}"],
                         [scores[f"linear_top1_{layer}"] for layer in layers], layers, started, metrics=scores)
 
+
+def with_probe_protocol(config):
+    """`config` with the values of its --probe-protocol filled in where no option changed them, so
+    that its config.json and record say what it ran with."""
+    return dataclasses.replace(config, **dataclasses.asdict(probe_protocol(config)))
+
+
+PROBE = register(TransferTask(
+    "probe", "frozen features, kNN top-1 and a linear probe at every layer", run_in_domain, CLASS_FOLDERS,
+    "train", "val", prepare=with_probe_protocol,
+    columns=(Column("In-domain kNN", metric="probe_knn_top1"), Column("In-domain linear"))))

@@ -27,6 +27,7 @@ from .encoders import calibrate_fresh_head
 from .finetune import fit, seeded_batches, set_up_task
 from .metrics import confusion_matrix, segmentation_scores
 from .records import write_record
+from .registry import VOC, Column, TransferTask, register
 
 NUM_CLASSES = 21  # background + 20
 GRID_IMAGES = 6  # test images in predictions.png
@@ -138,3 +139,8 @@ def run_segmentation(config, run_dir, progress=True):
         save_prediction_grid(model, test_set, mean, std, device, run_dir / "predictions.png")
     return write_record(run_dir, config, task.init_info, "mean_iu", scores["mean_iu"],
                         scores["per_class_iu"].tolist(), CLASS_NAMES, started)
+
+
+register(TransferTask(
+    "seg", "FCN-32s segmentation, mean IU", run_segmentation, VOC, "train", "val", year="2012",
+    columns=(Column("Segmentation", "finetune", paper=True),)))

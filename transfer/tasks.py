@@ -10,35 +10,26 @@ from runtime.engine import check_training_options
 from runtime.errors import UserError
 from runtime.readers import read_json
 from runtime.runfiles import CHECKPOINT, save_json, staged_run_dir
-from .classification import run_classification
-from .config import probe_protocol, task_names
-from .detection import run_detection
 from .encoders import pretrained_image_size
-from .in_domain import run_in_domain
-from .segmentation import run_segmentation
+from .registry import VOC, get_task, registered_tasks
 
 DEFAULT_IMAGE_SIZE = 96
-TASKS = {"cls": run_classification, "det": run_detection, "seg": run_segmentation, "probe": run_in_domain}
-assert sorted(TASKS) == list(task_names()), "transfer.config.task_names() must name the tasks"
-# The paper's data for each task (docs/protocol.md, "Transfer tasks").
-TASK_DATA = {
-    "seg": {"year": "2012", "train_split": "train", "test_split": "val"},
-    "cls": {"year": "2007", "train_split": "trainval", "test_split": "test"},
-    "det": {"year": "2007", "train_split": "trainval", "test_split": "test"},
-    "probe": {"year": None, "train_split": "train", "test_split": "val"},  # a class-folder root has no year
-}
+
 
 
 def run_task(config, run_dir, progress=True):
     """Run `config`'s task into run_dir (resuming from its checkpoint when there is one); the record."""
     start_process(config.device)  # under torchrun: join the process group
     check_transfer_options(config)
-    config = with_probe_protocol(with_image_size(with_task_data(config)))
+    task = get_task(config.task)
+    config = with_image_size(with_task_data(config))
+    if task.prepare:
+        config = task.prepare(config)
     _check_same_run(config, run_dir / "config.json")
     distributed.barrier()  # every process has compared before the main one rewrites it
     if distributed.is_main():
         save_json(dataclasses.asdict(config), run_dir / "config.json")
-    record = TASKS[config.task](config, run_dir, progress=progress)
+    record = task.run(config, run_dir, progress=progress)
     distributed.barrier()  # every process is done with the checkpoint
     if distributed.is_main():
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the record is the run's result now
@@ -47,17 +38,16 @@ def run_task(config, run_dir, progress=True):
 
 def check_transfer_options(config):
     """A one-line error for a task, a protocol or a number that `config` cannot run with."""
-    if config.task not in TASKS:
-        raise UserError(f"unknown task {config.task!r}; choose from {', '.join(sorted(TASKS))}")
-    if config.protocol == "svm" and config.task != "cls":
-        raise UserError("--protocol svm applies to --task cls only")
+    if config.protocol not in get_task(config.task).protocols:
+        takers = [task.name for task in registered_tasks() if config.protocol in task.protocols]
+        raise UserError(f"--protocol {config.protocol} applies to --task {' or '.join(takers)} only")
     check_training_options(config, ("--fc-width", config.fc_width, config.fc_width >= 1, "at least 1"))
 
 
 def run_transfer(config, folder, progress=True):
     """`bench transfer`: run `config` into folder.out (default: transfer_run_name), built in a
     staging folder that replaces it when complete. Returns the record."""
-    if config.task != "probe":  # the toy set is VOC; the probe needs a class-folder root
+    if get_task(config.task).data_kind == VOC:  # the toy set is VOC; other kinds have no default
         config = dataclasses.replace(config, data_root=str(config.data_root or default_data_root()))
     out = folder.check().out or transfer_run_name(config)
     with staged_run_dir(out, "transfer-run", folder.overwrite, folder.resume, config.input_paths(),
@@ -69,20 +59,12 @@ def run_transfer(config, folder, progress=True):
 
 
 def with_task_data(config):
-    """`config` with the task's paper data (TASK_DATA) where it gives no year or split: the year
-    when the root has it, else the newest year it has."""
-    data = TASK_DATA[config.task]
+    """`config` with the task's paper data where it gives no year or split: the year when the
+    root has it, else the newest year it has."""
+    task = get_task(config.task)
     return dataclasses.replace(
-        config, year=config.year or (data["year"] and voc_year(config.data_root, data["year"])),
-        train_split=config.train_split or data["train_split"], test_split=config.test_split or data["test_split"])
-
-
-def with_probe_protocol(config):
-    """A probe's `config` with the values of its --probe-protocol filled in where no option changed
-    them, so that its config.json and record say what it ran with; other tasks' unchanged."""
-    if config.task != "probe":
-        return config
-    return dataclasses.replace(config, **dataclasses.asdict(probe_protocol(config)))
+        config, year=config.year or (task.year and voc_year(config.data_root, task.year)),
+        train_split=config.train_split or task.train_split, test_split=config.test_split or task.test_split)
 
 
 def transfer_run_name(config):
@@ -93,7 +75,7 @@ def transfer_run_name(config):
         init_name = config.init
     else:
         init_name = (init.parent if init.name == "encoder.pt" else init).resolve().name.removesuffix(".pt")
-    variant = config.proposals if config.task == "det" else config.protocol
+    variant = getattr(config, get_task(config.task).variant_option)
     return f"runs/transfer/{config.task}-{variant}-{init_name}{'-rescaled' if config.rescale else ''}-seed{config.seed}"
 
 

@@ -4,8 +4,8 @@ Runs a command (default: the quick demo, `bench suite --preset quick`) alone and
 `nice -n 19` busy loop beside it, once per setting of the OpenMP variables torch reads when it is
 imported, and prints and writes the wall times (contention.json, contention.md):
 
-    python -m benchmarks.contention --out results/contention
-    python -m benchmarks.contention --settings "OMP_WAIT_POLICY=ACTIVE" "OMP_WAIT_POLICY=PASSIVE" -- \
+    python -m experiments.contention --out results/contention
+    python -m experiments.contention --settings "OMP_WAIT_POLICY=ACTIVE" "OMP_WAIT_POLICY=PASSIVE" -- \
         bench pretrain --steps 50 --out {out}
 
 `{out}` in the command is replaced by a fresh folder for each run. Nothing else should run on the
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .speed import hardware_name
+from benchmarks.speed import hardware_name
 
 DEFAULT_COMMAND = [str(Path(sys.executable).with_name("bench")), "suite", "--preset", "quick", "--out", "{out}",
                    "--quiet"]

@@ -5,7 +5,7 @@ per layer that never fire) every --probe-every steps; at the end its encoder get
 linear probe at every layer (`bench transfer --task probe`'s measurement). Finished runs are
 skipped, so a stopped sweep continues.
 
-    python -m benchmarks.probe_sweep --pretrain-data ../shared/data/imagenette/train \\
+    python -m experiments.probe_sweep --pretrain-data ../shared/data/imagenette/train \\
         --probe-data ../shared/data/imagenette --mask-dir ../shared/data/voc-masks/SegmentationClassAug \\
         --out runs/probe-sweep --results results/imagenet-subset-pets/in-domain-sweep
 
@@ -24,7 +24,7 @@ from pretrain.curves import probe_comparison, probe_score_key, read_metrics
 from pretrain.probe import ClassFolderProbe
 from runtime.device import resolve_device
 from transfer.encoders import load_encoder
-from .table import markdown_table
+from benchmarks.table import markdown_table
 
 BASE = ["--method", "context-encoder", "--mask", "random-region", "--image-size", "128", "--batch-size", "32",
         "--lr", "1e-4", "--seed", "0"]
