@@ -18,7 +18,7 @@ demo: install
 	$(BIN)/bench suite --preset quick
 
 test: install
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -122,16 +122,13 @@ def test_separate_pretraining_and_transfer_data_init_rows_and_probe_curves(toy_v
     assert table.loc["gaussian", "Classification (SVM)"].endswith("(n=1)")
 
 
-def test_methods_preset_gives_a_row_per_built_in_method(toy_voc_root, tmp_path):
-    """The `methods` preset's method list, shrunk to a few steps: one suite call, one row each."""
+def test_methods_preset_plans_a_row_per_built_in_method(tmp_path, capsys):
+    """The `methods` preset names every built-in method, and a suite of it plans each one's
+    pretraining and its transfer (each method's own run through every task: tests/test_methods.py)."""
     methods = load_preset("methods")["methods"]
     assert {options["method"] for options in methods.values() if options} == set(METHODS)
-    preset = tmp_path / "methods-tiny.yaml"
-    preset.write_text(yaml.safe_dump({**TINY, "pretrain": {**TINY["pretrain"], "image_size": 64},
-                                      "transfer": {**TINY["transfer"], "image_size": 64},
-                                      "methods": methods, "tasks": {"cls-svm": TINY["tasks"]["cls-svm"]}}))
-    out = tmp_path / "suite"
-    assert main(["suite", "--preset", str(preset), "--data-root", str(toy_voc_root), "--out", str(out)]) == 0
-    table = pd.read_csv(out / "table.csv", keep_default_na=False).set_index("Pretraining")
-    for label in methods:
-        assert table.loc[label, "Classification (SVM)"].endswith("(n=1)"), label
+    assert main(["suite", "--preset", "methods", "--dry-run", "--out", str(tmp_path / "suite"), "-q"]) == 0
+    planned = {line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]}
+    for name, options in methods.items():
+        assert f"transfer/cls-svm-{name}-seed0" in planned, name
+        assert (f"pretrain/{name}-seed0" in planned) == (options is not None), name
