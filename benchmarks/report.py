@@ -9,6 +9,7 @@ folder), a line at the top of the page says how many.
 """
 import html
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -80,6 +81,13 @@ def _details(title, data):
             f"<pre>{html.escape(json.dumps(data, indent=1, default=str))}</pre></details>")
 
 
+def _shown(value):
+    """A cell's text: "–" where it has no value (empty, missing, or NaN: an interval of one seed)."""
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return str(value)
+
+
 def _table(rows):
     """An HTML table of table.json's rows; the paper's rows are greyed."""
     if not rows:
@@ -89,7 +97,7 @@ def _table(rows):
     body = []
     for row in rows:
         paper = str(row.get("Source", "")).startswith("paper")
-        cells = "".join(f"<td>{html.escape(str(row.get(c, '')))}</td>" for c in columns)
+        cells = "".join(f"<td>{html.escape(_shown(row.get(c)))}</td>" for c in columns)
         body.append(f'<tr class="{"paper" if paper else "measured"}">{cells}</tr>')
     return f'<table id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
@@ -151,7 +159,8 @@ def report_html(folder):
                       f"pretraining when range and control are both at least {RESOLVING_SPREADS} spreads.</p>",
                       _table(table["resolution"])]
         if table.get("differences"):
-            parts += ["<h3>Each pretrained row against the best random init and the autoencoder</h3>",
+            parts += ["<h3>Each pretrained row against the best random init, the autoencoder and its own "
+                      "no-learning control</h3>",
                       "<p>Difference of the means in percentage points, with its 95% confidence interval over "
                       "seeds (Welch's t): above, level (the interval holds zero) or below.</p>",
                       _table(table["differences"])]
