@@ -9,7 +9,6 @@ folder), a line at the top of the page says how many.
 """
 import html
 import json
-import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +17,7 @@ from runtime.errors import UserError
 from runtime.options import option
 from runtime.readers import read_json
 from runtime.runfiles import write_atomically
-from .resolution import RESOLVING_SPREADS
+from .resolution import RESOLVING_SPREADS, shown
 
 REPORT = "report.html"
 RUN_PICTURES = {  # file -> caption, in the order shown
@@ -81,13 +80,6 @@ def _details(title, data):
             f"<pre>{html.escape(json.dumps(data, indent=1, default=str))}</pre></details>")
 
 
-def _shown(value):
-    """A cell's text: "–" where it has no value (empty, missing, or NaN: an interval of one seed)."""
-    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return str(value)
-
-
 def _table(rows):
     """An HTML table of table.json's rows; the paper's rows are greyed."""
     if not rows:
@@ -97,7 +89,7 @@ def _table(rows):
     body = []
     for row in rows:
         paper = str(row.get("Source", "")).startswith("paper")
-        cells = "".join(f"<td>{html.escape(_shown(row.get(c)))}</td>" for c in columns)
+        cells = "".join(f"<td>{html.escape(str(shown(row.get(c))))}</td>" for c in columns)
         body.append(f'<tr class="{"paper" if paper else "measured"}">{cells}</tr>')
     return f'<table id="results"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 

@@ -24,6 +24,14 @@ SUPERVISED, AUTOENCODER = "supervised", "autoencoder"
 LEVEL = 0.95
 
 
+def shown(value):
+    """A cell as people read it: "–" where it has no value (None, empty, or NaN: e.g. an interval of
+    one seed), else the value itself."""
+    if value is None or value == "" or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    return value
+
+
 def pooled_spread(groups):
     """Pooled standard deviation of `groups` (lists of values), from those with two or more; NaN if none."""
     dof = sum(len(g) - 1 for g in groups if len(g) > 1)

@@ -29,7 +29,7 @@ from transfer.config import TransferConfig
 from transfer.records import read_record
 from transfer.registry import CLASS_FOLDERS, get_task, registered_tasks
 from .layer_probes import write_layer_probes
-from .resolution import column_resolution, row_differences
+from .resolution import column_resolution, row_differences, shown
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -317,9 +317,8 @@ def markdown_table(table):
 
 
 def for_people(table):
-    """`table` with "–" in every cell that has no value (empty, or NaN: e.g. an interval of one seed)."""
-    return table.map(lambda value: "–" if value is None or value == "" or
-                     (isinstance(value, float) and np.isnan(value)) else value)
+    """`table` with "–" in every cell that has no value (resolution.shown)."""
+    return table.map(shown)
 
 
 def _plot(summary, path):
