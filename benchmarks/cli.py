@@ -1,13 +1,13 @@
 """`bench`: the command line. It only parses. Each command's options are the fields of config
-dataclasses (runtime.options.option: help, choices, checks and defaults live there), its help is
+dataclasses (bench_runtime.options.option: help, choices, checks and defaults live there), its help is
 the first line of its config's docstring and its description the rest, and its handler is one
 library call with the configs."""
 import argparse
 import os
 import sys
 
-from runtime.errors import UserError
-from runtime.options import HelpFormatter, Parser, add_options, command_help, option_values
+from bench_runtime.errors import UserError
+from bench_runtime.options import HelpFormatter, Parser, add_options, command_help, option_values
 
 # Each command's --help ends with one of these.
 EXAMPLES = {
@@ -57,12 +57,12 @@ def simple_commands():
     from benchmarks.report import ReportConfig, make_report
     from benchmarks.speed import SpeedConfig, measure_speed
     from benchmarks.table import TableConfig, make_table
-    from data.check import DataCheckConfig, check_root
-    from data.fetch import FetchConfig, fetch
-    from data.toy_voc import ToyVOCConfig, make_toy_voc
-    from evaluation.inpainting import EvalInpaintConfig, InpaintConfig, evaluate, inpaint
+    from bench_data.check import DataCheckConfig, check_root
+    from bench_data.fetch import FetchConfig, fetch
+    from bench_data.toy_voc import ToyVOCConfig, make_toy_voc
+    from bench_eval.inpainting import EvalInpaintConfig, InpaintConfig, evaluate, inpaint
     from pretrain.methods import MethodsConfig, list_methods
-    from runtime.cache import CacheCleanConfig, CacheListConfig, clean, list_cache
+    from bench_runtime.cache import CacheCleanConfig, CacheListConfig, clean, list_cache
     from transfer.export import ExportConfig, export
     return {("table",): (TableConfig, make_table), ("export",): (ExportConfig, export),
             ("inpaint",): (InpaintConfig, inpaint), ("eval-inpaint",): (EvalInpaintConfig, evaluate),
@@ -81,7 +81,7 @@ def add_pretrain_parser(commands, method):
     default method's)."""
     from pretrain.methods import METHODS, PluginOptions
     from pretrain.train import PretrainConfig, run_pretraining
-    from runtime.runfiles import RunFolder
+    from bench_runtime.runfiles import RunFolder
     p = add_command(commands, "pretrain", PretrainConfig)
     add_options(p, PluginOptions)
     # Options not given are None, so that --resume can tell them from those given (and refuse
@@ -102,7 +102,7 @@ def add_pretrain_parser(commands, method):
 
 
 def add_transfer_parser(commands):
-    from runtime.runfiles import RunFolder
+    from bench_runtime.runfiles import RunFolder
     from transfer.config import TransferConfig
     from transfer.tasks import run_transfer
     p = add_command(commands, "transfer", TransferConfig)
@@ -164,7 +164,7 @@ def version():
     """bench's version, the commit it runs from, and torch's."""
     import torch
 
-    from runtime.runfiles import code_version, package_version
+    from bench_runtime.runfiles import code_version, package_version
     return f"bench {package_version()} (commit {code_version()}), torch {torch.__version__}"
 
 
@@ -185,9 +185,9 @@ def main(argv=None):
         early = early_options(argv)
         load_plugins(early.plugin)
         args = build_parser(early.method).parse_args(argv)
-        from runtime.device import start_process
-        from runtime.progress import set_verbosity
-        from runtime.runfiles import check_out_path
+        from bench_runtime.device import start_process
+        from bench_runtime.progress import set_verbosity
+        from bench_runtime.runfiles import check_out_path
         if getattr(args, "out", None):
             check_out_path(args.out)
         set_verbosity(getattr(args, "verbosity", "normal"))
@@ -207,7 +207,7 @@ def main(argv=None):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail
         return 0
     finally:
-        from runtime.distributed import shutdown
+        from bench_runtime.distributed import shutdown
         shutdown()
 
 

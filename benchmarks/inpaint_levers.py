@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.masks import central_mask
+from bench_data.masks import central_mask
 from pretrain.networks import PointInputUpConv, SubPixelUpConv, WholeInputConv
 from pretrain.runs import build_method, fixed_batch_step
 from pretrain.train import PretrainConfig
-from runtime import speedups
-from runtime.device import seed_everything
-from runtime.progress import progress_bar
+from bench_runtime import speedups
+from bench_runtime.device import seed_everything
+from bench_runtime.progress import progress_bar
 
 LEVERS = {  # name: (matmul bottleneck, sub-pixel up-convolutions, channels_last, compile, threads: None = all)
     "convolutions": (False, False, False, False, None),

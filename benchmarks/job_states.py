@@ -3,8 +3,8 @@ launcher left each job in. The sequential suite and the submitit launchers both 
 import json
 from pathlib import Path
 
-from runtime.readers import read_json
-from runtime.runfiles import mark_output, write_atomically
+from bench_runtime.readers import read_json
+from bench_runtime.runfiles import mark_output, write_atomically
 
 STATE_FILE = "jobs.json"
 

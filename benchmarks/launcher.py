@@ -9,7 +9,7 @@ own process or SLURM job, through submitit (the optional `cluster` extra).
   table job last with `afterany` on all of them; the command returns after submitting.
 
 A job that gets the preemption or time-out signal writes its checkpoint at the next step and
-requeues itself (runtime.preemption); the requeued job resumes exactly. Work whose output exists
+requeues itself (bench_runtime.preemption); the requeued job resumes exactly. Work whose output exists
 is never resubmitted, so re-running the same command submits only what is missing. The state
 of every job is kept in <out>/jobs.json, which `bench suite --status <out>` reads.
 """
@@ -20,9 +20,9 @@ import signal
 import time
 from pathlib import Path
 
-from runtime.errors import UserError
-from runtime.options import at_least, option, parse_options
-from runtime.progress import info
+from bench_runtime.errors import UserError
+from bench_runtime.options import at_least, option, parse_options
+from bench_runtime.progress import info
 from .job_states import read_job_states, start_job_states, write_job_states
 
 # Light imports only (no torch): `bench suite --help` builds its options from ClusterOptions.
@@ -71,9 +71,9 @@ class Requeueable:
         self.job, self.cpus = job, cpus
 
     def __call__(self):
-        from runtime import preemption
+        from bench_runtime import preemption
         if self.cpus:
-            os.sched_setaffinity(0, self.cpus)  # runtime.device sizes its threads from the affinity
+            os.sched_setaffinity(0, self.cpus)  # bench_runtime.device sizes its threads from the affinity
         submitit = _submitit()
         environment = submitit.JobEnvironment()
         if environment.num_tasks > 1:  # one task per GPU: the variables torchrun would set
@@ -122,7 +122,7 @@ def launch(jobs, out, launcher, max_jobs=1, cluster=None, dry_run=False):
 
 
 def _slurm_executor(submitit, folder, cluster, gpus):
-    """One task per GPU (what runtime.distributed reads after TorchDistributedEnvironment.export)."""
+    """One task per GPU (what bench_runtime.distributed reads after TorchDistributedEnvironment.export)."""
     tasks = max(1, gpus)
     executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
     executor.update_parameters(timeout_min=cluster.time_min, gpus_per_node=gpus, tasks_per_node=tasks,

@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib
 import pandas as pd
 
-from runtime.runfiles import write_atomically
+from bench_runtime.runfiles import write_atomically
 from transfer.in_domain import PROBE
 
 matplotlib.use("Agg")

@@ -13,11 +13,11 @@ per core) with what a device of a given peak can train, for the `paper` preset's
 """
 import time
 
-from data.masks import central_mask
-from data.sampling import epoch_batches
+from bench_data.masks import central_mask
+from bench_data.sampling import epoch_batches
 from pretrain.runs import build_method, build_pretraining, count_flops, fixed_batch_step
 from pretrain.train import PretrainConfig
-from runtime.device import synchronize
+from bench_runtime.device import synchronize
 
 # The paper preset's pretraining (benchmarks/presets/paper.yaml; docs/protocol.md, "The paper preset").
 PAPER_PRETRAINING = {"image_size": 227, "batch_size": 128, "steps": 100_000, "mask": "random-region"}

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from runtime.errors import UserError
-from runtime.options import option
-from runtime.readers import read_json
-from runtime.runfiles import write_atomically
+from bench_runtime.errors import UserError
+from bench_runtime.options import option
+from bench_runtime.readers import read_json
+from bench_runtime.runfiles import write_atomically
 from .resolution import RESOLVING_SPREADS, shown
 
 REPORT = "report.html"

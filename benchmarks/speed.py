@@ -31,18 +31,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.masks import MASK_KINDS
-from data.pretrain_items import AUGMENT_ON
-from data.pixels import channel_stats
+from bench_data.masks import MASK_KINDS
+from bench_data.pretrain_items import AUGMENT_ON
+from bench_data.pixels import channel_stats
 from pretrain.runs import (build_pretraining, count_flops, fixed_batch_step, pretraining_engine, training_batches,
                            training_images)
 from pretrain.train import PretrainConfig
-from runtime import speedups
-from data.toy_voc import default_data_root
-from runtime.device import DEVICE_NAMES, device_name, resolve_device, synchronize
-from runtime.options import at_least, option
-from runtime.progress import progress_bar
-from runtime.runfiles import check_new_run_dir, environment_info, save_json, staged_run_dir, write_atomically
+from bench_runtime import speedups
+from bench_data.toy_voc import default_data_root
+from bench_runtime.device import DEVICE_NAMES, device_name, resolve_device, synchronize
+from bench_runtime.options import at_least, option
+from bench_runtime.progress import progress_bar
+from bench_runtime.runfiles import check_new_run_dir, environment_info, save_json, staged_run_dir, write_atomically
 from .inpaint_levers import DEFAULT as LEVER_DEFAULT, loss_over_seeds, measure_levers
 from .loader_speed import PAPER_PRETRAINING, measure_loader, project_paper_pretraining, projection_line, \
     training_gflop_per_image

@@ -22,12 +22,12 @@ import yaml
 from pretrain.curves import probe_comparison
 from pretrain.methods import PluginOptions, get_method, load_plugins
 from pretrain.train import PretrainConfig, check_pretrain_options, check_steps_or_budget, pretrain, resume_pretraining
-from data.toy_voc import default_data_root
-from runtime.device import DEVICE_NAMES, device_name, seed_value
-from runtime.errors import UserError
-from runtime.options import at_least, option, parse_options
-from runtime.progress import info
-from runtime.runfiles import CHECKPOINT, check_output_of, has_interrupted_run, staged_run_dir
+from bench_data.toy_voc import default_data_root
+from bench_runtime.device import DEVICE_NAMES, device_name, seed_value
+from bench_runtime.errors import UserError
+from bench_runtime.options import at_least, option, parse_options
+from bench_runtime.progress import info
+from bench_runtime.runfiles import CHECKPOINT, check_output_of, has_interrupted_run, staged_run_dir
 from transfer.config import TransferConfig
 from transfer.registry import CLASS_FOLDERS, get_task, task_names
 from transfer.tasks import check_transfer_options, run_task

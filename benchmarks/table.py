@@ -20,11 +20,11 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from runtime.errors import UserError
-from runtime.identity import describe, differing
-from runtime.options import option
-from runtime.progress import warning
-from runtime.runfiles import save_json, staged_files, write_atomically
+from bench_runtime.errors import UserError
+from bench_runtime.identity import describe, differing
+from bench_runtime.options import option
+from bench_runtime.progress import warning
+from bench_runtime.runfiles import save_json, staged_files, write_atomically
 from transfer.config import TransferConfig
 from transfer.records import read_record
 from transfer.registry import CLASS_FOLDERS, get_task, registered_tasks

@@ -22,7 +22,7 @@ import pandas as pd
 from benchmarks.cli import main as bench
 from pretrain.curves import probe_comparison, probe_score_key, read_metrics
 from pretrain.probe import ClassFolderProbe
-from runtime.device import resolve_device
+from bench_runtime.device import resolve_device
 from transfer.encoders import load_encoder
 from benchmarks.table import markdown_table
 

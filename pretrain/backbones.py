@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from runtime.errors import UserError
+from bench_runtime.errors import UserError
 from .networks import ALEXNET_POOL5_CHANNELS, alexnet_encoder, feature_shape, he_init  # noqa: F401
 
 TIMM_PREFIX = "timm:"

@@ -1,4 +1,4 @@
-"""Curves of a pretraining run from its metrics.jsonl: loss.png (runtime.plots, which transfer runs
+"""Curves of a pretraining run from its metrics.jsonl: loss.png (bench_runtime.plots, which transfer runs
 draw too) and, when the run was probed, probe.png (the kNN score against steps, and beside it the
 share of units per layer that never fire); and the probe curves of several runs in one plot."""
 from pathlib import Path
@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import pandas as pd  # noqa: E402
 
-from runtime.plots import metric_rows, plot_losses, save_png  # noqa: E402
+from bench_runtime.plots import metric_rows, plot_losses, save_png  # noqa: E402
 from .probe import DEAD_WARNING  # noqa: E402
 
 # A probe row's score: kNN mAP on a VOC root, kNN top-1 on a class-folder root.

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from runtime import distributed
+from bench_runtime import distributed
 
 
 def overlap_band(hole, width):

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from runtime.errors import UserError
-from runtime.options import check_ranges, option
+from bench_runtime.errors import UserError
+from bench_runtime.options import check_ranges, option
 
 ALEXNET_POOL5_CHANNELS = 256
 ALEXNET_POOL5_STRIDE = 32  # conv1's 4 x three 2x max-pools

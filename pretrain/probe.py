@@ -28,12 +28,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from data.images import class_folders, class_images, find_voc_dir, is_voc_root, read_class_labels
-from data.check import checked_class_folders
-from data.pixels import centre_crop, load_rgb, normalized_tensor, readable_only
-from runtime.errors import UserError
-from runtime.metrics import classification_ap, nanmean
-from runtime.progress import warning
+from bench_data.images import class_folders, class_images, find_voc_dir, is_voc_root, read_class_labels
+from bench_data.check import checked_class_folders
+from bench_data.pixels import centre_crop, load_rgb, normalized_tensor, readable_only
+from bench_runtime.errors import UserError
+from bench_runtime.metrics import classification_ap, nanmean
+from bench_runtime.progress import warning
 
 POOLED_VALUES = 9216    # a layer's map is average-pooled to about this many values for the linear probe
 # L-BFGS iterations of a linear probe: on standardised features of a random AlexNet (64 px, imagenette,
@@ -76,7 +76,7 @@ def knn_class_scores(train_features, train_labels, test_features, k=SAMPLED.knn_
 
 
 def multilabel_map(scores, labels):
-    """mAP (the classification task's, runtime.metrics.classification_ap) over the classes with
+    """mAP (the classification task's, bench_runtime.metrics.classification_ap) over the classes with
     positive and negative test items; labels 1 / -1 / 0 (difficult, ignored). NaN when no class
     can be scored."""
     per_class, _ = classification_ap(scores, labels == 1, labels == 0)
@@ -231,7 +231,7 @@ class ClassFolderProbe:
 
 def readable_with_labels(paths, labels, policy, what):
     """`paths` and their `labels` (a list or an array, one per path) under the --bad-images policy
-    (data.pixels.readable_only): the labels of the images left out go with them."""
+    (bench_data.pixels.readable_only): the labels of the images left out go with them."""
     readable = set(readable_only(paths, policy, what, progress=False))
     keep = [i for i, path in enumerate(paths) if path in readable]
     return [paths[i] for i in keep], labels[keep] if isinstance(labels, np.ndarray) else [labels[i] for i in keep]

@@ -8,10 +8,10 @@ here too, for timing the loop end to end.
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.pretrain_items import PretrainImages
-from runtime.engine import read_checkpoint
-from runtime.errors import UserError
-from runtime.runfiles import CHECKPOINT
+from bench_data.pretrain_items import PretrainImages
+from bench_runtime.engine import read_checkpoint
+from bench_runtime.errors import UserError
+from bench_runtime.runfiles import CHECKPOINT
 from .methods import PretextMethod
 from .train import (PretrainConfig, build, build_method, count_flops, fixed_batch_step, load_run_config,
                     pretraining_engine, resolve_config, training_batches, training_images)

@@ -22,23 +22,23 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.utils import make_grid, save_image
 
-from data import images
-from data.imagecache import ImageCache
-from data.masks import MASK_KINDS, MaskSampler
-from data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, readable_only
-from data.pretrain_items import AUGMENT_ON, PretrainImages
-from data.sampling import epoch_batches
-from data.toy_voc import default_data_root
-from runtime import distributed, formats, speedups
-from runtime.device import (DeviceOptions, check_scaling_options, resolve_device, seed_everything, seed_value,
+from bench_data import images
+from bench_data.imagecache import ImageCache
+from bench_data.masks import MASK_KINDS, MaskSampler
+from bench_data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, readable_only
+from bench_data.pretrain_items import AUGMENT_ON, PretrainImages
+from bench_data.sampling import epoch_batches
+from bench_data.toy_voc import default_data_root
+from bench_runtime import distributed, formats, speedups
+from bench_runtime.device import (DeviceOptions, check_scaling_options, resolve_device, seed_everything, seed_value,
                             start_process)
-from runtime.engine import Engine, check_training_options, prepare_model
-from runtime.errors import UserError
-from runtime.identity import data_name, identity
-from runtime.options import flag, option, positive
-from runtime.progress import info, warning
-from runtime.readers import read_json
-from runtime.runfiles import (check_new_run_dir, check_resumable, create_run_dir, environment_info, has_interrupted_run,
+from bench_runtime.engine import Engine, check_training_options, prepare_model
+from bench_runtime.errors import UserError
+from bench_runtime.identity import data_name, identity
+from bench_runtime.options import flag, option, positive
+from bench_runtime.progress import info, warning
+from bench_runtime.readers import read_json
+from bench_runtime.runfiles import (check_new_run_dir, check_resumable, create_run_dir, environment_info, has_interrupted_run,
                               replace_run_dir, run_lock, save_json, save_torch, staging_dir)
 from .backbones import ENCODER_NORMS, label_with_arch, plain_encoder
 from .curves import plot_curves
@@ -205,10 +205,10 @@ def pretrain(config, out, overwrite=False, progress=True):
     """Train `config.method` into a new run folder `out` and return it.
 
     Under torchrun every process calls this; the main one alone writes the run folder, holding
-    its lock (runtime.runfiles.run_lock) from the first check to the encoder. With `overwrite`, an
-    existing run in `out` (only a folder bench wrote: runtime.runfiles.output_kind) is kept until
+    its lock (bench_runtime.runfiles.run_lock) from the first check to the encoder. With `overwrite`, an
+    existing run in `out` (only a folder bench wrote: bench_runtime.runfiles.output_kind) is kept until
     the new one is complete: the new run is written into a staging folder beside it
-    (runtime.runfiles.staging_dir) that replaces `out` at the end, and a run killed there continues
+    (bench_runtime.runfiles.staging_dir) that replaces `out` at the end, and a run killed there continues
     with resume_pretraining(out)."""
     inputs = config.input_paths()
     check_new_run_dir(out, overwrite, inputs)  # before any work: a refused run costs nothing

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import pretrain.methods
-from data.toy_voc import write_toy_class_folders, write_toy_voc
+from bench_data.toy_voc import write_toy_class_folders, write_toy_voc
 from helpers import bench
 
 
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     # Under pytest-xdist (`make test` runs `-n auto`) the workers share the cores: each gets its part,
-    # as the commands it runs do (runtime.device.start_process reads OMP_NUM_THREADS), instead of
+    # as the commands it runs do (bench_runtime.device.start_process reads OMP_NUM_THREADS), instead of
     # every worker's OpenMP threads competing for all of them.
     os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0))
                                             // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))

@@ -10,8 +10,8 @@ import sys
 import torch
 
 from pretrain.train import PretrainConfig, build_method
-from runtime import distributed
-from runtime.engine import data_parallel_view
+from bench_runtime import distributed
+from bench_runtime.engine import data_parallel_view
 
 GLOBAL_BATCH, SIZE = 8, 64
 

@@ -9,11 +9,11 @@ import sys
 
 import torch
 
-from data.images import VOC_CLASSES
-from data.voc import VOCClassification, VOCDetection, VOCSegmentation
+from bench_data.images import VOC_CLASSES
+from bench_data.voc import VOCClassification, VOCDetection, VOCSegmentation
 from pretrain.networks import alexnet_encoder
-from runtime import distributed
-from runtime.metrics import classification_ap
+from bench_runtime import distributed
+from bench_runtime.metrics import classification_ap
 from transfer.classification import Classifier, classification_scores
 from transfer.detection import DetectionSamples, build_detector, detect
 from transfer.config import TransferConfig

@@ -6,7 +6,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from data.imagecache import ImageCache
+from bench_data.imagecache import ImageCache
 from helpers import bench
 
 DAY = 86400

@@ -6,11 +6,11 @@ import json
 import pytest
 
 from benchmarks.suite import pretrain_config
-from data.masks import central_mask
+from bench_data.masks import central_mask
 from helpers import bench
 from pretrain.runs import build_method, count_flops, fixed_batch_step
 from pretrain.train import PretrainConfig
-from runtime.errors import UserError
+from bench_runtime.errors import UserError
 
 TINY = ("--image-size", 64, "--batch-size", 4, "--workers", 0, "--mask", "central")
 

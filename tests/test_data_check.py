@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.check import annotation_problems, root_problems
-from data.pixels import load_rgb
+from bench_data.check import annotation_problems, root_problems
+from bench_data.pixels import load_rgb
 from helpers import bench, huge_png
 
 FAST_TRANSFER = ["--image-size", 64, "--batch-size", 4, "--steps", 2, "--fc-width", 16, "--workers", 0]

@@ -12,9 +12,9 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Subset
 
-from data.images import VOC_CLASSES
-from data.voc import VOCDetection
-from runtime.errors import UserError
+from bench_data.images import VOC_CLASSES
+from bench_data.voc import VOCDetection
+from bench_runtime.errors import UserError
 from transfer.detection import (MAX_PROPOSALS, DetectionSamples, FastRCNN, cached_proposals, drop_easy_background,
                                 proposal_dir, run_detection, save_detection_grid, selective_search, shared_parts)
 from transfer.encoders import load_encoder

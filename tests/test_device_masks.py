@@ -1,14 +1,14 @@
-"""Masks drawn a batch at a time on the device (data.device_masks) against the per-image
-reference (data.masks): the same distributions of coverage, hole count and shape use, with
+"""Masks drawn a batch at a time on the device (bench_data.device_masks) against the per-image
+reference (bench_data.masks): the same distributions of coverage, hole count and shape use, with
 bounds that fail when a rule differs; and items that do not depend on their batch."""
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from data.device_masks import DeviceMasks, _shape_canvas, random_blocks, random_regions, uniform
-from data.masks import MAX_COVERAGE, MaskSampler, central_mask
-from data.pretrain_items import PretrainImages
+from bench_data.device_masks import DeviceMasks, _shape_canvas, random_blocks, random_regions, uniform
+from bench_data.masks import MAX_COVERAGE, MaskSampler, central_mask
+from bench_data.pretrain_items import PretrainImages
 
 SIDE = 64
 DRAWS = 300
@@ -138,7 +138,7 @@ def test_region_shapes_are_used_evenly_and_pasted_whole():
 def test_device_items_are_the_loader_crops_flipped_or_not(toy_voc_root):
     """augment_on="device": the same crop as the loader path, normalised the same way and
     mirrored or not; holes of the right shape."""
-    from data.images import list_images
+    from bench_data.images import list_images
     paths = list_images(toy_voc_root)[:6]
     sampler = MaskSampler("random-block", 48)
     common = (paths, 48, 56, [0.4, 0.5, 0.6], [0.2, 0.25, 0.3], sampler, 3)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.sampling import EpochOrder
-from runtime import distributed
-from runtime.errors import UserError
+from bench_data.sampling import EpochOrder
+from bench_runtime import distributed
+from bench_runtime.errors import UserError
 from helpers import bench
 
 TESTS = Path(__file__).resolve().parent

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-import data.fetch
-from data.toy_voc import write_toy_class_folders, write_toy_voc
+import bench_data.fetch
+from bench_data.toy_voc import write_toy_class_folders, write_toy_voc
 from helpers import bench
 
 VOC2007_ARCHIVES = ("VOCtrainval_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar")  # torchvision's file names
@@ -96,11 +96,11 @@ def server(archives, monkeypatch):
     """The archives served locally, the data sets' MD5s those of the served files (their URLs stay
     torchvision's: every test passes --mirror), and short timeouts."""
     monkeypatch.setenv("no_proxy", "127.0.0.1")  # a proxy in the environment must not see these requests
-    monkeypatch.setattr(data.fetch, "TIMEOUT_S", 5)
+    monkeypatch.setattr(bench_data.fetch, "TIMEOUT_S", 5)
     for name in ("voc2007", "imagenette-160"):
-        data_set = data.fetch.DATA_SETS[name]
+        data_set = bench_data.fetch.DATA_SETS[name]
         served = tuple((url, hashlib.md5(archives[url.rpartition("/")[2]]).hexdigest()) for url, _ in data_set.archives)
-        monkeypatch.setitem(data.fetch.DATA_SETS, name, dataclasses.replace(data_set, archives=served))
+        monkeypatch.setitem(bench_data.fetch.DATA_SETS, name, dataclasses.replace(data_set, archives=served))
     with ArchiveServer(dict(archives)) as running:
         yield running
 
@@ -158,8 +158,8 @@ def test_bad_checksum_exits_2_with_one_line_and_leaves_nothing(server, tmp_path,
 def test_cut_archive_leaves_no_half_extracted_folder(server, archives, monkeypatch, tmp_path, capsys):
     cut = archives[IMAGENETTE_ARCHIVE][:len(archives[IMAGENETTE_ARCHIVE]) // 2]
     server.files[IMAGENETTE_ARCHIVE] = cut
-    data_set = data.fetch.DATA_SETS["imagenette-160"]
-    monkeypatch.setitem(data.fetch.DATA_SETS, "imagenette-160", dataclasses.replace(
+    data_set = bench_data.fetch.DATA_SETS["imagenette-160"]
+    monkeypatch.setitem(bench_data.fetch.DATA_SETS, "imagenette-160", dataclasses.replace(
         data_set, archives=((data_set.archives[0][0], hashlib.md5(cut).hexdigest()),)))
     root = tmp_path / "data"
     assert fetch("imagenette-160", root, server) == 2

@@ -11,9 +11,9 @@ import torch
 from benchmarks.table import write_table
 from helpers import bench
 from pretrain.train import build_method, load_run_config
-from runtime import formats
-from runtime.device import seed_everything
-from runtime.identity import describe, differing, identity
+from bench_runtime import formats
+from bench_runtime.device import seed_everything
+from bench_runtime.identity import describe, differing, identity
 from transfer.encoders import load_encoder
 
 TINY = ("--image-size", 64, "--steps", 2, "--batch-size", 4, "--workers", 0, "--mask", "central")

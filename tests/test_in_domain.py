@@ -16,7 +16,7 @@ from pretrain.backbones import ConvBatchNorm, build_backbone, plain_encoder
 from pretrain.probe import (PROBE_PROTOCOLS, ClassFolderProbe, ProbeProtocol, class_balanced_sample, dead_units,
                             knn_top1, linear_top1, make_probe, output_name, read_layers)
 from sklearn.exceptions import ConvergenceWarning
-from runtime.errors import UserError
+from bench_runtime.errors import UserError
 
 
 def clusters(n_per_class, classes=3, dims=16, noise=0.1, seed=0):

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from benchmarks.table import write_table
-from evaluation import inpaint_baselines as baselines
-from evaluation.inpainting import EvalInpaintConfig, evaluate_inpainting, hole_scores
+from bench_eval import inpaint_baselines as baselines
+from bench_eval.inpainting import EvalInpaintConfig, evaluate_inpainting, hole_scores
 from helpers import bench
 
 

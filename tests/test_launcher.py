@@ -15,7 +15,7 @@ import yaml
 from benchmarks.cli import main
 from benchmarks.launcher import Requeueable
 from benchmarks.suite import SuiteConfig, plan_suite
-from runtime.runfiles import staging_dir
+from bench_runtime.runfiles import staging_dir
 
 submitit = pytest.importorskip("submitit")
 

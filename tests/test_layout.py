@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ("runtime", "data", "pretrain", "transfer", "evaluation", "benchmarks")
+LAYERS = ("bench_runtime", "bench_data", "pretrain", "transfer", "bench_eval", "benchmarks")
 def module_files():
     files = {}
     for layer in LAYERS:

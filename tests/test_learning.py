@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from data.images import VOC_CLASSES
-from data.toy_voc import write_toy_voc
-from data.voc import VOCClassification, VOCDetection, VOCSegmentation
-from runtime.metrics import classification_ap
+from bench_data.images import VOC_CLASSES
+from bench_data.toy_voc import write_toy_voc
+from bench_data.voc import VOCClassification, VOCDetection, VOCSegmentation
+from bench_runtime.metrics import classification_ap
 from transfer.metrics import confusion_matrix, detection_ap, segmentation_scores
 from helpers import bench
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from benchmarks.cli import EXAMPLES
-from data.toy_voc import voc_palette
-from data.voc import VOCSegmentation
+from bench_data.toy_voc import voc_palette
+from bench_data.voc import VOCSegmentation
 from helpers import bench
 
 FAST_PRETRAIN = ["--image-size", 64, "--batch-size", 4, "--steps", 3, "--workers", 0, "--mask", "central"]

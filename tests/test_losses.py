@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.masks import central_mask
+from bench_data.masks import central_mask
 from pretrain import losses
 
 

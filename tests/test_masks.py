@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data.masks import (MASK_KINDS, MAX_COVERAGE, MaskSampler, central_mask, load_region_shapes, noise_mask,
+from bench_data.masks import (MASK_KINDS, MAX_COVERAGE, MaskSampler, central_mask, load_region_shapes, noise_mask,
                         random_block_mask, random_region_mask)
-from data.toy_voc import voc_palette
-from runtime.errors import UserError
+from bench_data.toy_voc import voc_palette
+from bench_runtime.errors import UserError
 
 DRAWS = 200
 

@@ -5,16 +5,19 @@ pretext method" example runs through pretrain -> transfer -> table as a --plugin
 import importlib.metadata
 import json
 import math
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from data.images import image_labels
+from bench_data.images import image_labels
 from pretrain.methods import ENTRY_POINT_GROUP, METHODS
-from runtime.errors import UserError
+from bench_runtime.errors import UserError
 from transfer.classification import Classifier
 from transfer.detection import build_detector
 from transfer.encoders import load_encoder
@@ -154,3 +157,43 @@ def test_image_labels(class_folders, toy_voc_root, tmp_path):
     cat_file = (voc / "ImageSets" / "Main" / "cat_train.txt").read_text().split()
     cat = dict(zip(cat_file[::2], cat_file[1::2]))
     assert [int(label[7]) for label in labels] == [int(cat[i]) for i in ids]
+
+
+LAB_PLUGIN = '''
+"""A research repository's method: it imports its own package named `data`, as most do."""
+import torch
+from data.images import flip_half
+from pretrain.methods.rotation import RotationPrediction
+from pretrain.methods.registry import register
+
+
+@register
+class FlippedRotation(RotationPrediction):
+    name = "lab-flipped-rotation"
+    description = "rotation on half-flipped images (a plug-in with its own data package)"
+
+    def train_step(self, batch, optimizers):
+        return super().train_step({**batch, "image": flip_half(batch["image"])}, optimizers)
+'''
+
+
+def test_a_plugin_with_its_own_data_package_loads(toy_voc_root, tmp_path):
+    """A plug-in run from its repository's folder, where a package named `data` comes first on the
+    path: the suite's own packages have names that it cannot shadow, and the plug-in gets its own."""
+    lab = tmp_path / "lab"
+    (lab / "data").mkdir(parents=True)
+    (lab / "data" / "__init__.py").write_text("")
+    # Module names a research repository's data package often has, and the suite's once had.
+    (lab / "data" / "images.py").write_text(
+        "import torch\n\ndef flip_half(images):\n    return torch.cat([images[::2].flip(-1), images[1::2]])\n")
+    (lab / "data" / "voc.py").write_text("CLASSES = ('cat', 'dog')\n")
+    (lab / "lab_methods.py").write_text(LAB_PLUGIN)
+    run = tmp_path / "run"
+    # `python -m` puts the working folder first on sys.path, as running from one's repository does.
+    done = subprocess.run([sys.executable, "-m", "benchmarks.cli", "pretrain", "--plugin", "lab_methods",
+                           "--method", "lab-flipped-rotation", "--data-root", str(toy_voc_root), "--out", str(run),
+                           "--image-size", str(SIZE), "--steps", "2", "--batch-size", "4", "--workers", "0", "-q"],
+                          cwd=lab, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stderr
+    assert (run / "encoder.pt").is_file()
+    assert json.loads((run / "config.json").read_text())["config"]["method"] == "lab-flipped-rotation"

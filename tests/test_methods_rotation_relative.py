@@ -15,7 +15,7 @@ from pretrain.methods.relative_context import (NEIGHBOUR_OFFSETS, RelativeContex
                                                patch_grid, patch_pair_positions)
 from pretrain.methods.rotation import RotationPrediction, rotated_batch
 from pretrain.train import PretrainConfig
-from runtime.errors import UserError
+from bench_runtime.errors import UserError
 
 MEAN, STD = [0.45, 0.43, 0.40], [0.25, 0.24, 0.26]
 

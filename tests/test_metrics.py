@@ -1,4 +1,4 @@
-"""Hand-worked cases for the metrics (classification mAP in runtime.metrics, the others in
+"""Hand-worked cases for the metrics (classification mAP in bench_runtime.metrics, the others in
 transfer.metrics); every expected number is derived in the comments."""
 import warnings
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.metrics import classification_ap
+from bench_runtime.metrics import classification_ap
 from transfer.metrics import (FALSE_POSITIVE, IGNORED, TRUE_POSITIVE, confusion_matrix, detection_ap, match_detections,
                               segmentation_scores, voc07_ap)
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from data.views import ViewAugmentation
+from bench_data.views import ViewAugmentation
 from pretrain.methods.mae import VisibleEncoder, masked_patch_loss, random_masking
 from pretrain.methods.simclr import nt_xent
 from pretrain.backbones import build_backbone

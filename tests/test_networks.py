@@ -5,7 +5,7 @@ from torch import nn
 
 from pretrain.networks import (ChannelwiseFC, Discriminator, FeatureContextEncoder, InpaintingGenerator,
                                PointInputUpConv, SubPixelUpConv, WholeInputConv, alexnet_encoder, alexnet_pool5_side)
-from runtime.errors import UserError
+from bench_runtime.errors import UserError
 
 
 @pytest.fixture(autouse=True)

@@ -11,14 +11,14 @@ import torch
 import torchvision
 from PIL import Image
 
-from data.masks import central_mask
+from bench_data.masks import central_mask
 from pretrain.methods import get_method
 from pretrain.runs import build_method, build_pretraining, fixed_batch_step, load_run
 from pretrain.train import PretrainConfig, load_run_config
-from runtime.engine import read_checkpoint
-from runtime.errors import UserError
-from runtime.options import flag
-from runtime.runfiles import save_torch
+from bench_runtime.engine import read_checkpoint
+from bench_runtime.errors import UserError
+from bench_runtime.options import flag
+from bench_runtime.runfiles import save_torch
 from helpers import bench as run_bench
 
 # The main alexnet run on the toy VOC set.
@@ -485,7 +485,7 @@ def test_out_reusable_after_user_error(toy_voc_root, tmp_path):
 FAILING_METHOD = """
 from pretrain.methods import register
 from pretrain.methods.autoencoder import Autoencoder
-from runtime.errors import UserError
+from bench_runtime.errors import UserError
 
 
 @register

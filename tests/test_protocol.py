@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from data.masks import MaskSampler
-from data.voc import VOCClassification
+from bench_data.masks import MaskSampler
+from bench_data.voc import VOCClassification
 from pretrain.methods.context_encoder import ContextEncoder
 from pretrain.probe import KNNProbe, knn_class_scores, multilabel_map
 from pretrain.train import PretrainConfig

@@ -11,7 +11,7 @@ import time
 import torch
 
 from helpers import bench
-from runtime.runfiles import staging_dir
+from bench_runtime.runfiles import staging_dir
 
 TIMEOUT_S = 300
 

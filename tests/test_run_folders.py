@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from runtime.errors import UserError
-from runtime.runfiles import OUTPUT_MARKER, check_new_run_dir, mark_output, output_kind
+from bench_runtime.errors import UserError
+from bench_runtime.runfiles import OUTPUT_MARKER, check_new_run_dir, mark_output, output_kind
 
 # Folders that earlier versions wrote, without the marker: {name: (files, the kind they are)}.
 EARLIER = {

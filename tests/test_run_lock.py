@@ -8,7 +8,7 @@ import sys
 import time
 
 from helpers import bench
-from runtime.runfiles import lock_path
+from bench_runtime.runfiles import lock_path
 
 PRETRAIN = ["--image-size", 64, "--batch-size", 4, "--workers", 0, "--mask", "central"]
 
@@ -69,8 +69,8 @@ def test_two_writers_to_one_folder_leave_one_complete_run_and_a_clear_error(toy_
 
 def test_a_failed_overwrite_keeps_the_previous_run_and_a_killed_one_resumes(toy_voc_root, tmp_path, monkeypatch,
                                                                              capsys):
-    from runtime.engine import Engine
-    from runtime.runfiles import staging_dir
+    from bench_runtime.engine import Engine
+    from bench_runtime.runfiles import staging_dir
     out = tmp_path / "run"
     assert bench("pretrain", "--data-root", toy_voc_root, "--out", out, "--steps", 2, *PRETRAIN) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from data.imagecache import ImageCache
-from data.images import list_images
-from data.masks import MaskSampler
-from data.pixels import load_rgb
-from data.pretrain_items import PretrainImages
-from runtime import speedups
-from runtime.errors import UserError
+from bench_data.imagecache import ImageCache
+from bench_data.images import list_images
+from bench_data.masks import MaskSampler
+from bench_data.pixels import load_rgb
+from bench_data.pretrain_items import PretrainImages
+from bench_runtime import speedups
+from bench_runtime.errors import UserError
 from helpers import bench
 
 FAST_PRETRAIN = ["--image-size", 64, "--batch-size", 4, "--steps", 2, "--workers", 0, "--mask", "central",
@@ -237,7 +237,7 @@ def test_speed_levers_change_the_speed_not_the_computation():
 
 
 def test_omp_num_threads_is_the_users_choice(monkeypatch):
-    from runtime.device import start_process
+    from bench_runtime.device import start_process
     before = torch.get_num_threads()
     try:
         monkeypatch.setenv("OMP_NUM_THREADS", "1")

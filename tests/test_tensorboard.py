@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.compat.tensorflow_stub.io.gfile import LocalFileSystem
 
 from helpers import bench
-from runtime.runfiles import staging_dir
+from bench_runtime.runfiles import staging_dir
 
 FAST_PRETRAIN = ["--image-size", 64, "--batch-size", 4, "--workers", 0, "--mask", "central"]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.images import VOC_CLASSES
+from bench_data.images import VOC_CLASSES
 from pretrain.networks import alexnet_encoder, he_init
 from transfer.encoders import standardize_units
 from transfer.config import TransferConfig

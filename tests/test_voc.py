@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from data.images import VOC_CLASSES, read_class_labels
-from data.toy_voc import SPLITS, YEARS, ensure_toy_voc, write_toy_voc
-from data.voc import VOCClassification, VOCDetection, VOCSegmentation, parse_annotation
-from runtime.errors import UserError
+from bench_data.images import VOC_CLASSES, read_class_labels
+from bench_data.toy_voc import SPLITS, YEARS, ensure_toy_voc, write_toy_voc
+from bench_data.voc import VOCClassification, VOCDetection, VOCSegmentation, parse_annotation
+from bench_runtime.errors import UserError
 
 
 def test_counts_match_summary(toy_voc_root):

@@ -16,12 +16,12 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.svm import LinearSVC
 from torch import nn
 
-from data.images import VOC_CLASSES
-from data.voc import VOCClassification
+from bench_data.images import VOC_CLASSES
+from bench_data.voc import VOCClassification
 from pretrain.backbones import feature_shape, frozen_features
-from runtime import distributed
-from runtime.metrics import classification_ap
-from runtime.progress import progress_bar
+from bench_runtime import distributed
+from bench_runtime.metrics import classification_ap
+from bench_runtime.progress import progress_bar
 from .encoders import calibrate_fresh_head
 from .finetune import Crops, evaluation_items, fit, seeded_batches, set_up_task
 from .records import write_record

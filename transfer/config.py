@@ -3,11 +3,11 @@ they share can all use it without importing transfer.tasks."""
 import dataclasses
 from dataclasses import dataclass
 
-from data.check import BAD_ANNOTATION_POLICIES, BAD_ANNOTATIONS_HELP
-from data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP
+from bench_data.check import BAD_ANNOTATION_POLICIES, BAD_ANNOTATIONS_HELP
+from bench_data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP
 from pretrain.probe import PROBE_PROTOCOLS
-from runtime.device import DeviceOptions, seed_value
-from runtime.options import at_least, option, positive
+from bench_runtime.device import DeviceOptions, seed_value
+from bench_runtime.options import at_least, option, positive
 from .registry import task_help, task_names
 
 

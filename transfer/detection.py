@@ -34,16 +34,16 @@ from torchvision.ops import RoIPool, box_iou
 from torchvision.transforms.functional import pil_to_tensor, to_tensor
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from data.images import VOC_CLASSES
-from data.pixels import load_rgb
-from data.sampling import loader_options
-from data.voc import VOCDetection
+from bench_data.images import VOC_CLASSES
+from bench_data.pixels import load_rgb
+from bench_data.sampling import loader_options
+from bench_data.voc import VOCDetection
 from pretrain.backbones import TimmBackbone, frozen_features
 from pretrain.networks import ALEXNET_POOL5_CHANNELS
-from runtime import distributed
-from runtime.errors import UserError
-from runtime.progress import progress_bar
-from runtime.runfiles import cache_dir, write_atomically
+from bench_runtime import distributed
+from bench_runtime.errors import UserError
+from bench_runtime.progress import progress_bar
+from bench_runtime.runfiles import cache_dir, write_atomically
 from .encoders import calibrate_fresh_head
 from .finetune import fit, seeded_batches, set_up_task
 from .metrics import TRUE_POSITIVE, detection_ap, match_detections

@@ -7,10 +7,10 @@ import torch
 
 from pretrain.backbones import TIMM_PREFIX, build_backbone, is_backbone_arch, label_with_arch
 from pretrain.train import control_settings, saved_run_settings
-from runtime import formats
-from runtime.errors import UserError
-from runtime.identity import data_name, identity
-from runtime.readers import read_json, read_torch
+from bench_runtime import formats
+from bench_runtime.errors import UserError
+from bench_runtime.identity import data_name, identity
+from bench_runtime.readers import read_json, read_torch
 
 RANDOM = "random"
 # No pretraining, three ways (AlexNet): He-normal; plain Gaussian weights as in Caffe's AlexNet
@@ -27,7 +27,7 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def load_encoder(init):
-    """Return (backbone module, info), info with the encoder's identity (runtime.identity): that of
+    """Return (backbone module, info), info with the encoder's identity (bench_runtime.identity): that of
     its pretraining run, or of the init's kind and arch.
 
     `init` is one of
@@ -92,7 +92,7 @@ def _load(init):
 
 
 def read_encoder_json(path):
-    """A run's encoder.json in today's format (runtime.formats)."""
+    """A run's encoder.json in today's format (bench_runtime.formats)."""
     return formats.upgrade("encoder", read_json(path), path, {1: partial(_encoder_from_version_1, Path(path))})
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from pretrain.backbones import TIMM_PREFIX
-from runtime.errors import UserError
-from runtime.options import option
-from runtime.runfiles import check_apart_from_inputs, output_kind, save_torch, write_atomically
+from bench_runtime.errors import UserError
+from bench_runtime.options import option
+from bench_runtime.runfiles import check_apart_from_inputs, output_kind, save_torch, write_atomically
 from .encoders import load_encoder
 
 FORMATS = ("torchvision", "detectron2", "timm")

@@ -8,15 +8,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from data.check import checked_dataset
-from data.pixels import centre_crop, channel_stats, load_rgb, normalized_tensor, resize_shorter_side
-from data.sampling import EVAL_EPOCH, SeededItems, epoch_batches, loader_options
-from data.voc import drop_unreadable, image_paths
-from runtime import distributed
-from runtime.device import check_scaling_options, resolve_device, seed_everything, start_process
-from runtime.engine import Engine, prepare_model, take_step
-from runtime.errors import UserError
-from runtime.plots import plot_losses
+from bench_data.check import checked_dataset
+from bench_data.pixels import centre_crop, channel_stats, load_rgb, normalized_tensor, resize_shorter_side
+from bench_data.sampling import EVAL_EPOCH, SeededItems, epoch_batches, loader_options
+from bench_data.voc import drop_unreadable, image_paths
+from bench_runtime import distributed
+from bench_runtime.device import check_scaling_options, resolve_device, seed_everything, start_process
+from bench_runtime.engine import Engine, prepare_model, take_step
+from bench_runtime.errors import UserError
+from bench_runtime.plots import plot_losses
 from .encoders import load_encoder, standardize_units
 
 
@@ -119,7 +119,7 @@ def evaluation_items(dataset, augmenter, config, device, batch_size=None, collat
 
 def fit(model, loss_fn, batches_from, config, lr, weight_decay, desc, run_dir, progress=True):
     """SGD with momentum 0.9 and polynomial decay (power 0.9) over `config.steps` steps, through the
-    training engine (runtime.engine): checkpoints in run_dir and exact resume, data parallelism
+    training engine (bench_runtime.engine): checkpoints in run_dir and exact resume, data parallelism
     under torchrun, autocast in config.precision, --sync-bn and --compile. `loss_fn(model, batch)`
     is the task's loss on one batch. Returns `model`, in eval mode."""
     model = prepare_model(model, next(model.parameters()).device, config.compile, config.sync_bn)

@@ -14,11 +14,11 @@ import dataclasses
 import time
 from pathlib import Path
 
-from data.pixels import channel_stats
-from data.check import checked_class_folders
+from bench_data.pixels import channel_stats
+from bench_data.check import checked_class_folders
 from pretrain.probe import ClassFolderProbe, class_balanced_sample, output_name
-from runtime.device import resolve_device, seed_everything
-from runtime.errors import UserError
+from bench_runtime.device import resolve_device, seed_everything
+from bench_runtime.errors import UserError
 from .config import probe_protocol
 from .encoders import load_encoder
 from .finetune import data_dependent_init

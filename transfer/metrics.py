@@ -1,5 +1,5 @@
 """Evaluation metrics of the transfer tasks (docs/protocol.md, "Metrics"), as pure functions. Classification's
-mAP is runtime.metrics.classification_ap, which the pretraining probe scores with too.
+mAP is bench_runtime.metrics.classification_ap, which the pretraining probe scores with too.
 
 - Detection: the PASCAL VOC 2007 devkit (VOCevaldet.m): greedy matching at IoU >= 0.5 in order of
   decreasing score, "difficult" objects ignored, 11-point interpolated AP.
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from runtime.metrics import as_numpy, nanmean
+from bench_runtime.metrics import as_numpy, nanmean
 
 # The 11 recall thresholds of the VOC2007 AP, computed as k / 10 so that each is the double nearest
 # to the decimal (np.arange(0, 1.1, 0.1), as in py-faster-rcnn's voc_eval, gives 0.30000000000000004,
@@ -93,7 +93,7 @@ def detection_ap(detections, ground_truth, num_classes, iou_threshold=0.5):
 
     Boxes are in torchvision's 0-based continuous convention, so IoU (torchvision.ops.box_iou) has no
     +1 terms. The devkit instead uses 1-based inclusive pixel corners with width xmax - xmin + 1;
-    for boxes converted from those by (xmin - 1, ymin - 1, xmax, ymax), as data.voc does, both
+    for boxes converted from those by (xmin - 1, ymin - 1, xmax, ymax), as bench_data.voc does, both
     give the same widths, areas and IoU.
 
     Per class, all detections of that class (over all images) are taken in order of decreasing

@@ -5,10 +5,10 @@ import time
 from pathlib import Path
 
 from pretrain.probe import PROBE_PROTOCOLS
-from runtime import distributed, formats
-from runtime.identity import data_name, identity
-from runtime.readers import read_json
-from runtime.runfiles import environment_info, save_json
+from bench_runtime import distributed, formats
+from bench_runtime.identity import data_name, identity
+from bench_runtime.readers import read_json
+from bench_runtime.runfiles import environment_info, save_json
 from .encoders import read_encoder_json
 
 # Transfer settings that cannot change a record's numbers, left out of its identity: its seed, how
@@ -34,7 +34,7 @@ def transfer_settings(config):
 
 
 def read_record(path):
-    """A record.json (transfer or inpainting) in today's format (runtime.formats)."""
+    """A record.json (transfer or inpainting) in today's format (bench_runtime.formats)."""
     return formats.upgrade("record", read_json(path), path, {1: _record_from_version_1})
 
 

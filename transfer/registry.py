@@ -5,7 +5,7 @@ fills it; this module imports none of them (they import it)."""
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from runtime.errors import UserError
+from bench_runtime.errors import UserError
 
 VOC = "voc"  # a VOC root: JPEGImages/, Annotations/, ImageSets/ (the built-in toy set by default)
 CLASS_FOLDERS = "class-folders"  # ImageNet's layout: train/<class>/, val/<class>/; no default

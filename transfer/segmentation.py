@@ -15,14 +15,14 @@ from PIL import Image
 from torch import nn
 from torchvision.utils import save_image
 
-from data.images import VOC_CLASSES
-from data.pixels import normalized_tensor, resize_shorter_side
-from data.toy_voc import voc_palette
-from data.voc import VOCSegmentation
+from bench_data.images import VOC_CLASSES
+from bench_data.pixels import normalized_tensor, resize_shorter_side
+from bench_data.toy_voc import voc_palette
+from bench_data.voc import VOCSegmentation
 from pretrain.backbones import backbone_channels, frozen_features
-from runtime import distributed
-from runtime.progress import progress_bar
-from runtime.runfiles import save_json
+from bench_runtime import distributed
+from bench_runtime.progress import progress_bar
+from bench_runtime.runfiles import save_json
 from .encoders import calibrate_fresh_head
 from .finetune import fit, seeded_batches, set_up_task
 from .metrics import confusion_matrix, segmentation_scores

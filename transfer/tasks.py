@@ -2,14 +2,14 @@
 import dataclasses
 from pathlib import Path
 
-from data.images import voc_year
-from data.toy_voc import default_data_root
-from runtime import distributed
-from runtime.device import start_process
-from runtime.engine import check_training_options
-from runtime.errors import UserError
-from runtime.readers import read_json
-from runtime.runfiles import CHECKPOINT, save_json, staged_run_dir
+from bench_data.images import voc_year
+from bench_data.toy_voc import default_data_root
+from bench_runtime import distributed
+from bench_runtime.device import start_process
+from bench_runtime.engine import check_training_options
+from bench_runtime.errors import UserError
+from bench_runtime.readers import read_json
+from bench_runtime.runfiles import CHECKPOINT, save_json, staged_run_dir
 from .encoders import pretrained_image_size
 from .registry import VOC, get_task, registered_tasks
 

@@ -4,7 +4,7 @@ Built-in methods register themselves on import. Methods from other packages regi
 the entry-point group ENTRY_POINT_GROUP (each entry point names a module whose import registers
 them), or through `--plugin some.module` (an import path) or `--plugin path/to/file.py`.
 """
-from runtime.engine import take_step
+from bench_runtime.engine import take_step
 from .base import PretextMethod, classification_metrics
 from .registry import (ENTRY_POINT_GROUP, METHODS, MethodsConfig, PluginOptions, get_method, list_methods,
                        load_plugins, method_names, register)

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from dataclasses import dataclass
 
-from runtime.engine import take_step
-from runtime.options import option
+from bench_runtime.engine import take_step
+from bench_runtime.options import option
 from ..backbones import build_backbone
 from ..losses import visible_statistics
 from ..networks import FeatureContextEncoder, FeatureNetworkOptions

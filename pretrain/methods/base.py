@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.options import parse_options
+from bench_runtime.options import parse_options
 
 
 @dataclass
@@ -33,11 +33,11 @@ class PretextMethod(nn.Module):
     * `train_step(batch, optimizers)` -> {metric: float}, with "loss" first; it runs backward and steps
                                 (`take_step`), calling its sub-networks as attributes of `self`: under
                                 torchrun the engine calls it on a copy whose trainable children are
-                                wrapped in DistributedDataParallel (runtime.engine.data_parallel_view);
+                                wrapped in DistributedDataParallel (bench_runtime.engine.data_parallel_view);
     * `preview(batch)`          -> list of image batches (normalised) shown as rows of the preview grid.
 
     A method's own options are the fields of its `Options` dataclass, each declared with
-    runtime.options.option(default, help, choices): `bench pretrain --method NAME --help` lists them,
+    bench_runtime.options.option(default, help, choices): `bench pretrain --method NAME --help` lists them,
     they become flags of `bench pretrain`, presets give them beside the general options, and
     config.method_options holds their values. `__init__` resolves them once, as
     `self.options = self.resolve_options(config)` (checked, defaults filled in); the run records

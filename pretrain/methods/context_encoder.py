@@ -4,9 +4,9 @@ from dataclasses import dataclass
 
 import torch
 
-from runtime.engine import take_step
-from runtime.errors import UserError
-from runtime.options import check_ranges, option
+from bench_runtime.engine import take_step
+from bench_runtime.errors import UserError
+from bench_runtime.options import check_ranges, option
 from .. import losses
 from ..backbones import build_backbone, is_backbone_arch
 from ..networks import Discriminator, FeatureContextEncoder, FeatureNetworkOptions, InpaintingGenerator

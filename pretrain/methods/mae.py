@@ -18,10 +18,10 @@ from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from data.views import ViewAugmentation
-from runtime.engine import take_step
-from runtime.errors import UserError
-from runtime.options import check_ranges, option
+from bench_data.views import ViewAugmentation
+from bench_runtime.engine import take_step
+from bench_runtime.errors import UserError
+from bench_runtime.options import check_ranges, option
 from ..backbones import TimmBackbone, build_backbone
 from .base import PretextMethod
 from .registry import register

@@ -8,8 +8,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import UserError
-from runtime.options import option
+from bench_runtime.errors import UserError
+from bench_runtime.options import option
 
 ENTRY_POINT_GROUP = "context_encoder_bench.methods"
 METHODS = {}

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.engine import take_step
-from runtime.errors import UserError
+from bench_runtime.engine import take_step
+from bench_runtime.errors import UserError
 from ..backbones import build_backbone, feature_shape
 from .base import PretextMethod, classification_metrics
 from .registry import register

@@ -4,7 +4,7 @@ image was turned by. Recognising "upright" needs the objects in it, not low-leve
 import torch
 from torch import nn
 
-from runtime.engine import take_step
+from bench_runtime.engine import take_step
 from ..backbones import build_backbone, feature_shape
 from .base import PretextMethod, classification_metrics
 from .registry import register

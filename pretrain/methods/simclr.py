@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.views import ViewAugmentation
-from runtime import distributed
-from runtime.engine import take_step
-from runtime.options import check_ranges, option
+from bench_data.views import ViewAugmentation
+from bench_runtime import distributed
+from bench_runtime.engine import take_step
+from bench_runtime.options import check_ranges, option
 from ..backbones import backbone_channels, build_backbone
 from .base import PretextMethod
 from .registry import register
@@ -55,7 +55,7 @@ def nt_xent(z1, z2, temperature):
     is an anchor whose positive is the other view of its image, among the views of the batches of
     all processes (gathered with gradients); the mean over this process's 2B anchors. Averaged
     over processes that is the loss of the global batch, and its gradient the one-process one
-    (see runtime.distributed.all_gather_with_gradients): no rescaling by the process count."""
+    (see bench_runtime.distributed.all_gather_with_gradients): no rescaling by the process count."""
     local = F.normalize(torch.cat([z1, z2]), dim=1)
     candidates = distributed.all_gather_with_gradients(local)
     count = len(local)

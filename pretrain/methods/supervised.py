@@ -1,7 +1,7 @@
 """Supervised pretraining: the encoder learns to classify labelled images. With ImageNet as the
 data this is the paper's "ImageNet" row; any labelled set gives the same row for its own labels.
 
-Labels come from the data root (data.images.image_labels): an image folder
+Labels come from the data root (bench_data.images.image_labels): an image folder
 (root/<class>/<image>) gives one class per image, learnt with softmax cross-entropy; a VOC root
 gives its 20 per-class labels, learnt as VOC classification is (sigmoid cross-entropy, classes
 present only as difficult objects ignored)."""
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.engine import take_step
+from bench_runtime.engine import take_step
 from ..backbones import build_backbone, feature_shape
 from .base import PretextMethod, classification_metrics
 from .registry import register

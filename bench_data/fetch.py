@@ -11,9 +11,9 @@ own name only once its MD5 matches (a mismatch deletes it); the archives extract
 folder beside the data set's folder, which is renamed into place only when every archive is in.
 
 SBD (the Berkeley "SegmentationClassAug" masks) is not offered: the segmentation task trains and
-tests on VOC2012's own ImageSets/Segmentation splits (data/voc.py VOCSegmentation reads
+tests on VOC2012's own ImageSets/Segmentation splits (bench_data/voc.py VOCSegmentation reads
 SegmentationClass PNGs and nothing of SBD's .mat files), and --mask-dir needs only mask shapes,
-which VOC2012's 2,913 SegmentationClass PNGs give (data/masks.py reads at most 2,000).
+which VOC2012's 2,913 SegmentationClass PNGs give (bench_data/masks.py reads at most 2,000).
 """
 import http.client
 import shutil
@@ -29,10 +29,10 @@ from torchvision.datasets import Imagenette
 from torchvision.datasets.utils import check_integrity, extract_archive
 from torchvision.datasets.voc import DATASET_YEAR_DICT as VOC_ARCHIVES
 
-from runtime.errors import UserError
-from runtime.options import option
-from runtime.progress import info, progress_bar
-from runtime.runfiles import replace_run_dir, staging_dir
+from bench_runtime.errors import UserError
+from bench_runtime.options import option
+from bench_runtime.progress import info, progress_bar
+from bench_runtime.runfiles import replace_run_dir, staging_dir
 from .check import DataCheckConfig, check_root
 
 CHUNK_BYTES = 1 << 20

@@ -16,10 +16,10 @@ import tempfile
 
 import numpy as np
 
-from runtime.errors import UserError
-from runtime.progress import progress_bar
-from runtime.cache import read_image_index
-from runtime.runfiles import cache_dir
+from bench_runtime.errors import UserError
+from bench_runtime.progress import progress_bar
+from bench_runtime.cache import read_image_index
+from bench_runtime.runfiles import cache_dir
 from .pixels import load_rgb
 
 VERSION = 1

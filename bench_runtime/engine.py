@@ -6,7 +6,7 @@ The engine owns what every training run must get right, whatever it trains:
 * checkpoint.pt and exact resume: model, optimisers, learning-rate schedules, fp16 loss scalers,
   the step, the training time and every process's RNG streams (the dropout draws);
 * metrics.jsonl: one line per step, cut back to the checkpoint's step on resume, and the same
-  in TensorBoard event files in tensorboard/ (runtime.events), with the learning rates and pictures;
+  in TensorBoard event files in tensorboard/ (bench_runtime.events), with the learning rates and pictures;
 * data parallelism under torchrun: the step sees a view of the model whose trainable children are
   wrapped in DistributedDataParallel (gradients averaged during backward, bucketed and overlapped);
   every process starts from the same weights (same seed) but draws its own dropout;

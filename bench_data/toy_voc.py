@@ -22,11 +22,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from runtime.device import seed_value
-from runtime.errors import UserError
-from runtime.options import at_least, option
-from runtime.progress import info
-from runtime.runfiles import cache_dir, staged_run_dir
+from bench_runtime.device import seed_value
+from bench_runtime.errors import UserError
+from bench_runtime.options import at_least, option
+from bench_runtime.progress import info
+from bench_runtime.runfiles import cache_dir, staged_run_dir
 from .images import VOC_CLASSES
 
 DEFAULT_TOY = {"n_images": 200, "size": 128, "seed": 0, "classes": 10}  # the built-in data of `bench` commands

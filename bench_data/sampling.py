@@ -4,9 +4,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from runtime import distributed
-from runtime.device import seed_worker
-from runtime.errors import UserError
+from bench_runtime import distributed
+from bench_runtime.device import seed_worker
+from bench_runtime.errors import UserError
 
 
 class EpochOrder(Sampler):

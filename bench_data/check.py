@@ -1,12 +1,12 @@
 """Checks of a data root's files before anything trains on them. A VOC root: the files each split
 needs (and that it lists some), boxes against their image, and mask class ids, modes and sizes. A
 class-folder root (<split>/<class>/<image>): the same classes in every split. Both: images of more
-pixels than data.pixels.MAX_PIXELS.
+pixels than bench_data.pixels.MAX_PIXELS.
 
 Problems are reported, never repaired (no box is clipped): under the --bad-annotations policy a
 run stops naming the first problem ("error") or leaves the images with problems out of their
 split with a warning ("skip"); `bench data check ROOT` lists every problem of a root.
-Unreadable JPEGs are --bad-images' business (data/pixels.py), so they are not reported here.
+Unreadable JPEGs are --bad-images' business (bench_data/pixels.py), so they are not reported here.
 """
 import csv
 import math
@@ -16,9 +16,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from runtime.errors import UserError
-from runtime.options import option
-from runtime.runfiles import write_atomically
+from bench_runtime.errors import UserError
+from bench_runtime.options import option
+from bench_runtime.runfiles import write_atomically
 from .images import VOC_CLASSES, class_folders, class_images, find_voc_dir, is_voc_root, read_split
 from .pixels import TOO_LARGE, ImageTooLarge, open_image
 from .voc import VOCDetection, VOCSegmentation, mask_misfit, parse_annotation
@@ -162,7 +162,7 @@ def ids_to_leave_out(problems, policy, what, root):
 
 
 def checked_dataset(dataset_class, root, split, year, policy):
-    """`dataset_class(root, split, year)`, a VOC dataset of data/voc.py, once what it reads of each
+    """`dataset_class(root, split, year)`, a VOC dataset of bench_data/voc.py, once what it reads of each
     image of the split (its NEEDS) has been checked under the --bad-annotations `policy`."""
     voc_dir = find_voc_dir(root, year)
     ids = read_split(voc_dir, split, dataset_class.IMAGE_SETS)

@@ -3,7 +3,7 @@ segmentation.
 
 torchvision's VOC datasets accept only the fixed split names (train/val/trainval/test) and the
 fixed year layout; we need any split name and any VOC-layout root, so we read the layout ourselves.
-Each Dataset takes `leave_out`, ids its split drops: the images data/check.py found problems with,
+Each Dataset takes `leave_out`, ids its split drops: the images bench_data/check.py found problems with,
 under --bad-annotations skip.
 """
 import xml.etree.ElementTree as ET
@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from runtime.errors import UserError
+from bench_runtime.errors import UserError
 from .images import VOC_CLASSES, find_voc_dir, read_class_labels, read_split
 from .pixels import load_rgb, readable_only
 
@@ -89,7 +89,7 @@ class VOCClassification(Dataset):
 
     PER_IMAGE = ("ids", "labels", "difficult")
     IMAGE_SETS = "Main"  # where its split files are
-    NEEDS = ("image",)  # what of each image data/check.py checks for it
+    NEEDS = ("image",)  # what of each image bench_data/check.py checks for it
 
     def __init__(self, root, split, year=None, transform=None, leave_out=()):
         self.voc_dir = find_voc_dir(root, year)
@@ -165,7 +165,7 @@ class VOCDetection(Dataset):
 def mask_misfit(mask, image_size):
     """(kind, what is wrong) when an opened mask does not fit its image of `image_size`, else None:
     VOC masks are one channel of indices ('P' or 'L') the size of their image. Reads only the
-    PNG header; the kinds are data/check.py's."""
+    PNG header; the kinds are bench_data/check.py's."""
     if mask.mode not in ("P", "L"):
         return "mask-mode", f"has mode {mask.mode}; VOC masks are palette ('P') or grey ('L') images of class indices"
     if mask.size != image_size:

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from skimage.feature import hog
 
-from runtime.progress import progress_bar
+from bench_runtime.progress import progress_bar
 
 HOG_CELL = 8
 INPAINT_RADIUS = 5  # px of context OpenCV looks at around each hole pixel

@@ -19,20 +19,20 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from data.images import list_images
-from data.masks import MaskSampler
-from data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, centre_crop, load_rgb, normalized_tensor, readable_only
-from data.toy_voc import default_data_root
+from bench_data.images import list_images
+from bench_data.masks import MaskSampler
+from bench_data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, centre_crop, load_rgb, normalized_tensor, readable_only
+from bench_data.toy_voc import default_data_root
 from pretrain.methods.context_encoder import ContextEncoder
 from pretrain.runs import load_run
-from runtime.device import DEVICE_NAMES, device_name, resolve_device, seed_value
-from runtime import formats
-from runtime.errors import UserError
-from runtime.options import option
-from runtime.metrics import as_numpy
-from runtime.progress import progress_bar
-from runtime.readers import read_json
-from runtime.runfiles import environment_info, save_json, staged_run_dir, write_atomically
+from bench_runtime.device import DEVICE_NAMES, device_name, resolve_device, seed_value
+from bench_runtime import formats
+from bench_runtime.errors import UserError
+from bench_runtime.options import option
+from bench_runtime.metrics import as_numpy
+from bench_runtime.progress import progress_bar
+from bench_runtime.readers import read_json
+from bench_runtime.runfiles import environment_info, save_json, staged_run_dir, write_atomically
 from . import inpaint_baselines as baselines
 
 matplotlib.use("Agg")

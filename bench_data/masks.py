@@ -19,11 +19,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from runtime.errors import UserError
+from bench_runtime.errors import UserError
 
 MASK_KINDS = ("central", "random-block", "random-region", "noise")
 MAX_COVERAGE = 0.25
-# The rules' constants, shared with data.device_masks (the same rules drawn a batch at a time).
+# The rules' constants, shared with bench_data.device_masks (the same rules drawn a batch at a time).
 BLOCK_REJECTIONS = 5
 REGION_MIN_COVERAGE = 0.15
 REGION_REJECTIONS = 20

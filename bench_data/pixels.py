@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import center_crop
 
-from runtime.errors import UserError
-from runtime.progress import progress_bar
+from bench_runtime.errors import UserError
+from bench_runtime.progress import progress_bar
 
 
 # PIL's guard against decompression bombs (about 89 megapixels): it only warns up to twice this

@@ -7,7 +7,7 @@ layouts sits in those steps; a file from a newer version of the suite is refused
 from .errors import UserError
 
 KEY = "format_version"
-# The version this code writes, per kind of file. 2: run identities (runtime.identity).
+# The version this code writes, per kind of file. 2: run identities (bench_runtime.identity).
 CURRENT = {"config": 2, "encoder": 2, "record": 2, "checkpoint": 2}
 
 

@@ -1,11 +1,11 @@
 """Hole masks drawn a batch at a time as torch operations, on the training device: the four rules
-of data.masks (which stays the per-image reference and the default) for a GPU that a loader
+of bench_data.masks (which stays the per-image reference and the default) for a GPU that a loader
 drawing masks per image on the CPU cannot keep busy.
 
 Each item's random numbers are a pure function of (seed, epoch, index, draw): a counter-based
 generator hashes them with a 32-bit integer mixer ("lowbias32", C. Wellons) into floats in
 [0, 1). An item gets the same hole in any batch, on any number of processes, and a resumed run
-the same holes, with no generator state to carry. The holes are not the ones data.masks draws
+the same holes, with no generator state to carry. The holes are not the ones bench_data.masks draws
 for that item (other random numbers), but they follow the same rules:
 
 * central        the same centre square for every item;
@@ -15,7 +15,7 @@ for that item (other random numbers), but they follow the same rules:
                  (nearest-neighbour sampling with torch's grid_sample), pasted until the coverage
                  reaches 15% or 20 have been rejected for taking it over 1/4 or missing the image;
 * noise          low-frequency noise, bilinearly upsampled; the lowest 20-30% of pixels.
-The two loops stop after MAX_ROUNDS rounds at the latest (data.masks has no cap); every item of a
+The two loops stop after MAX_ROUNDS rounds at the latest (bench_data.masks has no cap); every item of a
 batch runs the same rounds, finished ones unchanged.
 """
 import math
@@ -24,13 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime.errors import UserError
+from bench_runtime.errors import UserError
 from .masks import (BLOCK_REJECTIONS, MAX_COVERAGE, NOISE_BLOB_PX, NOISE_COVERAGE, REGION_AREA, REGION_MIN_COVERAGE,
                     REGION_REJECTIONS, central_mask)
 
 MASK32 = 0xFFFFFFFF
 MAX_ROUNDS = 200
-REGION_CANVAS = 128  # data.masks.load_region_shapes shrinks shapes to at most this side
+REGION_CANVAS = 128  # bench_data.masks.load_region_shapes shrinks shapes to at most this side
 
 
 def _mul32(x, constant):
@@ -59,7 +59,7 @@ def uniform(seed, keys, stream, count):
 
 
 class DeviceMasks:
-    """Draws masks of `sampler`'s kind and side (a data.masks.MaskSampler, which has checked them),
+    """Draws masks of `sampler`'s kind and side (a bench_data.masks.MaskSampler, which has checked them),
     a batch at a time: `masks(keys)` is a (B, 1, side, side) float tensor (1 = hole) on the keys'
     device."""
 
@@ -85,7 +85,7 @@ class DeviceMasks:
 
 
 def random_blocks(seed, keys, side, max_coverage=MAX_COVERAGE, max_rejections=BLOCK_REJECTIONS):
-    """(B, side, side) bool: data.masks.random_block_mask's rule for every item at once."""
+    """(B, side, side) bool: bench_data.masks.random_block_mask's rule for every item at once."""
     low, high = max(1, side // 8), max(1, side // 4)
     mask = torch.zeros(len(keys), side, side, dtype=torch.bool, device=keys.device)
     rejections = torch.zeros(len(keys), dtype=torch.int64, device=keys.device)
@@ -107,7 +107,7 @@ def random_blocks(seed, keys, side, max_coverage=MAX_COVERAGE, max_rejections=BL
 
 
 def noise(seed, keys, side, coverage=NOISE_COVERAGE, blob_px=NOISE_BLOB_PX):
-    """(B, side, side) bool: data.masks.noise_mask's rule for every item at once."""
+    """(B, side, side) bool: bench_data.masks.noise_mask's rule for every item at once."""
     cells = int(np.ceil(side / blob_px)) + 1
     grid = uniform(seed, keys, 0, cells * cells).view(-1, 1, cells, cells)
     values = F.interpolate(grid, size=(side, side), mode="bilinear", align_corners=False).flatten(1)
@@ -133,7 +133,7 @@ def _shape_canvas(shapes):
 
 def random_regions(seed, keys, side, canvas, areas, min_coverage=REGION_MIN_COVERAGE, max_coverage=MAX_COVERAGE,
                    max_rejections=REGION_REJECTIONS):
-    """(B, side, side) bool: data.masks.random_region_mask's rule for every item at once; and
+    """(B, side, side) bool: bench_data.masks.random_region_mask's rule for every item at once; and
     (B, N) int64: how many times each shape was pasted into each item."""
     count = len(keys)
     mask = torch.zeros(count, side, side, dtype=torch.bool, device=keys.device)

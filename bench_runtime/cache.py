@@ -80,7 +80,7 @@ def _about(kind, folder, name):
 
 
 def read_image_index(index_path, data_path, count=None):
-    """The index of an image cache (data/imagecache.py) with its "offsets" and "shapes" as arrays,
+    """The index of an image cache (bench_data/imagecache.py) with its "offsets" and "shapes" as arrays,
     once checked against its pixels file `data_path` (and the `count` of images it should hold);
     else a one-line error naming the file at fault."""
     index = read_json(index_path)

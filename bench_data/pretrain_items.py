@@ -4,16 +4,16 @@ Every random choice for an item comes from (seed, epoch, index), so an item is t
 worker loads it and a resumed run sees exactly the same batches.
 
 Where the work happens (`augment_on`):
-* "loader" (the reference): all of it per image in the DataLoader workers, holes by data.masks;
+* "loader" (the reference): all of it per image in the DataLoader workers, holes by bench_data.masks;
 * "device": a worker only slices the crop from the image (cache) as uint8; the flip, the
-  normalisation and the holes (data.device_masks) run a batch at a time on the training device
+  normalisation and the holes (bench_data.device_masks) run a batch at a time on the training device
   (`finish_batch`), which keeps a GPU fed with fewer loader cores. Same rules, other random numbers.
 """
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from runtime.errors import UserError
+from bench_runtime.errors import UserError
 from .device_masks import DeviceMasks, uniform
 from .pixels import load_rgb, normalized_tensor
 

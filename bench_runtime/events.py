@@ -1,6 +1,6 @@
 """TensorBoard event files of a training run, in <run>/tensorboard/ beside metrics.jsonl, so that
 `tensorboard --logdir runs/` shows every run under runs/, live. The training engine
-(runtime.engine) is their one writer: the metrics it logs, the learning rates and picture grids."""
+(bench_runtime.engine) is their one writer: the metrics it logs, the learning rates and picture grids."""
 import threading
 from pathlib import Path
 
@@ -14,7 +14,7 @@ class EventLog:
     that closes the event file (a staged run must be complete before its folder is renamed).
 
     Every session writes a file of its own. A resumed one repeats the steps after its checkpoint,
-    `first_step` on, which metrics.jsonl drops (runtime.engine); its file hides them in the earlier
+    `first_step` on, which metrics.jsonl drops (bench_runtime.engine); its file hides them in the earlier
     files too (SummaryWriter's purge_step), so TensorBoard shows each step once.
 
     Events are an extra: when they cannot be written (a full disk, no tensorboard package), one

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import UserError
+from bench_runtime.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp"}
 
