@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from bench_runtime.engine import take_step
 from bench_runtime.options import option
-from ..backbones import build_backbone
 from ..losses import visible_statistics
 from ..networks import FeatureContextEncoder, FeatureNetworkOptions
 from .base import PretextMethod
@@ -28,12 +27,9 @@ class Autoencoder(PretextMethod):
     Options = AutoencoderOptions
 
     def __init__(self, config, dataset_mean, dataset_std):
-        super().__init__()
-        self.config, self.options = config, self.resolve_options(config)
-        self.generator = FeatureContextEncoder(build_backbone(config.arch, config.encoder_norm), config.image_size,
-                                               self.options.dropout, self.options.output_scale)
-        self.encoder_arch = config.arch
-        self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
+        super().__init__(config, dataset_mean, dataset_std)
+        self.generator = FeatureContextEncoder(self.new_encoder(), config.image_size, self.options.dropout,
+                                               self.options.output_scale)
 
     @property
     def encoder(self):

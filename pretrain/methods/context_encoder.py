@@ -8,7 +8,7 @@ from bench_runtime.engine import take_step
 from bench_runtime.errors import UserError
 from bench_runtime.options import check_ranges, option
 from .. import losses
-from ..backbones import build_backbone, is_backbone_arch
+from ..backbones import is_backbone_arch
 from ..networks import Discriminator, FeatureContextEncoder, FeatureNetworkOptions, InpaintingGenerator
 from .base import PretextMethod
 from .registry import register
@@ -63,10 +63,9 @@ class ContextEncoder(PretextMethod):
         return options
 
     def __init__(self, config, dataset_mean, dataset_std):
-        super().__init__()
         if config.arch != "inpaint" and not is_backbone_arch(config.arch):
             raise UserError(f"unknown --arch {config.arch!r}; choose alexnet, inpaint or timm:<model name>")
-        self.config, self.options = config, self.resolve_options(config)
+        super().__init__(config, dataset_mean, dataset_std)
         side = config.image_size
         self.hole_band = self.options.overlap
 
@@ -77,14 +76,12 @@ class ContextEncoder(PretextMethod):
                 start = (side - side // 2) // 2
                 self.patch = slice(start, start + side // 2)
             self.generator = InpaintingGenerator(side, side // 2 if self.patch else side)
-            self.encoder_arch = "inpaint"
             # tanh outputs: pixels in [-1, 1] as in the released code.
             self.input_mean, self.input_std = [0.5] * 3, [0.5] * 3
+            self.mean.fill_(0.5), self.std.fill_(0.5)
         else:
-            self.generator = FeatureContextEncoder(build_backbone(config.arch, config.encoder_norm), side,
-                                                   self.options.dropout, self.options.output_scale)
-            self.encoder_arch = config.arch
-            self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
+            self.generator = FeatureContextEncoder(self.new_encoder(), side, self.options.dropout,
+                                                   self.options.output_scale)
         # Dropped pixels hold the dataset mean (in the network's input space).
         fill = (torch.tensor(dataset_mean) - torch.tensor(self.input_mean)) / torch.tensor(self.input_std)
         self.register_buffer("fill", fill.view(1, 3, 1, 1))

@@ -22,7 +22,7 @@ from bench_data.views import ViewAugmentation
 from bench_runtime.engine import take_step
 from bench_runtime.errors import UserError
 from bench_runtime.options import check_ranges, option
-from ..backbones import TimmBackbone, build_backbone
+from ..backbones import TimmBackbone
 from .base import PretextMethod
 from .registry import register
 
@@ -123,9 +123,8 @@ class MaskedAutoencoder(PretextMethod):
     Options = MAEOptions
 
     def __init__(self, config, dataset_mean, dataset_std):
-        super().__init__()
-        self.config, self.options = config, self.resolve_options(config)
-        backbone = build_backbone(config.arch, config.encoder_norm)
+        super().__init__(config, dataset_mean, dataset_std)
+        backbone = self.new_encoder()
         if not (isinstance(backbone, TimmBackbone) and backbone.is_vit):
             raise UserError(f"--method mae needs a vision transformer, not --arch {config.arch} "
                             f"(e.g. --arch timm:vit_tiny_patch16_224,patch_size=8,img_size={config.image_size})")
@@ -137,10 +136,6 @@ class MaskedAutoencoder(PretextMethod):
         self.decoder = Decoder(backbone.channels, backbone.model.num_prefix_tokens, grid, self.patch ** 2 * 3,
                                self.options.decoder_width, self.options.decoder_depth)
         self.views = ViewAugmentation(crop_scale=(0.2, 1.0))
-        self.encoder_arch = config.arch
-        self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
-        self.register_buffer("mean", torch.tensor(dataset_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(dataset_std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def encoder(self):
@@ -160,8 +155,7 @@ class MaskedAutoencoder(PretextMethod):
         return {"network": torch.optim.AdamW(self.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.05)}
 
     def train_step(self, batch, optimizers):
-        pixels = (batch["image"].float() * self.std + self.mean).clamp(0, 1)
-        predicted, target, masked = self.reconstruct((self.views(pixels) - self.mean) / self.std)
+        predicted, target, masked = self.reconstruct(self.normalised(self.views(self.pixels(batch["image"]))))
         loss = masked_patch_loss(predicted, target, masked)
         take_step(optimizers["network"], loss)
         return {"loss": loss.item()}

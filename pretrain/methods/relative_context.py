@@ -16,7 +16,7 @@ from torch import nn
 
 from bench_runtime.engine import take_step
 from bench_runtime.errors import UserError
-from ..backbones import build_backbone, feature_shape
+from ..backbones import feature_shape
 from .base import PretextMethod, classification_metrics
 from .registry import register
 
@@ -118,18 +118,14 @@ class RelativeContext(PretextMethod):
     description = "say where a patch lies among the 8 neighbours of another (Doersch et al. 2015)"
 
     def __init__(self, config, dataset_mean, dataset_std):
-        super().__init__()
-        self.config, self.options = config, self.resolve_options(config)
+        super().__init__(config, dataset_mean, dataset_std)
         self.grid = patch_grid(config.image_size)
         # Patches are much smaller than the image; those under AlexNet's minimum are scaled up to it.
         self.network_patch = max(self.grid.patch, NETWORK_PATCH_MIN)
-        self.encoder = build_backbone(config.arch, config.encoder_norm)
         channels, side = feature_shape(self.encoder, self.network_patch)
         self.head = nn.Sequential(
             nn.Linear(2 * channels * side * side, HIDDEN), nn.ReLU(inplace=True),
             nn.Dropout(0.5), nn.Linear(HIDDEN, len(NEIGHBOUR_OFFSETS)))
-        self.encoder_arch = config.arch
-        self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
 
     def forward(self, centres, neighbours):
         """Neighbour-position logits (N, 8) for N pairs of patches."""

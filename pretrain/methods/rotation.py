@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from bench_runtime.engine import take_step
-from ..backbones import build_backbone, feature_shape
+from ..backbones import feature_shape
 from .base import PretextMethod, classification_metrics
 from .registry import register
 
@@ -31,15 +31,11 @@ class RotationPrediction(PretextMethod):
     description = "predict which of four rotations an image was turned by (Gidaris et al. 2018)"
 
     def __init__(self, config, dataset_mean, dataset_std):
-        super().__init__()
-        self.config, self.options = config, self.resolve_options(config)
-        self.encoder = build_backbone(config.arch, config.encoder_norm)
+        super().__init__(config, dataset_mean, dataset_std)
         channels, side = feature_shape(self.encoder, config.image_size)
         self.head = nn.Sequential(
             nn.Flatten(), nn.Linear(channels * side * side, HIDDEN), nn.ReLU(inplace=True),
             nn.Dropout(0.5), nn.Linear(HIDDEN, ROTATIONS))
-        self.encoder_arch = config.arch
-        self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
 
     def forward(self, images):
         """Rotation logits (N, 4)."""

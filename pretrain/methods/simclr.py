@@ -28,7 +28,7 @@ from bench_data.views import ViewAugmentation
 from bench_runtime import distributed
 from bench_runtime.engine import take_step
 from bench_runtime.options import check_ranges, option
-from ..backbones import backbone_channels, build_backbone
+from ..backbones import backbone_channels
 from .base import PretextMethod
 from .registry import register
 
@@ -80,23 +80,17 @@ class SimCLR(PretextMethod):
         return options
 
     def __init__(self, config, dataset_mean, dataset_std):
-        super().__init__()
-        self.config, self.options = config, self.resolve_options(config)
-        self.encoder = build_backbone(config.arch, config.encoder_norm)
+        super().__init__(config, dataset_mean, dataset_std)
         norm = nn.BatchNorm1d(HIDDEN) if self.options.head_norm == "batch" else nn.Identity()
         self.projector = nn.Sequential(nn.Flatten(), nn.Linear(backbone_channels(self.encoder), HIDDEN), norm,
                                        nn.ReLU(inplace=True), nn.Linear(HIDDEN, self.options.projection_dim))
         self.views = ViewAugmentation(crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8,
                                       grayscale_p=0.2, blur_p=self.options.blur)
-        self.encoder_arch = config.arch
-        self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
-        self.register_buffer("mean", torch.tensor(dataset_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(dataset_std).view(1, 3, 1, 1), persistent=False)
 
     def two_views(self, images, generator=None):
         """Two random views of each normalised image, normalised."""
-        pixels = (images.float() * self.std + self.mean).clamp(0, 1)
-        return [(self.views(pixels, generator) - self.mean) / self.std for _ in range(2)]
+        pixels = self.pixels(images)
+        return [self.normalised(self.views(pixels, generator)) for _ in range(2)]
 
     def project(self, images):
         """(N, projection_dim): the projections of globally average-pooled features."""

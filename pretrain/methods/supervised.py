@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench_runtime.engine import take_step
-from ..backbones import build_backbone, feature_shape
+from ..backbones import feature_shape
 from .base import PretextMethod, classification_metrics
 from .registry import register
 
@@ -24,16 +24,12 @@ class Supervised(PretextMethod):
     uses_labels = True
 
     def __init__(self, config, dataset_mean, dataset_std):
-        super().__init__()
-        self.config, self.options = config, self.resolve_options(config)
-        self.encoder = build_backbone(config.arch, config.encoder_norm)
+        super().__init__(config, dataset_mean, dataset_std)
         channels, side = feature_shape(self.encoder, config.image_size)
         self.head = nn.Sequential(
             nn.Flatten(), nn.Dropout(0.5), nn.Linear(channels * side * side, HIDDEN),
             nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(inplace=True),
             nn.Linear(HIDDEN, len(config.classes)))
-        self.encoder_arch = config.arch
-        self.input_mean, self.input_std = list(dataset_mean), list(dataset_std)
 
     def configure_optimizers(self):
         # AlexNet's recipe: SGD with momentum; 0.01 is its starting rate.
