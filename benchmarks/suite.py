@@ -203,7 +203,7 @@ class SuiteConfig(PluginOptions):
     Run a preset (benchmarks/presets/*.yaml, or a YAML file of the same form): pretraining for each
     method and seed, every transfer task on every encoder, then the table. Finished work (encoder.pt /
     record.json present) is skipped."""
-    preset: str = option("quick", "quick, methods, cpu, paper, imagenet-subset, or a YAML file")
+    preset: str = option("quick", f"{', '.join(sorted(p.stem for p in PRESETS.glob('*.yaml')))}, or a YAML file")
     data_root: str | None = option(None, "pretraining images (VOC root or folder); default: the preset's data_root, "
                                    "else the built-in toy VOC set", flags=("--pretrain-data", "--data-root"))
     transfer_data_root: str | None = option(None, "VOC root for the tasks (and the pretraining probe); default: "

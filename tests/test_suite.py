@@ -87,7 +87,7 @@ def test_unknown_preset_and_option(tmp_path, capsys):
 
 def test_builtin_presets_parse():
     names = {p.stem for p in PRESETS.glob("*.yaml")}
-    assert {"quick", "cpu", "paper", "methods", "imagenet-subset"} <= names
+    assert {"quick", "cpu", "paper", "methods", "imagenet-subset", "laptop-ssl", "imagenette-simclr-gpu"} <= names
     for name in names:
         check_preset(load_preset(name))
 
