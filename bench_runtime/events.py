@@ -1,8 +1,13 @@
 """TensorBoard event files of a training run, in <run>/tensorboard/ beside metrics.jsonl, so that
 `tensorboard --logdir runs/` shows every run under runs/, live. The training engine
-(bench_runtime.engine) is their one writer: the metrics it logs, the learning rates and picture grids."""
+(bench_runtime.engine) writes the metrics it logs, the learning rates and picture grids while a run
+trains; `add_picture` adds what a run draws once it has finished (a transfer's predictions)."""
 import threading
 from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
 
 from .progress import warning
 
@@ -64,6 +69,14 @@ class EventLog:
     def _give_up(self, exc):
         warning(f"cannot write TensorBoard events in {self.folder} ({exc}); the run goes on without them")
         self._writer = None  # its thread has stopped; its events so far stay readable
+
+
+def add_picture(run_dir, tag, png, step):
+    """The picture a finished run saved as `png`, in its TensorBoard events at `step` (its last)."""
+    with Image.open(png) as opened:
+        picture = torch.from_numpy(np.asarray(opened.convert("RGB"))).permute(2, 0, 1).float() / 255
+    with EventLog(run_dir, first_step=step + 1) as events:  # purges nothing: every earlier step is <= step
+        events.image(tag, picture, step)
 
 
 def _quiet_writer_threads():

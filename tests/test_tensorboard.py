@@ -94,3 +94,14 @@ def test_a_full_disk_costs_the_events_alone(toy_voc_root, tmp_path, monkeypatch,
     assert len(warnings) == 1 and "TensorBoard" in warnings[0] and "No space left" in warnings[0], err
     assert "Traceback" not in err
     assert [m["step"] for m in read_metrics(out)] == [1, 2] and (out / "encoder.pt").is_file()
+
+
+@pytest.mark.parametrize("task, picture", [("seg", "predictions"), ("det", "detections")])
+def test_transfer_pictures_are_in_the_events_at_the_last_step(task, picture, toy_voc_root, tmp_path):
+    out = tmp_path / task
+    assert bench("transfer", "--task", task, "--data-root", toy_voc_root, "--out", out, "--image-size", 64,
+                 "--steps", 2, "--batch-size", 2, "--fc-width", 16, "--workers", 0) == 0
+    scalars, images = events(out)
+    assert [step for step, _ in scalars["train/loss"]] == [1, 2]  # the training events are all still shown
+    assert images == {picture: [2]}
+    assert (out / f"{picture}.png").is_file()

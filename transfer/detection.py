@@ -42,6 +42,7 @@ from pretrain.backbones import TimmBackbone, frozen_features
 from pretrain.networks import ALEXNET_POOL5_CHANNELS
 from bench_runtime import distributed
 from bench_runtime.errors import UserError
+from bench_runtime.events import add_picture
 from bench_runtime.progress import progress_bar
 from bench_runtime.runfiles import cache_dir, write_atomically
 from .encoders import calibrate_fresh_head
@@ -289,7 +290,8 @@ def run_detection(config, run_dir, progress=True):
     per_class, mean_ap = detection_ap(detections, ground_truth, len(VOC_CLASSES))
     if distributed.is_main():
         _save_detections(run_dir / "detections.json", test_voc.ids, detections)
-        save_detection_grid(test_voc, detections, run_dir / "detections.png")
+        add_picture(run_dir, "detections", save_detection_grid(test_voc, detections, run_dir / "detections.png"),
+                    config.steps)
     return write_record(run_dir, config, task.init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES, started)
 
 

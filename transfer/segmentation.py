@@ -21,6 +21,7 @@ from bench_data.toy_voc import voc_palette
 from bench_data.voc import VOCSegmentation
 from pretrain.backbones import backbone_channels, frozen_features
 from bench_runtime import distributed
+from bench_runtime.events import add_picture
 from bench_runtime.progress import progress_bar
 from bench_runtime.runfiles import save_json
 from .encoders import calibrate_fresh_head
@@ -136,7 +137,8 @@ def run_segmentation(config, run_dir, progress=True):
     scores = segmentation_scores(confusion)
     if distributed.is_main():
         save_json({"confusion": confusion.tolist(), "classes": list(CLASS_NAMES)}, run_dir / "confusion.json")
-        save_prediction_grid(model, test_set, mean, std, device, run_dir / "predictions.png")
+        add_picture(run_dir, "predictions", save_prediction_grid(model, test_set, mean, std, device,
+                                                                 run_dir / "predictions.png"), config.steps)
     return write_record(run_dir, config, task.init_info, "mean_iu", scores["mean_iu"],
                         scores["per_class_iu"].tolist(), CLASS_NAMES, started)
 
