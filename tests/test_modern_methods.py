@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bench_data.views import ViewAugmentation
-from pretrain.methods.mae import VisibleEncoder, masked_patch_loss, random_masking
+from pretrain.methods.mae import VisibleEncoder
+from pretrain.patches import masked_patch_loss, random_masking
 from pretrain.methods.simclr import nt_xent
 from pretrain.backbones import build_backbone
 from helpers import bench

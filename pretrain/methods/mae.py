@@ -10,7 +10,6 @@ target). Views: random resized crop of 20-100% of the area and flip, nothing els
 Built from timm's parts: the backbone's VisionTransformer (patch embedding, position embedding,
 blocks) and timm's Block for the decoder.
 """
-import math
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +22,7 @@ from bench_runtime.engine import take_step
 from bench_runtime.errors import UserError
 from bench_runtime.options import check_ranges, option
 from ..backbones import TimmBackbone
+from ..patches import masked_patch_loss, normalised_patches, patchify, random_masking, unpatchify
 from .base import PretextMethod
 from .registry import register
 
@@ -40,39 +40,6 @@ class MAEOptions:
                       ("--decoder-depth", self.decoder_depth, self.decoder_depth >= 1, "at least 1"),
                       ("--decoder-width", self.decoder_width, self.decoder_width % 8 == 0 and self.decoder_width > 0,
                        "a positive multiple of 8 (4 heads, sine-cosine positions)")])
-
-
-def patchify(images, patch):
-    """(B, C, H, W) -> (B, H/p * W/p, p * p * C), patches in row-major order."""
-    count, channels, height, width = images.shape
-    grid = images.reshape(count, channels, height // patch, patch, width // patch, patch)
-    return grid.permute(0, 2, 4, 3, 5, 1).reshape(count, (height // patch) * (width // patch), -1)
-
-
-def unpatchify(patches, patch, side):
-    count = len(patches)
-    grid = patches.reshape(count, side // patch, side // patch, patch, patch, -1)
-    return grid.permute(0, 5, 1, 3, 2, 4).reshape(count, -1, side, side)
-
-
-def random_masking(count, patches, ratio, device, generator=None):
-    """(visible (B, K) patch indices, masked (B, N) bool): K = N (1 - ratio) patches per image,
-    each image its own random choice."""
-    keep = int(patches * (1 - ratio))
-    order = torch.rand(count, patches, device=device, generator=generator).argsort(1)
-    visible = order[:, :keep]
-    return visible, torch.ones(count, patches, dtype=torch.bool, device=device).scatter(1, visible, False)
-
-
-def masked_patch_loss(predicted, target, masked):
-    """Mean squared error per patch, averaged over the masked patches only."""
-    per_patch = (predicted - target).pow(2).mean(-1)
-    return (per_patch * masked).sum() / masked.sum()
-
-
-def normalised_patches(patches, eps=1e-6):
-    mean, var = patches.mean(-1, keepdim=True), patches.var(-1, keepdim=True)
-    return (patches - mean) / (var + eps).sqrt()
 
 
 class VisibleEncoder(nn.Module):
