@@ -9,7 +9,7 @@ import sys
 from bench_runtime.errors import UserError
 from bench_runtime.options import HelpFormatter, Parser, add_options, command_help, option_values
 
-# Each command's --help ends with one of these.
+# Each command's --help ends with one of these, by its path after `bench`.
 EXAMPLES = {
     "pretrain": "bench pretrain --mask central --lr 1e-3 --steps 1000 --out runs/ce-central",
     "transfer": "bench transfer --task seg --init runs/ce-central",
@@ -21,13 +21,13 @@ EXAMPLES = {
     "report": "bench report runs/suite-quick",
     "methods": "bench methods --plugin my_methods.py",
     "data": "bench data toy --out runs/toy-voc",
-    "toy": "bench data toy --out runs/toy-voc --images 50",
-    "check": "bench data check ../shared/data/pets-voc --out problems.csv",
-    "fetch": "bench data fetch voc2012 --root data/",
+    "data toy": "bench data toy --out runs/toy-voc --images 50",
+    "data check": "bench data check ../shared/data/pets-voc --out problems.csv",
+    "data fetch": "bench data fetch voc2012 --root data/",
     "speed": "bench speed --feature-sizes 128 --precisions fp32 bf16",
     "cache": "bench cache clean --older-than 30",
-    "list": "bench cache list",
-    "clean": "bench cache clean --older-than 30",
+    "cache list": "bench cache list",
+    "cache clean": "bench cache clean --older-than 30",
 }
 # Commands that only group others.
 GROUPS = {
@@ -38,12 +38,14 @@ GROUPS = {
 }
 
 
-def add_command(commands, name, config_class=None):
-    """A sub-command parser (help and description from `config_class`'s docstring, else GROUPS)
-    with --quiet/--verbose and, after its options in --help, an example."""
-    help, description = command_help(config_class) if config_class else GROUPS[name]
-    p = commands.add_parser(name, help=help, description=description or help, epilog=f"example: {EXAMPLES[name]}",
-                            formatter_class=HelpFormatter)
+def add_command(commands, path, config_class=None):
+    """The sub-command parser of `path` (a name, or the names after `bench`), its help and
+    description from `config_class`'s docstring, else GROUPS, with --quiet/--verbose and, after its
+    options in --help, an example."""
+    path = (path,) if isinstance(path, str) else tuple(path)
+    help, description = command_help(config_class) if config_class else GROUPS[path[-1]]
+    p = commands.add_parser(path[-1], help=help, description=description or help,
+                            epilog=f"example: {EXAMPLES[' '.join(path)]}", formatter_class=HelpFormatter)
     loudness = p.add_mutually_exclusive_group()
     loudness.add_argument("--quiet", "-q", dest="verbosity", action="store_const", const="quiet", default="normal",
                           help="no progress bars or status lines: results and errors only")
@@ -143,7 +145,7 @@ def build_parser(method=None):
             if path[0] not in groups:
                 groups[path[0]] = add_command(commands, path[0]).add_subparsers(dest=path[0], required=True)
             parent = groups[path[0]]
-        p = add_command(parent, path[-1], config_class)
+        p = add_command(parent, path, config_class)
         add_options(p, config_class)
         p.set_defaults(handler=lambda args, c=config_class, run=run: run(c(**option_values(args, c))))
     return parser

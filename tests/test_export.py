@@ -81,7 +81,7 @@ def test_export_refusals(pretrain_run, tmp_path, capsys):
     assert bench("export", "--run", pretrain_run, "--to", "torchvision", "--out", out) == 2
     assert "already exists" in capsys.readouterr().err and out.read_text() == "a user's file"
     assert bench("export", "--run", pretrain_run, "--to", "timm", "--out", tmp_path / "t.pth") == 2
-    assert "timm does not have" in capsys.readouterr().err
+    assert "--to timm takes timm:<model> encoders only (export it --to torchvision)" in capsys.readouterr().err
     assert bench("export", "--run", tmp_path / "nothing", "--to", "torchvision", "--out", tmp_path / "x.pth") == 2
     assert "no encoder file" in capsys.readouterr().err
 

@@ -16,7 +16,7 @@ from bench_data.voc import VOCSegmentation
 from helpers import bench
 
 FAST_PRETRAIN = ["--image-size", 64, "--batch-size", 4, "--steps", 3, "--workers", 0, "--mask", "central"]
-COMMANDS = ["pretrain", "transfer", "table", "export", "inpaint", "eval-inpaint", "suite", "methods", "speed"]
+COMMANDS = sorted(EXAMPLES)  # every command and sub-command, by its path after `bench`
 
 
 def test_progress_outside_a_terminal_is_whole_lines_with_rate_and_eta(toy_voc_root, tmp_path, capsys):
@@ -44,11 +44,12 @@ def test_quiet_leaves_results_and_errors_only(toy_voc_root, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_takes_quiet_and_verbose_and_ends_its_help_with_an_example(command, capsys):
-    assert bench(command, "--quiet", "--verbose") == 2  # one or the other
+    assert bench(*command.split(), "--quiet", "--verbose") == 2  # one or the other
     assert "not allowed with argument" in capsys.readouterr().err
-    assert bench(command, "--help") == 0
+    assert bench(*command.split(), "--help") == 0
     help_text = capsys.readouterr().out
     assert help_text.rstrip().splitlines()[-1] == f"example: {EXAMPLES[command]}"
+    assert f"{EXAMPLES[command]} ".startswith(f"bench {command} ")  # its own example, not a namesake's
     assert "--quiet" in help_text and "--verbose" in help_text
 
 

@@ -38,7 +38,7 @@ from bench_data.images import VOC_CLASSES
 from bench_data.pixels import load_rgb
 from bench_data.sampling import loader_options
 from bench_data.voc import VOCDetection
-from pretrain.backbones import TimmBackbone, frozen_features
+from pretrain.backbones import frozen_features
 from pretrain.networks import ALEXNET_POOL5_CHANNELS
 from bench_runtime import distributed
 from bench_runtime.errors import UserError
@@ -125,10 +125,10 @@ class FeaturePool(RoIPool):
 
 def detection_backbone(encoder):
     """(module, channels, stride) the detector pools RoIs from: AlexNet's conv5 (before pool5,
-    stride 16, as in Fast R-CNN), or a timm backbone's last stage."""
-    if isinstance(encoder, TimmBackbone):
-        return encoder, encoder.channels, encoder.stride
-    return encoder[:CONV5], ALEXNET_POOL5_CHANNELS, ALEXNET_CONV5_STRIDE
+    stride 16, as in Fast R-CNN), or any other backbone's output (its `channels` and `stride`)."""
+    if isinstance(encoder, nn.Sequential):  # AlexNet's features
+        return encoder[:CONV5], ALEXNET_POOL5_CHANNELS, ALEXNET_CONV5_STRIDE
+    return encoder, encoder.channels, encoder.stride
 
 
 def shared_parts(config, mean, std, channels, stride):

@@ -76,12 +76,12 @@ def export_encoder(init, to, out, overwrite=False):
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     encoder, info = load_encoder(init)
-    is_timm = info["arch"].startswith(TIMM_PREFIX)
-    if to == "timm" and not is_timm:
-        raise UserError(f"the encoder of {init} is {info['arch']!r}, which timm does not have; "
-                        f"export it --to torchvision")
-    if to != "timm" and is_timm:
-        raise UserError(f"the encoder of {init} is {info['arch']!r}; export it --to timm")
+    # Each layout holds one family: a backbone of any other is refused, not written under wrong names.
+    takes = {"timm": "timm:<model>", "torchvision": "alexnet", "detectron2": "alexnet"}[to]
+    if not (info["arch"].startswith(TIMM_PREFIX) if to == "timm" else info["arch"] == "alexnet"):
+        other = " (export it --to timm)" if info["arch"].startswith(TIMM_PREFIX) else \
+            " (export it --to torchvision)" if info["arch"] == "alexnet" else ""
+        raise UserError(f"the encoder of {init} is {info['arch']!r}; --to {to} takes {takes} encoders only{other}")
     if to == "torchvision":
         save_torch(torchvision_state(encoder), out)
     elif to == "timm":
