@@ -74,7 +74,7 @@ class EventLog:
 def add_picture(run_dir, tag, png, step):
     """The picture a finished run saved as `png`, in its TensorBoard events at `step` (its last)."""
     with Image.open(png) as opened:
-        picture = torch.from_numpy(np.asarray(opened.convert("RGB"))).permute(2, 0, 1).float() / 255
+        picture = torch.from_numpy(np.array(opened.convert("RGB"))).permute(2, 0, 1).float() / 255
     with EventLog(run_dir, first_step=step + 1) as events:  # purges nothing: every earlier step is <= step
         events.image(tag, picture, step)
 
