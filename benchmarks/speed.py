@@ -38,7 +38,7 @@ from pretrain.runs import (build_pretraining, count_flops, fixed_batch_step, pre
                            training_images)
 from pretrain.train import PretrainConfig
 from bench_runtime import speedups
-from bench_data.toy_voc import default_data_root
+from bench_data.toy_voc import data_root_or_toy
 from bench_runtime.device import DEVICE_NAMES, device_name, resolve_device, synchronize
 from bench_runtime.options import at_least, option
 from bench_runtime.progress import progress_bar
@@ -192,7 +192,7 @@ def run_speed(config, progress=True):
     """Measure everything `config` (SpeedConfig) asks for, write <out>/speed.json, .csv and .md;
     return (out, the record)."""
     out = config.out or f"runs/speed-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = dataclasses.replace(config, data_root=str(config.data_root or default_data_root()),
+    config = dataclasses.replace(config, data_root=data_root_or_toy(config.data_root),
                                  device=resolve_device(config.device))
     precisions, device, workers, warmup, steps = config.precisions, config.device, config.workers, config.warmup, \
         config.steps

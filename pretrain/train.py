@@ -28,7 +28,7 @@ from bench_data.masks import MASK_KINDS, MaskSampler
 from bench_data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, readable_only
 from bench_data.pretrain_items import AUGMENT_ON, PretrainImages
 from bench_data.sampling import epoch_batches
-from bench_data.toy_voc import default_data_root
+from bench_data.toy_voc import data_root_or_toy
 from bench_runtime import distributed, formats, speedups
 from bench_runtime.device import (DeviceOptions, check_scaling_options, resolve_device, seed_everything, seed_value,
                             start_process)
@@ -546,7 +546,7 @@ def run_pretraining(config, folder, progress=True, given=None):
         run_dir = resume_pretraining(out, given, progress)
     else:
         check_steps_or_budget(given or {})
-        config = dataclasses.replace(config, data_root=str(config.data_root or default_data_root()))
+        config = dataclasses.replace(config, data_root=data_root_or_toy(config.data_root))
         run_dir = pretrain(config, out, folder.overwrite, progress)
     if distributed.is_main():
         print(f"run folder: {run_dir}  (encoder: {run_dir / 'encoder.pt'}, preview: {run_dir / 'preview.png'})")

@@ -3,7 +3,7 @@ import dataclasses
 from pathlib import Path
 
 from bench_data.images import voc_year
-from bench_data.toy_voc import default_data_root
+from bench_data.toy_voc import data_root_or_toy
 from bench_runtime import distributed
 from bench_runtime.device import start_process
 from bench_runtime.engine import check_training_options
@@ -48,7 +48,7 @@ def run_transfer(config, folder, progress=True):
     """`bench transfer`: run `config` into folder.out (default: transfer_run_name), built in a
     staging folder that replaces it when complete. Returns the record."""
     if get_task(config.task).data_kind == VOC:  # the toy set is VOC; other kinds have no default
-        config = dataclasses.replace(config, data_root=str(config.data_root or default_data_root()))
+        config = dataclasses.replace(config, data_root=data_root_or_toy(config.data_root))
     out = folder.check().out or transfer_run_name(config)
     with staged_run_dir(out, "transfer-run", folder.overwrite, folder.resume, config.input_paths(),
                         config.input_runs()) as staging:
