@@ -80,10 +80,11 @@ def seed_worker(_worker_id):
     np.random.seed(seed)
 
 
-def check_scaling_options(config):
-    """Validate the precision, SyncBatchNorm and process-count options (pretraining and transfer)."""
-    speedups.check_precision(config.precision, config.device)
-    if config.sync_bn and not config.device.startswith("cuda"):
+def check_scaling_options(config, device):
+    """Validate the precision, SyncBatchNorm and process-count options (pretraining and transfer)
+    of `config` for a run on `device` (resolved)."""
+    speedups.check_precision(config.precision, device)
+    if config.sync_bn and not device.startswith("cuda"):
         raise UserError("--sync-bn synchronises BatchNorm between GPUs; it needs a CUDA device")
     processes = distributed.world_size()
     if config.batch_size % processes:

@@ -109,20 +109,20 @@ def measure_case(case, precision, config, dataset_stats, progress=True):
 
     # Model only: a fixed random batch, the real method, optimisers and precision.
     pretraining = build_pretraining(config, progress)
-    config, sampler = pretraining.config, pretraining.dataset.mask_sampler
+    context, sampler = pretraining.context, pretraining.dataset.mask_sampler
     hole = None if sampler is None else sampler(np.random.default_rng(0))
-    step = fixed_batch_step(pretraining.method, config, hole)
+    step = fixed_batch_step(pretraining.method, config, context, hole)
     row["gflop_per_step"] = count_flops(step) / 1e9
-    seconds, _ = _timed_steps(lambda: step()["loss"], warmup, steps, config.device)
+    seconds, _ = _timed_steps(lambda: step()["loss"], warmup, steps, context.device)
     row["model_only_img_s"] = case.batch_size / seconds
 
     # End to end: a fresh method (same seed), the training loop's own batches from step 0.
     pretraining = build_pretraining(config, progress)
-    method = pretraining.method.train()
-    engine, train_step = pretraining_engine(method, config, None, progress=False)
-    batches = training_batches(pretraining.dataset, config, 0)
+    method, context = pretraining.method.train(), pretraining.context
+    engine, train_step = pretraining_engine(method, config, context, None, progress=False)
+    batches = training_batches(pretraining.dataset, config, context, 0)
     seconds, losses = _timed_steps(lambda: engine.train_one_step(train_step, method, next(batches))["loss"],
-                                   warmup, steps, config.device)
+                                   warmup, steps, context.device)
     batches.close()
     row["end_to_end_img_s"] = case.batch_size / seconds
     row["end_to_end_mean_loss"] = sum(losses) / len(losses)
