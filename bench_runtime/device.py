@@ -96,8 +96,9 @@ def start_process(device_name=None):
     """Set this process up for a run, and return the device it trains on: its share of the CPU
     cores (divided between torchrun's processes on this machine; OMP_NUM_THREADS, when set, is
     the user's choice and wins), and with a device, the process group under torchrun (the device
-    becomes cuda:LOCAL_RANK there). Every entry point calls it (the CLI, pretrain,
-    resume_pretraining, run_task); the process group is joined once."""
+    becomes cuda:LOCAL_RANK there). The CLI calls it before any command (the run folders' barriers
+    need the group), and each run's resolve step (resolve_pretraining, resolve_transfer) for the
+    device it keeps in its context; the process group is joined once."""
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     share = max(1, len(os.sched_getaffinity(0)) // processes_here)
     chosen = os.environ.get("OMP_NUM_THREADS", "")
