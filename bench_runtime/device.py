@@ -31,9 +31,11 @@ def seed_value(seed):
     return seed
 
 
-@dataclass
+@dataclass(frozen=True)
 class DeviceOptions:
-    """Where and how fast a run trains: the options pretraining and transfer share."""
+    """Where and how fast a run trains: the options pretraining and transfer share. Frozen, as the
+    configs built on it: what a run works out from them, the device included, goes into its context
+    (pretrain.train.PretrainContext, transfer.config.TransferContext), not back into them."""
     device: str = option("auto", DEVICE_NAMES, check=device_name)
     workers: int = option(1, "DataLoader worker processes")
     precision: str = option("fp32", "autocast dtype of forward passes and losses: bf16 on CUDA or CPUs with bf16 "

@@ -48,7 +48,7 @@ from .probe import DEAD_WARNING, check_probe_data, make_probe, output_name
 PREVIEW_IMAGES = 8
 
 
-@dataclass
+@dataclass(frozen=True)
 class PretrainConfig(DeviceOptions):
     """learn an encoder without labels
 

@@ -12,7 +12,7 @@ from bench_runtime.options import at_least, option, positive
 from .registry import get_task, task_help, task_names
 
 
-@dataclass
+@dataclass(frozen=True)
 class TransferConfig(DeviceOptions):
     """Everything a transfer run depends on; each field with help text is a `bench transfer` flag."""
     task: str = option("seg", task_help, choices=task_names, required=True)
