@@ -327,9 +327,12 @@ def ensure_toy_voc(cache_dir, n_images=200, size=128, seed=0, classes=10):
     return root
 
 
-def default_data_root():
-    """The built-in toy VOC set (DEFAULT_TOY), generated into the cache folder the first time:
-    what every command uses when it is given no data root."""
+def data_root_or_toy(given):
+    """The data root of a command given `given` (its --data-root; empty or None: none), as a string:
+    `given`, else the built-in toy VOC set (DEFAULT_TOY), generated into the cache folder the first
+    time. Every command that has a default data root takes it from here."""
+    if given:
+        return str(given)
     root = ensure_toy_voc(cache_dir(), **DEFAULT_TOY)
     info(f"no --data-root given: using the built-in toy VOC set at {root}")
-    return root
+    return str(root)

@@ -6,6 +6,7 @@ rescaled to the run's load size and the centre image_size square is kept. Hole i
 generator seeded by (seed, i), so every row of one evaluation is scored on the same pixels.
 Scores are over the hole only, with pixels in [0, 1] (see hole_scores).
 """
+import dataclasses
 import math
 import re
 import textwrap
@@ -22,7 +23,7 @@ from skimage.metrics import structural_similarity
 from bench_data.images import list_images
 from bench_data.masks import MaskSampler
 from bench_data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, centre_crop, load_rgb, normalized_tensor, readable_only
-from bench_data.toy_voc import default_data_root
+from bench_data.toy_voc import data_root_or_toy
 from pretrain.methods.context_encoder import ContextEncoder
 from pretrain.runs import load_run
 from bench_runtime.device import DEVICE_NAMES, device_name, resolve_device, seed_value
@@ -240,7 +241,7 @@ def inpaint(config, progress=True):
 
 def evaluate(config, progress=True):
     """`bench eval-inpaint`: the records and grid in config.out_folder(), and the scores printed."""
-    config.data_root = str(config.data_root or default_data_root())
+    config = dataclasses.replace(config, data_root=data_root_or_toy(config.data_root))
     out = config.out_folder()
     with staged_run_dir(out, "eval-inpaint", config.overwrite, inputs=config.input_paths(),
                         runs=config.input_runs()) as staging:

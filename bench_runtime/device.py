@@ -31,9 +31,11 @@ def seed_value(seed):
     return seed
 
 
-@dataclass
+@dataclass(frozen=True)
 class DeviceOptions:
-    """Where and how fast a run trains: the options pretraining and transfer share."""
+    """Where and how fast a run trains: the options pretraining and transfer share. Frozen, as the
+    configs built on it: what a run works out from them, the device included, goes into its context
+    (pretrain.train.PretrainContext, transfer.config.TransferContext), not back into them."""
     device: str = option("auto", DEVICE_NAMES, check=device_name)
     workers: int = option(1, "DataLoader worker processes")
     precision: str = option("fp32", "autocast dtype of forward passes and losses: bf16 on CUDA or CPUs with bf16 "
@@ -80,10 +82,11 @@ def seed_worker(_worker_id):
     np.random.seed(seed)
 
 
-def check_scaling_options(config):
-    """Validate the precision, SyncBatchNorm and process-count options (pretraining and transfer)."""
-    speedups.check_precision(config.precision, config.device)
-    if config.sync_bn and not config.device.startswith("cuda"):
+def check_scaling_options(config, device):
+    """Validate the precision, SyncBatchNorm and process-count options (pretraining and transfer)
+    of `config` for a run on `device` (resolved)."""
+    speedups.check_precision(config.precision, device)
+    if config.sync_bn and not device.startswith("cuda"):
         raise UserError("--sync-bn synchronises BatchNorm between GPUs; it needs a CUDA device")
     processes = distributed.world_size()
     if config.batch_size % processes:
@@ -95,8 +98,9 @@ def start_process(device_name=None):
     """Set this process up for a run, and return the device it trains on: its share of the CPU
     cores (divided between torchrun's processes on this machine; OMP_NUM_THREADS, when set, is
     the user's choice and wins), and with a device, the process group under torchrun (the device
-    becomes cuda:LOCAL_RANK there). Every entry point calls it (the CLI, pretrain,
-    resume_pretraining, run_task); the process group is joined once."""
+    becomes cuda:LOCAL_RANK there). The CLI calls it before any command (the run folders' barriers
+    need the group), and each run's resolve step (resolve_pretraining, resolve_transfer) for the
+    device it keeps in its context; the process group is joined once."""
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     share = max(1, len(os.sched_getaffinity(0)) // processes_here)
     chosen = os.environ.get("OMP_NUM_THREADS", "")

@@ -24,7 +24,7 @@ from torch import nn
 
 from bench_data.masks import central_mask
 from pretrain.networks import PointInputUpConv, SubPixelUpConv, WholeInputConv
-from pretrain.runs import build_method, fixed_batch_step
+from pretrain.runs import build_method, fixed_batch_step, resolve_pretraining
 from pretrain.train import PretrainConfig
 from bench_runtime import speedups
 from bench_runtime.device import seed_everything
@@ -71,15 +71,16 @@ def measure_lever(name, batch_size=64, warmup=2, steps=5, seed=0):
     config = PretrainConfig(method="context-encoder", arch="inpaint", mask="central", image_size=128,
                             batch_size=batch_size, steps=warmup + steps, seed=seed, device="cpu",
                             dataset_mean=[0.5] * 3, dataset_std=[0.25] * 3)
+    context = resolve_pretraining(config, paths=[])  # synthetic batches: no images to read
     seed_everything(seed)
-    method = build_method(config)
+    method = build_method(context.recorded(config))
     set_layer_forms(method, matmul, subpixel)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     method = method.to(memory_format=memory_format)
     if compiled:
         speedups.compile_children(method)
     # The same batch for every lever and seed.
-    step = fixed_batch_step(method, config, central_mask(128), seed=1234, memory_format=memory_format)
+    step = fixed_batch_step(method, config, context, central_mask(128), seed=1234, memory_format=memory_format)
     with _threads(threads):
         for _ in range(warmup):
             step()

@@ -15,7 +15,7 @@ import time
 
 from bench_data.masks import central_mask
 from bench_data.sampling import epoch_batches
-from pretrain.runs import build_method, build_pretraining, count_flops, fixed_batch_step
+from pretrain.runs import build_method, build_pretraining, count_flops, fixed_batch_step, resolve_pretraining
 from pretrain.train import PretrainConfig
 from bench_runtime.device import synchronize
 
@@ -34,9 +34,9 @@ def measure_loader(config, batches=20, progress=False):
     augment_on "device", also the images/s of the batch-level work left to the device (flip,
     normalisation, holes), timed on the last batches."""
     pretraining = build_pretraining(config, progress)
-    config, dataset = pretraining.config, pretraining.dataset
+    dataset, device = pretraining.dataset, pretraining.context.device
     batch_size, workers = config.batch_size, config.workers
-    loader = iter(epoch_batches(dataset, batch_size, config.seed, 0, workers, config.device))
+    loader = iter(epoch_batches(dataset, batch_size, config.seed, 0, workers, device))
     next(loader)
     started, last = time.perf_counter(), []
     for _ in range(batches):
@@ -48,13 +48,13 @@ def measure_loader(config, batches=20, progress=False):
            "workers": workers, "loader_img_s": rate, "img_s_per_worker": rate / max(1, workers),
            "device_img_s": None}
     if config.augment_on == "device":
-        last = [{key: value.to(config.device) for key, value in batch.items()} for batch in last]
+        last = [{key: value.to(device) for key, value in batch.items()} for batch in last]
         dataset.finish_batch(last[0])  # warm-up
-        synchronize(config.device)
+        synchronize(device)
         started = time.perf_counter()
         for batch in last:
             dataset.finish_batch(batch)
-        synchronize(config.device)
+        synchronize(device)
         row["device_img_s"] = len(last) * batch_size / (time.perf_counter() - started)
     return row
 
@@ -64,7 +64,9 @@ def training_gflop_per_image(image_size, mask="random-region", arch="alexnet", b
     FlopCounterMode; a step's FLOPs are proportional to its batch)."""
     config = PretrainConfig(method="context-encoder", arch=arch, mask=mask, image_size=image_size,
                             batch_size=batch_size, device="cpu", dataset_mean=[0.5] * 3, dataset_std=[0.25] * 3)
-    return count_flops(fixed_batch_step(build_method(config), config, central_mask(image_size))) / 1e9 / batch_size
+    context = resolve_pretraining(config, paths=[])  # synthetic batches: no images to read
+    step = fixed_batch_step(build_method(context.recorded(config)), config, context, central_mask(image_size))
+    return count_flops(step) / 1e9 / batch_size
 
 
 def project_paper_pretraining(loader_img_s_per_worker, cores, peak_tflops, gflop_per_image,

@@ -38,7 +38,7 @@ from pretrain.runs import (build_pretraining, count_flops, fixed_batch_step, pre
                            training_images)
 from pretrain.train import PretrainConfig
 from bench_runtime import speedups
-from bench_data.toy_voc import default_data_root
+from bench_data.toy_voc import data_root_or_toy
 from bench_runtime.device import DEVICE_NAMES, device_name, resolve_device, synchronize
 from bench_runtime.options import at_least, option
 from bench_runtime.progress import progress_bar
@@ -109,20 +109,20 @@ def measure_case(case, precision, config, dataset_stats, progress=True):
 
     # Model only: a fixed random batch, the real method, optimisers and precision.
     pretraining = build_pretraining(config, progress)
-    config, sampler = pretraining.config, pretraining.dataset.mask_sampler
+    context, sampler = pretraining.context, pretraining.dataset.mask_sampler
     hole = None if sampler is None else sampler(np.random.default_rng(0))
-    step = fixed_batch_step(pretraining.method, config, hole)
+    step = fixed_batch_step(pretraining.method, config, context, hole)
     row["gflop_per_step"] = count_flops(step) / 1e9
-    seconds, _ = _timed_steps(lambda: step()["loss"], warmup, steps, config.device)
+    seconds, _ = _timed_steps(lambda: step()["loss"], warmup, steps, context.device)
     row["model_only_img_s"] = case.batch_size / seconds
 
     # End to end: a fresh method (same seed), the training loop's own batches from step 0.
     pretraining = build_pretraining(config, progress)
-    method = pretraining.method.train()
-    engine, train_step = pretraining_engine(method, config, None, progress=False)
-    batches = training_batches(pretraining.dataset, config, 0)
+    method, context = pretraining.method.train(), pretraining.context
+    engine, train_step = pretraining_engine(method, config, context, None, progress=False)
+    batches = training_batches(pretraining.dataset, config, context, 0)
     seconds, losses = _timed_steps(lambda: engine.train_one_step(train_step, method, next(batches))["loss"],
-                                   warmup, steps, config.device)
+                                   warmup, steps, context.device)
     batches.close()
     row["end_to_end_img_s"] = case.batch_size / seconds
     row["end_to_end_mean_loss"] = sum(losses) / len(losses)
@@ -192,7 +192,7 @@ def run_speed(config, progress=True):
     """Measure everything `config` (SpeedConfig) asks for, write <out>/speed.json, .csv and .md;
     return (out, the record)."""
     out = config.out or f"runs/speed-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = dataclasses.replace(config, data_root=str(config.data_root or default_data_root()),
+    config = dataclasses.replace(config, data_root=data_root_or_toy(config.data_root),
                                  device=resolve_device(config.device))
     precisions, device, workers, warmup, steps = config.precisions, config.device, config.workers, config.warmup, \
         config.steps

@@ -22,7 +22,7 @@ import yaml
 from pretrain.curves import probe_comparison
 from pretrain.methods import PluginOptions, get_method, load_plugins
 from pretrain.train import PretrainConfig, check_pretrain_options, check_steps_or_budget, pretrain, resume_pretraining
-from bench_data.toy_voc import default_data_root
+from bench_data.toy_voc import data_root_or_toy
 from bench_runtime.device import DEVICE_NAMES, device_name, seed_value
 from bench_runtime.errors import UserError
 from bench_runtime.options import at_least, option, parse_options
@@ -246,8 +246,7 @@ def run_suite_command(config):
     check_preset(preset)  # every option of every section, before any data is made or read
     check_needs(preset, config.preset, {"pretrain-data": config.data_root, "transfer-data": config.transfer_data_root,
                                         "in-domain-data": config.in_domain_data, "mask-dir": config.mask_dir})
-    config = dataclasses.replace(config, data_root=str(config.data_root or preset.get("data_root")
-                                                       or default_data_root()),
+    config = dataclasses.replace(config, data_root=data_root_or_toy(config.data_root or preset.get("data_root")),
                                  mask_dir=config.mask_dir or preset.get("mask_dir"))
     out = check_output_of(config.out_folder(), "suite", config.input_paths())  # a new or earlier suite's folder
     if config.launcher == "sequential" and not config.dry_run:

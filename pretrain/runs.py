@@ -3,7 +3,8 @@
 (`load_run`), and run training steps of a method on one fixed batch (`fixed_batch_step`, what
 `bench speed` times, and `count_flops` counts, as `bench pretrain` does for its compute). The
 training loop's own batches (`training_batches`) and engine (`pretraining_engine`) are offered
-here too, for timing the loop end to end.
+here too, for timing the loop end to end. What a run works out from its config is its
+`PretrainContext` (`resolve_pretraining`); the functions that train take both.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,30 +14,33 @@ from bench_runtime.engine import read_checkpoint
 from bench_runtime.errors import UserError
 from bench_runtime.runfiles import CHECKPOINT
 from .methods import PretextMethod
-from .train import (PretrainConfig, build, build_method, count_flops, fixed_batch_step, load_run_config,
-                    pretraining_engine, resolve_config, training_batches, training_images)
+from .train import (PretrainConfig, PretrainContext, build, build_method, count_flops, fixed_batch_step,
+                    load_run_config, pretraining_engine, resolve_pretraining, training_batches, training_images)
 
-__all__ = ["Pretraining", "build_method", "build_pretraining", "count_flops", "fixed_batch_step", "load_run",
-           "pretraining_engine", "training_batches", "training_images"]
+__all__ = ["Pretraining", "PretrainContext", "build_method", "build_pretraining", "count_flops", "fixed_batch_step",
+           "load_run", "pretraining_engine", "resolve_pretraining", "training_batches", "training_images"]
 
 
 @dataclass
 class Pretraining:
-    """A pretraining ready to train: its resolved config, its image files, the method and its dataset."""
+    """A pretraining ready to train: its config, its context, its image files, the method and its dataset."""
     config: PretrainConfig
+    context: PretrainContext
     paths: list[Path]
     method: PretextMethod
     dataset: PretrainImages
 
 
 def build_pretraining(config, progress=True):
-    """The pretraining `config` describes, as `bench pretrain` builds it: the config checked and
-    resolved (load size, mask folder, classes, device, dataset statistics, the method's options as
-    it resolved them), the method seeded by config.seed on config.device with the speed options,
-    and the dataset of its images (with the image cache when config.image_cache)."""
-    config, paths = resolve_config(config)
-    method, dataset = build(config, paths, progress)
-    return Pretraining(config, paths, method, dataset)
+    """The pretraining `config` describes, as `bench pretrain` builds it (without measuring its
+    compute): the config checked and its context resolved (device, load size, mask folder,
+    classes, dataset statistics, the method's options), the method seeded by config.seed on the
+    context's device with the speed options, and the dataset of its images (with the image cache
+    when config.image_cache)."""
+    paths = training_images(config)
+    context = resolve_pretraining(config, paths)
+    method, dataset = build(config, context, paths, progress)
+    return Pretraining(config, context, paths, method, dataset)
 
 
 def load_run(run_dir):

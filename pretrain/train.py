@@ -1,7 +1,8 @@
 """The pretraining loop: one function from a config to a run folder.
 
 A run folder holds
-  config.json       the resolved configuration (and the environment it ran in)
+  config.json       the configuration with what the run worked out written in (PretrainContext.recorded),
+                    and the environment it ran in
   metrics.jsonl     one JSON line per step (and one per probe, with probe_knn_map)
   loss.png          the loss curves; probe.png, the probe's mAP against steps (with --probe-data)
   checkpoint.pt     everything needed to --resume
@@ -28,10 +29,9 @@ from bench_data.masks import MASK_KINDS, MaskSampler
 from bench_data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP, channel_stats, readable_only
 from bench_data.pretrain_items import AUGMENT_ON, PretrainImages
 from bench_data.sampling import epoch_batches
-from bench_data.toy_voc import default_data_root
+from bench_data.toy_voc import data_root_or_toy
 from bench_runtime import distributed, formats, speedups
-from bench_runtime.device import (DeviceOptions, check_scaling_options, resolve_device, seed_everything, seed_value,
-                            start_process)
+from bench_runtime.device import DeviceOptions, check_scaling_options, seed_everything, seed_value, start_process
 from bench_runtime.engine import Engine, check_training_options, prepare_model
 from bench_runtime.errors import UserError
 from bench_runtime.identity import data_name, identity
@@ -48,7 +48,7 @@ from .probe import DEAD_WARNING, check_probe_data, make_probe, output_name
 PREVIEW_IMAGES = 8
 
 
-@dataclass
+@dataclass(frozen=True)
 class PretrainConfig(DeviceOptions):
     """learn an encoder without labels
 
@@ -109,6 +109,9 @@ class PretrainConfig(DeviceOptions):
     preview_every: int = option(100, "write a preview grid every N steps")
     checkpoint_every: int = option(100, "write checkpoint.pt every N steps")
     method_options: dict = field(default_factory=dict)  # the fields of the method's Options
+    # Worked out by the run (PretrainContext) and recorded in its config.json: None in a config a
+    # user gives. Given (a run folder's config, or a caller that knows the images' statistics),
+    # the run takes them as they are.
     classes: list | None = None  # class names of labelled data, for methods that use labels
     dataset_mean: list | None = None
     dataset_std: list | None = None
@@ -117,6 +120,31 @@ class PretrainConfig(DeviceOptions):
     def input_paths(self):
         """(option, path) of what the run reads: its run folder must lie apart from them."""
         return [("--data-root", self.data_root), ("--probe-data", self.probe_data), ("--mask-dir", self.mask_dir)]
+
+
+@dataclass(frozen=True)
+class PretrainContext:
+    """What a run works out from its PretrainConfig before it trains, once (resolve_pretraining,
+    then measure_compute); the code that trains reads these here and the options in the config.
+    A value the config gives (a run folder's recorded config gives them all) is taken as given."""
+    device: str  # this process's: --device resolved ("auto": cuda if there is a GPU), cuda:LOCAL_RANK under torchrun
+    world_size: int  # the processes taking part (torchrun's)
+    load_size: int  # --load-size, else 1.15 x the image size
+    mask_dir: str | None  # --mask-dir, else for random-region holes the data root's SegmentationClass if any
+    classes: list | None  # class names of labelled data, for methods that use labels
+    dataset_mean: list  # per-channel statistics of the training images
+    dataset_std: list
+    method_options: dict  # the method's Options as it resolves them (its defaults filled in)
+    flops_per_step: float | None  # one training step's FLOPs (measure_compute); None in runs from before
+    steps: int  # the steps it trains: --steps, or what --budget-pflops buys (measure_compute)
+
+    def recorded(self, config):
+        """`config` with this context written in: the run's config as config.json records it (so
+        an earlier run loads, resumes and keeps its identity), and what its method is built from."""
+        return dataclasses.replace(config, device=self.device, load_size=self.load_size, mask_dir=self.mask_dir,
+                                   classes=self.classes, dataset_mean=self.dataset_mean, dataset_std=self.dataset_std,
+                                   method_options=self.method_options, flops_per_step=self.flops_per_step,
+                                   steps=self.steps)
 
 
 def pretrain_run_name(config):
@@ -142,36 +170,39 @@ def check_steps_or_budget(given, where="bench pretrain"):
         raise UserError(f"{where}: give --steps or --budget-pflops, not both (the budget sets the steps)")
 
 
-def resolve_config(config):
-    """Validate `config` and fill in what depends on the data: default load size, mask folder,
-    dataset statistics (the method's options are resolved where it is built: build_method).
-    Returns (resolved config, image paths)."""
-    config = dataclasses.replace(config)
+def resolve_pretraining(config, paths):
+    """The context of a run of `config` on the images `paths` (training_images; [] for steps on
+    synthetic batches, the statistics given), its options checked: this process started on its
+    device (the one place a pretraining resolves it), and what the config leaves to the run worked
+    out, the images read only for that. The compute is measured after this (measure_compute)."""
     check_pretrain_options(config)
     if config.probe_data is not None:
         check_probe_data(config.probe_data, config.probe_splits)
-    paths = training_images(config)
-    if len(paths) < config.batch_size:
-        raise UserError(f"only {len(paths)} images in {config.data_root} ({config.split}) for a batch "
-                        f"of {config.batch_size}; lower --batch-size")
-    if config.load_size is None:
-        config.load_size = round(config.image_size * 1.15)
-    needs_shapes = get_method(config.method).uses_masks and config.mask == "random-region"
-    if needs_shapes and config.mask_dir is None:
-        # Shapes from other images of the same VOC root; their image never matches the hole.
-        candidate = images.find_voc_dir(config.data_root, config.year) / "SegmentationClass" \
-            if images.is_voc_root(config.data_root) else None
-        if candidate is None or not candidate.is_dir():
-            raise UserError("--mask random-region needs --mask-dir, a folder of VOC segmentation PNGs "
-                            "(or use --mask noise)")
-        config.mask_dir = str(candidate)
-    if get_method(config.method).uses_labels and config.classes is None:
-        config.classes = images.image_labels(paths, config.data_root, config.split, config.year)[1]
-    config.device = resolve_device(config.device)
-    check_scaling_options(config)
-    if config.dataset_mean is None:
-        config.dataset_mean, config.dataset_std = channel_stats(paths)
-    return config, paths
+    method = get_method(config.method)
+    mask_dir = config.mask_dir
+    if mask_dir is None and method.uses_masks and config.mask == "random-region":
+        mask_dir = _voc_shapes(config)
+    classes = config.classes
+    if classes is None and method.uses_labels:
+        classes = images.image_labels(paths, config.data_root, config.split, config.year)[1]
+    mean, std = (config.dataset_mean, config.dataset_std) if config.dataset_mean is not None else channel_stats(paths)
+    device = start_process(config.device)
+    check_scaling_options(config, device)
+    return PretrainContext(
+        device=device, world_size=distributed.world_size(),
+        load_size=round(config.image_size * 1.15) if config.load_size is None else config.load_size,
+        mask_dir=mask_dir, classes=classes, dataset_mean=mean, dataset_std=std,
+        method_options=dataclasses.asdict(method.resolve_options(config)), flops_per_step=config.flops_per_step,
+        steps=config.steps)
+
+
+def _voc_shapes(config):
+    """The SegmentationClass folder of `config`'s VOC root (None when it has none): random-region
+    shapes from other images of the same root, whose image never matches the hole."""
+    if not images.is_voc_root(config.data_root):
+        return None
+    folder = images.find_voc_dir(config.data_root, config.year) / "SegmentationClass"
+    return str(folder) if folder.is_dir() else None
 
 
 def training_images(config):
@@ -179,12 +210,13 @@ def training_images(config):
                          f"{config.data_root} ({config.split})")
 
 
-def training_batches(dataset, config, start_step):
+def training_batches(dataset, config, context, start_step):
     """This process's share of each global batch (all of it on one process), on the device."""
-    channels_last = speedups.use_channels_last(config.device)
-    for batch in epoch_batches(dataset, config.batch_size, config.seed, start_step, config.workers, config.device):
-        batch = dataset.finish_batch({key: value.to(config.device, non_blocking=True) for key, value in batch.items()})
-        yield {key: speedups.to_device(value, config.device, channels_last) for key, value in batch.items()}
+    device = context.device
+    channels_last = speedups.use_channels_last(device)
+    for batch in epoch_batches(dataset, config.batch_size, config.seed, start_step, config.workers, device):
+        batch = dataset.finish_batch({key: value.to(device, non_blocking=True) for key, value in batch.items()})
+        yield {key: speedups.to_device(value, device, channels_last) for key, value in batch.items()}
 
 
 def _save_preview(method, dataset, preview_batch, engine, run_dir, step):
@@ -216,23 +248,22 @@ def pretrain(config, out, overwrite=False, progress=True):
         out = check_new_run_dir(out, overwrite, inputs)  # again: a run that held the lock may have finished it
         replacing = out.exists() and any(out.iterdir())
         run_dir = staging_dir(out) if replacing else out
-        config, paths = resolve_config(config)
-        device = start_process(config.device)
-        config = measure_compute(config, device)
-        run_config = dataclasses.replace(config, device=device)
-        method, dataset = build(run_config, paths, progress)
-        config.method_options = run_config.method_options  # as the method resolved them
+        paths = training_images(config)
+        context = measure_compute(config, resolve_pretraining(config, paths))
+        method, dataset = build(config, context, paths, progress)
         distributed.barrier()  # every process has checked `out` before the main one writes
         if distributed.is_main():
             create_run_dir(run_dir, "pretrain-run")
-            settings = pretraining_settings(config, method, len(paths))
+            recorded = context.recorded(config)
+            settings = pretraining_settings(recorded, method, len(paths))
             save_json(formats.stamped("config", {
-                "config": dataclasses.asdict(config), "identity": identity(settings), "identity_settings": settings,
-                "training_flops": training_flops(config, config.steps), "images": len(paths), "processes": distributed.world_size(), "environment": environment_info()}),
+                "config": dataclasses.asdict(recorded), "identity": identity(settings), "identity_settings": settings,
+                "training_flops": training_flops(context, context.steps), "images": len(paths),
+                "processes": context.world_size, "environment": environment_info()}),
                 run_dir / "config.json")
         distributed.barrier()
         try:
-            _train(run_config, method, dataset, run_dir, progress=progress)
+            _train(config, context, method, dataset, run_dir, progress=progress)
         except BaseException:
             # A failed replacement leaves the old run as it was; a checkpoint stays for --resume.
             if replacing and distributed.is_main() and not has_interrupted_run(out):
@@ -250,11 +281,10 @@ def resume_pretraining(out, given=None, progress=True):
     check_resumable(run_dir)
     with run_lock(out):
         config = resumed_config(load_run_config(check_resumable(run_dir)), given or {}, out)
-        check_training_options(config)
-        check_scaling_options(config)
-        config.device = start_process(config.device)
-        method, dataset = build(config, training_images(config), progress)
-        _train(config, method, dataset, run_dir, progress)
+        paths = training_images(config)
+        context = resolve_pretraining(config, paths)  # the recorded config gives all but the device
+        method, dataset = build(config, context, paths, progress)
+        _train(config, context, method, dataset, run_dir, progress)
         return _put_in_place(run_dir, Path(out))
 
 
@@ -351,8 +381,9 @@ def saved_run_settings(run_dir):
     if "identity_settings" in content:
         return content["identity_settings"]
     config = load_run_config(run_dir)
-    config.method_options = dataclasses.asdict(get_method(config.method).resolve_options(config))
-    return pretraining_settings(config, get_method(config.method), content.get("images"))
+    method = get_method(config.method)
+    config = dataclasses.replace(config, method_options=dataclasses.asdict(method.resolve_options(config)))
+    return pretraining_settings(config, method, content.get("images"))
 
 
 def control_settings(settings):
@@ -361,42 +392,46 @@ def control_settings(settings):
 
 
 def build_method(config):
-    """The method `config` names, freshly initialised on the CPU. It resolves its own options;
-    config.method_options then records them as it uses them (defaults filled in), as config.json
-    and encoder.json show them."""
-    method = get_method(config.method)(config, config.dataset_mean, config.dataset_std)
-    config.method_options = dataclasses.asdict(method.options)
-    return method
+    """The method a run's config names (with its statistics: context.recorded, or a run folder's
+    load_run_config), freshly initialised on the CPU. The methods read their classes and options
+    from the config they are given."""
+    return get_method(config.method)(config, config.dataset_mean, config.dataset_std)
 
 
-def build(config, paths, progress=True):
-    """The method (seeded by config.seed, on config.device, with the speed options applied; its
-    options recorded in `config` by build_method) and its dataset."""
+def build(config, context, paths, progress=True):
+    """The method (seeded by config.seed, on the context's device, with the speed options applied)
+    and its dataset of `paths`."""
+    if len(paths) < config.batch_size:
+        raise UserError(f"only {len(paths)} images in {config.data_root} ({config.split}) for a batch "
+                        f"of {config.batch_size}; lower --batch-size")
     seed_everything(config.seed)
-    method = prepare_model(build_method(config), config.device, config.compile, config.sync_bn)
+    method = prepare_model(build_method(context.recorded(config)), context.device, config.compile, config.sync_bn)
     labels = None
     if method.uses_labels:
         labels, classes = images.image_labels(paths, config.data_root, config.split, config.year)
-        if classes != config.classes:
+        if classes != context.classes:
             raise UserError(f"the class folders of {config.data_root} changed since the run started")
     # Holes are a data-side transform: per item in the loader's workers, or per batch on the device.
-    holes = hole_sampler(config, method)
-    dataset = PretrainImages(paths, config.image_size, config.load_size, method.input_mean,
+    holes = hole_sampler(config, context, method)
+    dataset = PretrainImages(paths, config.image_size, context.load_size, method.input_mean,
                              method.input_std, holes, config.seed, labels, augment_on=config.augment_on)
     if config.image_cache:
         with distributed.main_first(local=True):  # one process per machine builds it, the others read it
-            dataset.cache = ImageCache(paths, config.load_size, progress=progress and distributed.is_local_main())
+            dataset.cache = ImageCache(paths, context.load_size, progress=progress and distributed.is_local_main())
     return method, dataset
 
 
-def hole_sampler(config, method):
+def hole_sampler(config, context, method):
     """The MaskSampler of `method`'s holes (None for a method without holes)."""
     if not method.uses_masks:
         return None
-    return MaskSampler.from_folder(config.mask, config.image_size, method.hole_band, config.mask_dir)
+    if config.mask == "random-region" and context.mask_dir is None:
+        raise UserError("--mask random-region needs --mask-dir, a folder of VOC segmentation PNGs "
+                        "(or use --mask noise)")
+    return MaskSampler.from_folder(config.mask, config.image_size, method.hole_band, context.mask_dir)
 
 
-def pretraining_engine(method, config, run_dir, progress=True):
+def pretraining_engine(method, config, context, run_dir, progress=True):
     """(the engine that trains `method` in run_dir, resuming from its checkpoint when there is one;
     the step it runs: the method's own train_step with the method's optimisers)."""
     optimizers = method.configure_optimizers()
@@ -406,13 +441,13 @@ def pretraining_engine(method, config, run_dir, progress=True):
                 group["lr"] = 0.0
     schedules = {name: torch.optim.lr_scheduler.LinearLR(optimizer, 1 / config.warmup_steps, 1, config.warmup_steps)
                  for name, optimizer in optimizers.items()} if config.warmup_steps else {}
-    engine = Engine(method, optimizers, run_dir, steps=config.steps, batch_size=config.batch_size, seed=config.seed,
-                    device=config.device, precision=config.precision, checkpoint_every=config.checkpoint_every,
+    engine = Engine(method, optimizers, run_dir, steps=context.steps, batch_size=config.batch_size, seed=config.seed,
+                    device=context.device, precision=config.precision, checkpoint_every=config.checkpoint_every,
                     schedules=schedules, desc=f"pretraining {config.method}", progress=progress)
     return engine, lambda trained, batch: trained.train_step(batch, optimizers)
 
 
-def fixed_batch_step(method, config, hole=None, seed=0, memory_format=None):
+def fixed_batch_step(method, config, context, hole=None, seed=0, memory_format=None):
     """A function of no arguments that runs one training step of `method` (in training mode, with its
     optimisers and config.precision, as the training loop steps it) on the same batch every time,
     and returns the step's metrics.
@@ -420,21 +455,22 @@ def fixed_batch_step(method, config, hole=None, seed=0, memory_format=None):
     The batch: config.batch_size images of config.image_size px drawn from a normal distribution by
     a generator seeded with `seed` (the same seed gives the same images), and for a method with
     holes, `hole` (an (S, S) array, 1 where pixels are dropped) in every image, for one with labels,
-    labels of config.classes drawn by the same generator; on config.device in `memory_format`
+    labels of context.classes drawn by the same generator; on context.device in `memory_format`
     (default: the layout training uses there)."""
     if method.uses_masks and hole is None:
         raise ValueError(f"{config.method} trains on holes: a fixed batch needs its `hole`")
+    device = context.device
     if memory_format is None:
-        memory_format = torch.channels_last if speedups.use_channels_last(config.device) else torch.contiguous_format
+        memory_format = torch.channels_last if speedups.use_channels_last(device) else torch.contiguous_format
     side, generator = config.image_size, torch.Generator().manual_seed(seed)
     batch = {"image": torch.randn(config.batch_size, 3, side, side, generator=generator)}
     if method.uses_masks:
         batch["hole"] = torch.as_tensor(hole).float().expand(config.batch_size, 1, side, side)
-    batch = {key: value.to(config.device).contiguous(memory_format=memory_format) for key, value in batch.items()}
+    batch = {key: value.to(device).contiguous(memory_format=memory_format) for key, value in batch.items()}
     if method.uses_labels:
-        batch["label"] = torch.randint(len(config.classes), (config.batch_size,), generator=generator).to(config.device)
+        batch["label"] = torch.randint(len(context.classes), (config.batch_size,), generator=generator).to(device)
     method.train()
-    engine, train_step = pretraining_engine(method, config, None, progress=False)
+    engine, train_step = pretraining_engine(method, config, context, None, progress=False)
     return lambda: engine.train_one_step(train_step, method, batch)
 
 
@@ -446,47 +482,47 @@ def count_flops(step):
     return counter.get_total_flops()
 
 
-def measure_compute(config, device):
-    """`config` (resolved) with flops_per_step: one training step of a freshly built copy of its
-    method on `device`, counted (the weights and random streams of the run are untouched: build
-    seeds them afresh); and with --budget-pflops, the steps the budget buys."""
-    config = dataclasses.replace(config, device=device)
-    method = prepare_model(build_method(config), device)  # uncompiled: the counter sees every operation
-    sampler = hole_sampler(config, method)
+def measure_compute(config, context):
+    """`context` with flops_per_step: one training step of a freshly built copy of the method on
+    its device, counted (the weights and random streams of the run are untouched: build seeds them
+    afresh); and with --budget-pflops, the steps the budget buys."""
+    # Uncompiled: the counter sees every operation.
+    method = prepare_model(build_method(context.recorded(config)), context.device)
+    sampler = hole_sampler(config, context, method)
     hole = None if sampler is None else sampler(np.random.default_rng(0))
-    config.flops_per_step = float(count_flops(fixed_batch_step(method, config, hole)))
+    flops = float(count_flops(fixed_batch_step(method, config, context, hole)))
+    steps = config.steps
     if config.budget_pflops is not None:
-        steps = math.floor(config.budget_pflops * 1e15 / config.flops_per_step)
+        steps = math.floor(config.budget_pflops * 1e15 / flops)
         if steps < 1:
             raise UserError(f"--budget-pflops {config.budget_pflops:g} buys no training step: one step of "
-                            f"{config.method} costs {config.flops_per_step / 1e15:.3g} PFLOP")
-        config.steps = steps
-        info(f"budget {config.budget_pflops:g} PFLOP: {steps} steps of {config.flops_per_step / 1e9:.3g} GFLOP")
-    return config
+                            f"{config.method} costs {flops / 1e15:.3g} PFLOP")
+        info(f"budget {config.budget_pflops:g} PFLOP: {steps} steps of {flops / 1e9:.3g} GFLOP")
+    return dataclasses.replace(context, flops_per_step=flops, steps=steps)
 
 
-def training_flops(config, steps):
-    """The FLOPs of `steps` training steps of `config` (None for a run from before they were counted)."""
-    return None if config.flops_per_step is None else steps * config.flops_per_step
+def training_flops(context, steps):
+    """The FLOPs of `steps` training steps of a run (None for a run from before they were counted)."""
+    return None if context.flops_per_step is None else steps * context.flops_per_step
 
 
-def _train(config, method, dataset, run_dir, progress=True):
+def _train(config, context, method, dataset, run_dir, progress=True):
     """Train through the engine (which resumes from run_dir's checkpoint when there is one), with
     previews, probes and the loss curves from the main process, then write the encoder."""
     main = distributed.is_main()
-    engine, train_step = pretraining_engine(method, config, run_dir, progress)
-    preview_batch = _preview_batch(dataset, config) if main else None
+    engine, train_step = pretraining_engine(method, config, context, run_dir, progress)
+    preview_batch = _preview_batch(dataset, context.device) if main else None
     probe = make_probe(config.probe_data, config.image_size, method.input_mean, method.input_std,
                        config.probe_splits, config.bad_images) if main and config.probe_data else None
     warned = False
 
     def after_step(step, metrics):
-        if metrics is not None and (step % config.preview_every == 0 or step == config.steps):
+        if metrics is not None and (step % config.preview_every == 0 or step == context.steps):
             _save_preview(method, dataset, preview_batch, engine, run_dir, step)
         # The probe curve starts at the initialisation (the call before the first step).
         nonlocal warned
-        if probe is not None and (step % config.probe_every == 0 or step == config.steps):
-            scores = probe(method.encoder, config.device)
+        if probe is not None and (step % config.probe_every == 0 or step == context.steps):
+            scores = probe(method.encoder, context.device)
             engine.log({"step": step, **scores, "elapsed_s": round(engine.elapsed, 3)}, section="probe")
             plot_curves(run_dir)
             output = output_name(method.encoder)
@@ -498,19 +534,19 @@ def _train(config, method, dataset, run_dir, progress=True):
                 warning(f"step {step}: {100 * dead:.0f}% of {output} never fires on the probe images (over "
                         f"{100 * DEAD_WARNING:.0f}%): pretraining is killing units; see probe.png")
 
-    engine.run(train_step, lambda start: training_batches(dataset, config, start), after_step)
+    engine.run(train_step, lambda start: training_batches(dataset, config, context, start), after_step)
     if main:
         plot_curves(run_dir)
-        _save_encoder(method, config, run_dir, engine, len(dataset))
+        _save_encoder(method, config, context, run_dir, engine, len(dataset))
     distributed.barrier()  # the run folder is complete for every process (a suite transfers it next)
     return run_dir
 
 
-def _preview_batch(dataset, config):
+def _preview_batch(dataset, device):
     """A fixed batch (keys from an epoch no training step reaches) shows progress on the same holes."""
     preview_keys = [(2**31 - 1, i % len(dataset)) for i in range(PREVIEW_IMAGES)]
     preview_items = [dataset[k] for k in preview_keys]
-    return dataset.finish_batch({key: torch.stack([item[key] for item in preview_items]).to(config.device)
+    return dataset.finish_batch({key: torch.stack([item[key] for item in preview_items]).to(device)
                                  for key in preview_items[0]})
 
 
@@ -520,17 +556,17 @@ def pretraining_label(config, method):
     return label_with_arch(f"{config.method} ({details})" if details else config.method, method.encoder_arch)
 
 
-def _save_encoder(method, config, run_dir, engine, images):
+def _save_encoder(method, config, context, run_dir, engine, images):
     state = {key: value.detach().cpu() for key, value in plain_encoder(method.encoder).state_dict().items()}
     save_torch(state, run_dir / "encoder.pt")
     loss_terms = {"mask": config.mask} if method.uses_masks else {}
-    settings = pretraining_settings(config, method, images)
+    settings = pretraining_settings(context.recorded(config), method, images)
     save_json(formats.stamped("encoder", {
         "method": config.method, "label": config.label or pretraining_label(config, method),
         "arch": method.encoder_arch, "image_size": config.image_size, **loss_terms,
-        "method_options": config.method_options, "input_mean": method.input_mean, "input_std": method.input_std,
-        "steps": engine.step, "pretrain_seconds": round(engine.elapsed, 1), "flops_per_step": config.flops_per_step,
-        "pretrain_flops": training_flops(config, engine.step), "budget_pflops": config.budget_pflops,
+        "method_options": context.method_options, "input_mean": method.input_mean, "input_std": method.input_std,
+        "steps": engine.step, "pretrain_seconds": round(engine.elapsed, 1), "flops_per_step": context.flops_per_step,
+        "pretrain_flops": training_flops(context, engine.step), "budget_pflops": config.budget_pflops,
         "seed": config.seed,
         "data_root": config.data_root, "split": config.split, "identity": identity(settings),
         "control_identity": identity(control_settings(settings)), "settings": settings}),
@@ -546,7 +582,7 @@ def run_pretraining(config, folder, progress=True, given=None):
         run_dir = resume_pretraining(out, given, progress)
     else:
         check_steps_or_budget(given or {})
-        config = dataclasses.replace(config, data_root=str(config.data_root or default_data_root()))
+        config = dataclasses.replace(config, data_root=data_root_or_toy(config.data_root))
         run_dir = pretrain(config, out, folder.overwrite, progress)
     if distributed.is_main():
         print(f"run folder: {run_dir}  (encoder: {run_dir / 'encoder.pt'}, preview: {run_dir / 'preview.png'})")

@@ -25,7 +25,7 @@ MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 
 def main(root, out):
     device = distributed.setup("cpu")
-    config = TransferConfig(image_size=64, batch_size=3, fc_width=16, workers=0, seed=0)
+    config = TransferConfig(batch_size=3, fc_width=16, workers=0, seed=0)
     torch.manual_seed(0)
     results = {}
 
@@ -36,11 +36,11 @@ def main(root, out):
 
     classifier = Classifier(alexnet_encoder(), 64, 16).eval()
     voc = VOCClassification(root, "test", "2007")
-    scores = classification_scores(classifier, voc, MEAN, STD, config, device)
+    scores = classification_scores(classifier, voc, MEAN, STD, 64, config, device)
     results["cls_scores"] = scores.tolist()
     results["cls"] = classification_ap(scores, voc.labels, voc.difficult)[1]
 
-    detector = build_detector(alexnet_encoder(), config, MEAN, STD, proposals="rpn").eval()
+    detector = build_detector(alexnet_encoder(), config, 64, MEAN, STD, proposals="rpn").eval()
     voc = VOCDetection(root, "test", "2007")
     detections = detect(detector, DetectionSamples(voc, None, train=False), config, device)
     results["det_count"] = sum(len(d["boxes"]) for d in detections)

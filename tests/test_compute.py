@@ -8,7 +8,7 @@ import pytest
 from benchmarks.suite import pretrain_config
 from bench_data.masks import central_mask
 from helpers import bench
-from pretrain.runs import build_method, count_flops, fixed_batch_step
+from pretrain.runs import build_method, count_flops, fixed_batch_step, resolve_pretraining
 from pretrain.train import PretrainConfig
 from bench_runtime.errors import UserError
 
@@ -19,7 +19,8 @@ def step_flops():
     """The FLOPs of one TINY training step, counted here as `bench pretrain` counts them."""
     config = PretrainConfig(image_size=64, batch_size=4, mask="central", device="cpu", dataset_mean=[0.5] * 3,
                             dataset_std=[0.25] * 3)
-    return count_flops(fixed_batch_step(build_method(config), config, central_mask(64)))
+    context = resolve_pretraining(config, paths=[])
+    return count_flops(fixed_batch_step(build_method(context.recorded(config)), config, context, central_mask(64)))
 
 
 def test_a_budget_sets_the_steps_from_the_measured_flops(toy_voc_root, tmp_path):

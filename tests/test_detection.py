@@ -16,9 +16,10 @@ from bench_data.images import VOC_CLASSES
 from bench_data.voc import VOCDetection
 from bench_runtime.errors import UserError
 from transfer.detection import (MAX_PROPOSALS, DetectionSamples, FastRCNN, cached_proposals, drop_easy_background,
-                                proposal_dir, run_detection, save_detection_grid, selective_search, shared_parts)
+                                proposal_dir, save_detection_grid, selective_search, shared_parts)
 from transfer.encoders import load_encoder
 from transfer.config import TransferConfig
+from transfer.tasks import run_task
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 
@@ -81,7 +82,7 @@ class RecordingHeads(nn.Module):
 
 def test_proposals_are_resized_with_the_image(toy_voc_root):
     heads = RecordingHeads()
-    transform, _ = shared_parts(det_config(toy_voc_root), MEAN, STD, channels=256, stride=16)
+    transform, _ = shared_parts(det_config(toy_voc_root), 96, MEAN, STD, channels=256, stride=16)
     model = FastRCNN(load_encoder("random")[0][:12], transform, heads)
     image, box = torch.rand(3, 50, 70), torch.tensor([[5.0, 10.0, 40.0, 45.0]])
     model.train()
@@ -131,7 +132,7 @@ def test_samples_drop_empty_boxes_and_mirror_proposals_with_the_image(tmp_path):
 @pytest.mark.parametrize("proposals", ["selective-search", "rpn"])
 def test_training_and_evaluation_write_a_record(toy_voc_root, tmp_path, proposals):
     config = dataclasses.replace(det_config(toy_voc_root), proposals=proposals)
-    record = run_detection(config, tmp_path, progress=False)
+    record = run_task(config, tmp_path, progress=False)
     assert record["config"]["proposals"] == proposals
     assert record["task"] == "det" and record["metric"] == "mAP" and 0 <= record["value"] <= 1
     assert list(record["per_class"]) == list(VOC_CLASSES)
@@ -168,5 +169,4 @@ def test_detection_grid_draws_true_positives_green_and_false_positives_red(toy_v
 
 def test_unknown_proposal_kind_is_a_user_error(toy_voc_root, tmp_path):
     with pytest.raises(UserError, match="--proposals"):
-        run_detection(dataclasses.replace(det_config(toy_voc_root), proposals="edge-boxes"), tmp_path,
-                      progress=False)
+        run_task(dataclasses.replace(det_config(toy_voc_root), proposals="edge-boxes"), tmp_path, progress=False)

@@ -53,8 +53,8 @@ def loads_into_every_task(run_dir):
     with torch.no_grad():
         assert Classifier(encoder, SIZE, 16).eval()(image).shape == (1, 20)
         assert FCN32s(encoder, 16).eval()(image).shape == (1, 21, SIZE, SIZE)
-        detector = build_detector(encoder, TransferConfig(image_size=SIZE, fc_width=16),
-                                  info["input_mean"], info["input_std"]).eval()
+        detector = build_detector(encoder, TransferConfig(fc_width=16), SIZE, info["input_mean"],
+                                  info["input_std"]).eval()
         detections = detector([image[0]], [torch.tensor([[4.0, 4.0, 40.0, 40.0]])])
     assert set(detections[0]) == {"boxes", "scores", "labels"}
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from bench_data.masks import central_mask
 from pretrain.methods import get_method
-from pretrain.runs import build_method, build_pretraining, fixed_batch_step, load_run
+from pretrain.runs import build_method, build_pretraining, fixed_batch_step, load_run, resolve_pretraining
 from pretrain.train import PretrainConfig, load_run_config
 from bench_runtime.engine import read_checkpoint
 from bench_runtime.errors import UserError
@@ -190,17 +190,18 @@ def test_load_run_gives_the_run_config_and_the_trained_method(central_run, tmp_p
 def test_fixed_batch_step_repeats_its_batch_for_a_seed():
     config = PretrainConfig(image_size=64, batch_size=2, mask="central", device="cpu", dataset_mean=[0.5] * 3,
                             dataset_std=[0.25] * 3)
+    context = resolve_pretraining(config, paths=[])
 
     def losses(seed, steps=2):
         torch.manual_seed(0)  # the same initial weights and dropout every time
-        step = fixed_batch_step(build_method(config), config, central_mask(64), seed=seed)
+        step = fixed_batch_step(build_method(context.recorded(config)), config, context, central_mask(64), seed=seed)
         return [step()["loss"] for _ in range(steps)]
 
     first = losses(seed=0)
     assert losses(seed=0) == first and first[1] != first[0]  # the same batch; the weights were stepped
     assert losses(seed=1, steps=1) != first[:1]  # another seed, another batch
     with pytest.raises(ValueError, match="needs its `hole`"):
-        fixed_batch_step(build_method(config), config)
+        fixed_batch_step(build_method(config), config, context)
 
 
 def test_checkpoint_roundtrip_identical_outputs(central_run, tmp_path):

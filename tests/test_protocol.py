@@ -17,6 +17,7 @@ from pretrain.train import PretrainConfig
 from transfer.encoders import MAX_HEAD_GAIN, calibrate_fresh_head, load_encoder, standardize_units
 from transfer.config import TransferConfig
 from transfer.finetune import set_up_task
+from transfer.tasks import resolve_transfer
 from helpers import bench
 
 PROBE_KEY = KNNProbe.score_key
@@ -64,7 +65,7 @@ def test_pretrained_channel_ratios_survive_the_transfer_set_up(toy_voc_root, pre
     before = layer_channel_norms(load_encoder(pretrain_run)[0])
     config = TransferConfig(task="cls", init=str(pretrain_run), data_root=str(toy_voc_root), year="2007",
                             train_split="trainval", test_split="test", image_size=96, rescale=rescale)
-    after = layer_channel_norms(set_up_task(config, VOCClassification).encoder)
+    after = layer_channel_norms(set_up_task(*resolve_transfer(config), VOCClassification).encoder)
     for old, new in zip(before, after):
         ratio = new / old
         assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)
@@ -131,7 +132,7 @@ def test_random_gaussian_init_is_the_papers():
 def test_kraehenbuehl_init_standardises_the_random_encoder(toy_voc_root):
     config = TransferConfig(task="cls", init="random-kraehenbuehl", data_root=str(toy_voc_root), year="2007",
                             train_split="trainval", test_split="test", image_size=96)
-    task = set_up_task(config, VOCClassification)
+    task = set_up_task(*resolve_transfer(config), VOCClassification)
     x = task.calibration_images
     with torch.no_grad():
         for layer in task.encoder.eval():

@@ -105,7 +105,7 @@ def test_a_registered_task_is_offered_and_tabled(tmp_path, monkeypatch, capsys):
     its help, and its records fill the columns it declares, after the built-ins'."""
     monkeypatch.setattr(registry, "TASKS", dict(registry.TASKS))  # the plug-in leaves with the test
     registry.register(registry.TransferTask(
-        "cls-knn", "kNN on frozen features, mAP", lambda config, run_dir, progress: None, registry.VOC,
+        "cls-knn", "kNN on frozen features, mAP", lambda config, context, run_dir, progress: None, registry.VOC,
         "trainval", "test", year="2007", columns=(registry.Column("Classification (kNN)"),)))
     assert bench("transfer", "--help") == 0
     help_text = " ".join(capsys.readouterr().out.split())  # as argparse wraps it, whatever the width

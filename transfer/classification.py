@@ -53,26 +53,27 @@ def _batched(dataset, transform, config, device, progress, desc):
     return progress_bar(loader, desc=desc, unit="batch", disable=not (progress and distributed.is_main()))
 
 
-def run_classification(config, run_dir, progress=True):
+def run_classification(config, context, run_dir, progress=True):
     started = time.perf_counter()
-    task = set_up_task(config, VOCClassification)
-    encoder, device, train_set, test_set = task.encoder, task.device, task.train_set, task.test_set
-    mean, std, size = task.mean, task.std, config.image_size
+    task = set_up_task(config, context, VOCClassification)
+    encoder, device, train_set, test_set = task.encoder, context.device, task.train_set, task.test_set
+    mean, std, size = task.mean, task.std, context.image_size
     if config.protocol == "svm":
         scores = _svm_scores(encoder.to(device), train_set, test_set,
                              Crops(size, mean, std, (1, 1), flip=False, centre=True), config, device, progress)
     else:
         model = Classifier(encoder, size, config.fc_width)
         calibrate_fresh_head(model.head, frozen_features(encoder, task.calibration_images))
-        scores = _finetune_scores(model.to(device), train_set, test_set, mean, std, config, device, run_dir,
+        scores = _finetune_scores(model.to(device), train_set, test_set, mean, std, size, config, device, run_dir,
                                   progress)
     # Every process has all the scores (gathered in item order), so each computes the same metric.
     per_class, mean_ap = classification_ap(scores, test_set.labels, test_set.difficult)
-    return write_record(run_dir, config, task.init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES, started)
+    return write_record(run_dir, config, context, task.init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES,
+                        started)
 
 
-def _finetune_scores(model, train_set, test_set, mean, std, config, device, run_dir, progress):
-    train_set.transform = Crops(config.image_size, mean, std, (1.0, 2.0), seed=config.seed)
+def _finetune_scores(model, train_set, test_set, mean, std, size, config, device, run_dir, progress):
+    train_set.transform = Crops(size, mean, std, (1.0, 2.0), seed=config.seed)
 
     def loss_fn(model, batch):
         images, target = batch
@@ -82,17 +83,17 @@ def _finetune_scores(model, train_set, test_set, mean, std, config, device, run_
 
     fit(model, loss_fn, seeded_batches(train_set, train_set.transform, config, device=device), config,
         config.lr or 1e-3, weight_decay=1e-6, desc="cls train", run_dir=run_dir, progress=progress)
-    return classification_scores(model, test_set, mean, std, config, device, progress)
+    return classification_scores(model, test_set, mean, std, size, config, device, progress)
 
 
-def classification_scores(model, test_set, mean, std, config, device, progress=False):
+def classification_scores(model, test_set, mean, std, size, config, device, progress=False):
     """(N, 20) class probabilities of `model` on `test_set`, each the mean over TEST_CROPS random
-    crops (with flips) of the image rescaled to 1.25x the crop size.
+    crops (with flips) of `size` px of the image rescaled to 1.25x the crop size.
 
     The crops are drawn per image from (seed, index), so they do not depend on how the test set is
     split between processes; under torchrun each process scores its shard and all get all scores.
     Evaluation runs in fp32 whatever --precision: bf16 scores would tie and move AP."""
-    crops_of = Crops(config.image_size, mean, std, (1.25, 1.25), count=TEST_CROPS, seed=config.seed)
+    crops_of = Crops(size, mean, std, (1.25, 1.25), count=TEST_CROPS, seed=config.seed)
     scores = []
     with torch.no_grad():
         for crops, _ in _batched(test_set, crops_of, config, device, progress, "cls eval"):

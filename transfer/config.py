@@ -1,5 +1,6 @@
-"""The configuration of a transfer run, apart from the task code, so that the tasks and the code
-they share can all use it without importing transfer.tasks."""
+"""The configuration of a transfer run and what the run works out from it (its context), apart
+from the task code, so that the tasks and the code they share can all use them without importing
+transfer.tasks."""
 import dataclasses
 from dataclasses import dataclass
 
@@ -8,10 +9,10 @@ from bench_data.pixels import BAD_IMAGE_POLICIES, BAD_IMAGES_HELP
 from pretrain.probe import PROBE_PROTOCOLS
 from bench_runtime.device import DeviceOptions, seed_value
 from bench_runtime.options import at_least, option, positive
-from .registry import task_help, task_names
+from .registry import get_task, task_help, task_names
 
 
-@dataclass
+@dataclass(frozen=True)
 class TransferConfig(DeviceOptions):
     """Everything a transfer run depends on; each field with help text is a `bench transfer` flag."""
     task: str = option("seg", task_help, choices=task_names, required=True)
@@ -53,7 +54,6 @@ class TransferConfig(DeviceOptions):
     probe_test_per_class: int | None = option(None, "probe only: images per class of --test-split, 0: all "
                                               "(default: --probe-protocol's)", check=at_least(0))
     label: str | None = option(None, "row name in `bench table` (default: the --init encoder's own)")
-    image_size_from: str | None = None  # set by run_task: "option", "encoder.json" or "default"
 
     def input_paths(self):
         """(option, path) of the data the run reads: its run folder must lie apart from them."""
@@ -62,6 +62,24 @@ class TransferConfig(DeviceOptions):
     def input_runs(self):
         """(option, path) of the run the encoder comes from: the run folder must not replace it."""
         return [("--init", self.init)]
+
+
+@dataclass(frozen=True)
+class TransferContext:
+    """What a transfer run works out from its TransferConfig before it starts, once
+    (transfer.tasks.resolve_transfer); the tasks read these here and the options in the config."""
+    device: str  # this process's: --device resolved ("auto": cuda if there is a GPU), cuda:LOCAL_RANK under torchrun
+    image_size: int  # --image-size, else the size the --init encoder was pretrained at, else the default
+    image_size_from: str  # which of them: "option", "encoder.json" or "default"
+
+    def recorded(self, config):
+        """The run's settings as its config.json and record.json hold them: `config` (the run's, with
+        its task's data: resolve_transfer) with the task's own defaults (TransferTask.prepare) and
+        the image size written in, and where that came from."""
+        task = get_task(config.task)
+        config = dataclasses.replace(config, image_size=self.image_size)
+        return {**dataclasses.asdict(task.prepare(config) if task.prepare else config),
+                "image_size_from": self.image_size_from}
 
 
 def probe_protocol(config):

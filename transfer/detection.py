@@ -6,7 +6,7 @@ classification + box regression layers; every part but the encoder is torchvisio
 (GeneralizedRCNNTransform, RoIPool, TwoMLPHead, FastRCNNPredictor, RoIHeads). Fast R-CNN's
 settings: 2 images x 128 RoIs (config.batch_size images), 25% foreground at IoU >= 0.5, background
 at IoU in [0.1, 0.5), mirroring, NMS 0.3, 100 detections per image; the shorter side is
-config.image_size (the paper: 600) with the longer side at most 1000/600 of it.
+the image size (the paper: 600) with the longer side at most 1000/600 of it.
 
 Proposals are selective search ("fast" mode), computed once per image and cached as .npy files,
 or, with proposals="rpn", a region proposal network trained jointly (Faster R-CNN).
@@ -131,9 +131,9 @@ def detection_backbone(encoder):
     return encoder, encoder.channels, encoder.stride
 
 
-def shared_parts(config, mean, std, channels, stride):
+def shared_parts(config, image_size, mean, std, channels, stride):
     """The transform (resize + normalise) and the RoI heads both variants use."""
-    transform = GeneralizedRCNNTransform(config.image_size, round(config.image_size * 1000 / 600), mean, std)
+    transform = GeneralizedRCNNTransform(image_size, round(image_size * 1000 / 600), mean, std)
     heads = RoIHeads(
         FeaturePool(6, spatial_scale=1 / stride), TwoMLPHead(channels * 6 * 6, config.fc_width),
         FastRCNNPredictor(config.fc_width, len(VOC_CLASSES) + 1),
@@ -168,15 +168,15 @@ class FastRCNN(nn.Module):
         return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
 
 
-def build_detector(encoder, config, mean, std, proposals="selective-search"):
+def build_detector(encoder, config, image_size, mean, std, proposals="selective-search"):
     """Fast R-CNN on the encoder's conv5, or with proposals="rpn" Faster R-CNN."""
     backbone, channels, stride = detection_backbone(encoder)
-    transform, heads = shared_parts(config, mean, std, channels, stride)
+    transform, heads = shared_parts(config, image_size, mean, std, channels, stride)
     if proposals == "selective-search":
         return FastRCNN(backbone, transform, heads)
     # Faster R-CNN. torchvision's FasterRCNN class accepts only RoIAlign poolers, so its parts are
     # assembled here with its RPN settings (those of the Faster R-CNN paper).
-    scale = config.image_size / 600
+    scale = image_size / 600
     anchors = AnchorGenerator((tuple(max(1, round(s * scale)) for s in ANCHOR_SIZES),), ((0.5, 1.0, 2.0),))
     rpn = RegionProposalNetwork(
         anchors, RPNHead(channels, anchors.num_anchors_per_location()[0]),
@@ -258,7 +258,7 @@ def detect(model, samples, config, device, progress=False):
     return distributed.concat_in_rank_order(detections)
 
 
-def run_detection(config, run_dir, progress=True):
+def run_detection(config, context, run_dir, progress=True):
     """Train on config.train_split, detect on config.test_split; write record.json (VOC07 mAP@0.5)
     and detections.json into run_dir and return the record. config.proposals: "selective-search"
     or "rpn"."""
@@ -266,9 +266,9 @@ def run_detection(config, run_dir, progress=True):
     if proposals not in PROPOSAL_KINDS:
         raise UserError(f"--proposals must be one of {', '.join(PROPOSAL_KINDS)}, got {proposals!r}")
     started = time.perf_counter()
-    task = set_up_task(config, VOCDetection)
-    device, train_voc, test_voc = task.device, task.train_set, task.test_set
-    model = build_detector(task.encoder, config, task.mean, task.std, proposals)
+    task = set_up_task(config, context, VOCDetection)
+    device, train_voc, test_voc = context.device, task.train_set, task.test_set
+    model = build_detector(task.encoder, config, context.image_size, task.mean, task.std, proposals)
     _calibrate_box_head(model, task.calibration_images)
     model = model.to(device)
     train_paths = test_paths = None
@@ -292,7 +292,8 @@ def run_detection(config, run_dir, progress=True):
         _save_detections(run_dir / "detections.json", test_voc.ids, detections)
         add_picture(run_dir, "detections", save_detection_grid(test_voc, detections, run_dir / "detections.png"),
                     config.steps)
-    return write_record(run_dir, config, task.init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES, started)
+    return write_record(run_dir, config, context, task.init_info, "mAP", mean_ap, per_class.tolist(), VOC_CLASSES,
+                        started)
 
 
 def _save_detections(path, ids, detections):

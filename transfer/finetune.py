@@ -1,6 +1,5 @@
 """What the fine-tuning tasks share: their set-up (encoder, data, normalisation), batches, and
 `fit`, their SGD schedule on the training engine. Their config is transfer.config.TransferConfig."""
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +12,7 @@ from bench_data.pixels import centre_crop, channel_stats, load_rgb, normalized_t
 from bench_data.sampling import EVAL_EPOCH, SeededItems, epoch_batches, loader_options
 from bench_data.voc import drop_unreadable, image_paths
 from bench_runtime import distributed
-from bench_runtime.device import check_scaling_options, resolve_device, seed_everything, start_process
+from bench_runtime.device import check_scaling_options, seed_everything
 from bench_runtime.engine import Engine, prepare_model, take_step
 from bench_runtime.errors import UserError
 from bench_runtime.plots import plot_losses
@@ -22,7 +21,6 @@ from .encoders import load_encoder, standardize_units
 
 @dataclass
 class TaskSetup:
-    device: str
     encoder: torch.nn.Module
     init_info: dict
     train_set: Any
@@ -32,14 +30,13 @@ class TaskSetup:
     calibration_images: torch.Tensor  # centre crops of training images, for data-dependent inits
 
 
-def set_up_task(config, dataset_class):
-    """What every task starts from: device, seeded RNG, the --init encoder, the train and test
+def set_up_task(config, context, dataset_class):
+    """What every fine-tuning task starts from: seeded RNG, the --init encoder, the train and test
     datasets, the input normalisation (the encoder's own, or the training images' statistics
     for random init), and 64 centre crops of training images for the data-dependent inits.
     Krähenbühl's init (--init random-kraehenbuehl) standardises every unit of the encoder on them;
     config.rescale scales each encoder layer by one factor (see standardize_units)."""
-    check_scaling_options(dataclasses.replace(config, device=resolve_device(config.device)))
-    device = start_process(config.device)
+    check_scaling_options(config, context.device)
     seed_everything(config.seed)
     encoder, init_info = load_encoder(config.init)
     # Both splits are checked before any training, so a bad test file cannot end a run after it.
@@ -52,9 +49,9 @@ def set_up_task(config, dataset_class):
         mean, std = init_info["input_mean"], init_info["input_std"]
     else:
         mean, std = channel_stats(image_paths(train_set))
-    crops = _centre_crops(image_paths(train_set), config.image_size, mean, std)
+    crops = _centre_crops(image_paths(train_set), context.image_size, mean, std)
     init_info = data_dependent_init(encoder, init_info, crops, config.rescale)
-    return TaskSetup(device, encoder, init_info, train_set, test_set, mean, std, crops)
+    return TaskSetup(encoder, init_info, train_set, test_set, mean, std, crops)
 
 
 def data_dependent_init(encoder, init_info, crops, rescale):

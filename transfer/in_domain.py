@@ -17,7 +17,7 @@ from pathlib import Path
 from bench_data.pixels import channel_stats
 from bench_data.check import checked_class_folders
 from pretrain.probe import ClassFolderProbe, class_balanced_sample, output_name
-from bench_runtime.device import resolve_device, seed_everything
+from bench_runtime.device import seed_everything
 from bench_runtime.errors import UserError
 from .config import probe_protocol
 from .encoders import load_encoder
@@ -28,13 +28,12 @@ from .registry import CLASS_FOLDERS, Column, TransferTask, register
 CALIBRATION_IMAGES = 64  # training images for the data-dependent inits, as the other tasks
 
 
-def run_in_domain(config, run_dir, progress=True):
+def run_in_domain(config, context, run_dir, progress=True):
     started = time.perf_counter()
     if not config.data_root:
         raise UserError("--task probe needs --data-root, a class-folder root (train/<class>/, val/<class>/), "
                         "e.g. ../shared/data/imagenette")
     root = Path(config.data_root)
-    device = resolve_device(config.device)
     seed_everything(config.seed)
     encoder, init_info = load_encoder(config.init)
     if init_info.get("input_mean") is not None:
@@ -43,14 +42,14 @@ def run_in_domain(config, run_dir, progress=True):
         classes = checked_class_folders(root, (config.train_split, config.test_split))
         mean, std = channel_stats(class_balanced_sample(root / config.train_split, classes, 100,
                                                         bad_images=config.bad_images)[0])
-    probe = ClassFolderProbe(root, config.image_size, mean, std, config.train_split, config.test_split,
+    probe = ClassFolderProbe(root, context.image_size, mean, std, config.train_split, config.test_split,
                              config.bad_images, probe_protocol(config))
     train_images = probe.images[config.train_split]
     init_info = data_dependent_init(encoder, init_info, train_images[::max(1, len(train_images) // CALIBRATION_IMAGES)],
                                     config.rescale)
-    scores = probe(encoder.to(device), device, linear=True)
+    scores = probe(encoder.to(context.device), context.device, linear=True)
     layers = [key.removeprefix("linear_top1_") for key in scores if key.startswith("linear_top1_")]
-    return write_record(run_dir, config, init_info, "top-1", scores[f"linear_top1_{output_name(encoder)}"],
+    return write_record(run_dir, config, context, init_info, "top-1", scores[f"linear_top1_{output_name(encoder)}"],
                         [scores[f"linear_top1_{layer}"] for layer in layers], layers, started, metrics=scores)
 
 

@@ -25,9 +25,8 @@ EARLIER_PROBE = dataclasses.asdict(PROBE_PROTOCOLS["sampled"])
 
 
 def transfer_settings(config):
-    """What decides a transfer's numbers beside its encoder (`config` a TransferConfig or its dict):
-    the input of the record's identity."""
-    config = config if isinstance(config, dict) else dataclasses.asdict(config)
+    """What decides a transfer's numbers beside its encoder (`config`: its settings as the record's
+    "config" holds them, TransferContext.recorded): the input of the record's identity."""
     settings = {k: v for k, v in config.items() if k not in NOT_IDENTITY
                 and not (k in EARLIER_PROBE and v in (None, EARLIER_PROBE[k]))}
     return {**settings, "data": data_name(config.get("data_root"))}
@@ -58,10 +57,13 @@ def _record_from_version_1(record):
             "transfer_settings": settings}
 
 
-def write_record(run_dir, config, init_info, metric_name, metric, per_class, class_names, started, metrics=None):
-    """Write run_dir/record.json (the main process, under torchrun) and return the record; `metrics`
-    (a dict) holds a task's further measurements."""
-    settings = transfer_settings(config)
+def write_record(run_dir, config, context, init_info, metric_name, metric, per_class, class_names, started,
+                 metrics=None):
+    """Write run_dir/record.json (the main process, under torchrun) and return the record of the run
+    of `config` in `context` (a TransferContext); `metrics` (a dict) holds a task's further
+    measurements."""
+    recorded = context.recorded(config)
+    settings = transfer_settings(recorded)
     record = formats.stamped("record", {
         "task": config.task, "protocol": config.protocol, "label": config.label,
         "identity": identity({**settings, "pretraining": init_info["identity"]}),
@@ -72,13 +74,13 @@ def write_record(run_dir, config, init_info, metric_name, metric, per_class, cla
         "pretrain_seconds": init_info.get("pretrain_seconds"), "pretrain_flops": init_info.get("pretrain_flops"),
         "seed": config.seed,
         "data_root": config.data_root, "year": config.year,
-        "image_size": config.image_size, "image_size_from": config.image_size_from,
+        "image_size": context.image_size, "image_size_from": context.image_size_from,
         "train_split": config.train_split, "test_split": config.test_split,
         "metric": metric_name, "value": _finite_or_none(metric),
         "per_class": {name: _finite_or_none(value) for name, value in zip(class_names, per_class)},
         **({"metrics": {k: _finite_or_none(v) for k, v in metrics.items()}} if metrics else {}),
         "wall_seconds": round(time.perf_counter() - started, 1),
-        "config": dataclasses.asdict(config), "environment": environment_info(),
+        "config": recorded, "environment": environment_info(),
     })
     if distributed.is_main():
         save_json(record, run_dir / "record.json")

@@ -25,7 +25,7 @@ class Column:
 class TransferTask:
     name: str
     summary: str  # what it trains and scores, for `bench transfer --help`
-    run: Callable  # run(config, run_dir, progress) -> the record it wrote into run_dir
+    run: Callable  # run(config, context: a TransferContext, run_dir, progress) -> the record it wrote into run_dir
     data_kind: str  # VOC or CLASS_FOLDERS
     train_split: str  # the paper's data, where the options give none
     test_split: str

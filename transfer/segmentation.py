@@ -115,12 +115,12 @@ def save_prediction_grid(model, test_set, mean, std, device, path, count=GRID_IM
     return path
 
 
-def run_segmentation(config, run_dir, progress=True):
+def run_segmentation(config, context, run_dir, progress=True):
     started = time.perf_counter()
-    task = set_up_task(config, VOCSegmentation)
-    device, train_set, test_set, mean, std = task.device, task.train_set, task.test_set, task.mean, task.std
-    train_set.transform = SegmentationPairs(config.image_size, mean, std, train=True, seed=config.seed)
-    test_set.transform = SegmentationPairs(config.image_size, mean, std, train=False)
+    task = set_up_task(config, context, VOCSegmentation)
+    device, train_set, test_set, mean, std = context.device, task.train_set, task.test_set, task.mean, task.std
+    train_set.transform = SegmentationPairs(context.image_size, mean, std, train=True, seed=config.seed)
+    test_set.transform = SegmentationPairs(context.image_size, mean, std, train=False)
 
     model = FCN32s(task.encoder, config.fc_width)
     calibrate_fresh_head(model.head, frozen_features(task.encoder, task.calibration_images))
@@ -139,7 +139,7 @@ def run_segmentation(config, run_dir, progress=True):
         save_json({"confusion": confusion.tolist(), "classes": list(CLASS_NAMES)}, run_dir / "confusion.json")
         add_picture(run_dir, "predictions", save_prediction_grid(model, test_set, mean, std, device,
                                                                  run_dir / "predictions.png"), config.steps)
-    return write_record(run_dir, config, task.init_info, "mean_iu", scores["mean_iu"],
+    return write_record(run_dir, config, context, task.init_info, "mean_iu", scores["mean_iu"],
                         scores["per_class_iu"].tolist(), CLASS_NAMES, started)
 
 
