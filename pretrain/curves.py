@@ -1,6 +1,7 @@
 """Curves of a pretraining run from its metrics.jsonl: loss.png (bench_runtime.plots, which transfer runs
 draw too) and, when the run was probed, probe.png (the kNN score against steps, and beside it the
 share of units per layer that never fire); and the probe curves of several runs in one plot."""
+import json
 from pathlib import Path
 
 import matplotlib
@@ -63,31 +64,46 @@ def plot_curves(run_dir, name=None):
     return written
 
 
+def step_flops(run_dir):
+    """The FLOPs of one training step of the run (its config.json), None where it has no count."""
+    try:
+        return json.loads((Path(run_dir) / "config.json").read_text())["config"].get("flops_per_step")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def probe_comparison(runs, path, title):
     """Probe curves of several runs in one plot: `runs` maps a name to its run folders (e.g. one
-    per seed); each name is drawn as the mean over its runs with a +-1 std band. Writes `path`
-    (PNG) and the curves beside it as CSV (name, run, step, score key, value); returns the CSV rows as a
+    per seed); each name is drawn as the mean over its runs with a +-1 std band, against the
+    training compute (PFLOP) when every run counted its steps' FLOPs (methods whose steps cost
+    differently then line up at equal compute), else against the step. Writes `path` (PNG) and the
+    curves beside it as CSV (name, run, step, pflop, score key, value); returns the CSV rows as a
     DataFrame (empty when no run was probed)."""
     rows = []
     for name, run_dirs in runs.items():
         for run_dir in run_dirs:
             probes = read_metrics(run_dir)[1]
             key = probe_score_key(probes)
+            flops = step_flops(run_dir)
             if key:
-                rows += [{"name": name, "run": Path(run_dir).name, "step": step, "score": key, "value": value}
+                rows += [{"name": name, "run": Path(run_dir).name, "step": step,
+                          "pflop": None if flops is None else step * flops / 1e15, "score": key, "value": value}
                          for step, value in probes[key].items()]
-    curves = pd.DataFrame(rows, columns=["name", "run", "step", "score", "value"])
+    curves = pd.DataFrame(rows, columns=["name", "run", "step", "pflop", "score", "value"])
     if curves.empty:
         return curves
+    by_compute = curves["pflop"].notna().all()
+    x = "pflop" if by_compute else "step"
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, part in curves.groupby("name", sort=False):
-        stats = part.groupby("step")["value"].agg(["mean", "std", "count"]) * [100, 100, 1]
+        stats = part.groupby(x)["value"].agg(["mean", "std", "count"]) * [100, 100, 1]
         runs_drawn = int(stats["count"].max())
         line = ax.plot(stats.index, stats["mean"], marker=".", label=f"{name} (n={runs_drawn})")[0]
         if runs_drawn > 1:
             ax.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"],
                             color=line.get_color(), alpha=0.15)
-    ax.set(xlabel="pretraining step", ylabel=" / ".join(PROBE_KEYS[k] for k in curves["score"].unique()), title=title)
+    ax.set(xlabel="pretraining compute (PFLOP)" if by_compute else "pretraining step",
+           ylabel=" / ".join(PROBE_KEYS[k] for k in curves["score"].unique()), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_png(fig, Path(path))

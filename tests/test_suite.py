@@ -3,6 +3,7 @@ and a second call skips finished work."""
 import json
 
 import pandas as pd
+import pytest
 import yaml
 
 from benchmarks.cli import main
@@ -117,6 +118,9 @@ def test_separate_pretraining_and_transfer_data_init_rows_and_probe_curves(toy_v
     assert record["init"] == "random-gaussian" and record["data_root"] == str(toy_voc_root)
     curves = pd.read_csv(out / "probe_curves.csv")
     assert set(curves["name"]) == {"ce"} and list(curves["step"]) == [0, 1, 2]
+    # Against compute: each probe at its step's share of the run's counted training FLOPs.
+    flops = config["flops_per_step"]
+    assert flops > 0 and list(curves["pflop"]) == pytest.approx([0, flops / 1e15, 2 * flops / 1e15])
     assert (out / "probe_curves.png").read_bytes()[:4] == b"\x89PNG"
     table = pd.read_csv(out / "table.csv", keep_default_na=False).set_index("Pretraining")
     assert table.loc["gaussian", "Classification (SVM)"].endswith("(n=1)")
