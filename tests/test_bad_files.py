@@ -202,7 +202,7 @@ CASES = {
     "export to a folder, overwriting": (None, None, [*EXPORT, "--out", "{tmp}/a-folder", "--overwrite"],
                                         "a-folder is a folder; name the file"),
     "export timm of an alexnet": (None, None, ["export", "--run", "{run}", "--to", "timm", "--out", "{tmp}/t.pth"],
-                                  "which timm does not have"),
+                                  "--to timm takes timm:<model> encoders only"),
     "export unknown layout": (None, None, ["export", "--run", "{run}", "--to", "onnx", "--out", "{tmp}/t.onnx"],
                               "argument --to: invalid choice"),
     "export run missing": (None, None, ["export", "--run", "{tmp}/nowhere", "--to", "torchvision", "--out",
