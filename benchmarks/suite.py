@@ -277,7 +277,8 @@ def plan_suite(preset, suite, progress=True):
         for seed in seeds:
             if _no_pretraining(options):  # a random-init row
                 init_only = options or {}
-                encoders[name, seed] = (init_only.get("init", "random"), init_only.get("label") or name, None)
+                encoders[name, seed] = (_row_init(init_only.get("init", "random"), preset),
+                                        init_only.get("label") or name, None)
                 continue
             config = pretrain_config(preset, options, f"methods.{name}")
             config = dataclasses.replace(config, label=config.label or name)  # rows keep the preset's names
@@ -303,6 +304,13 @@ def plan_suite(preset, suite, progress=True):
                             needs=(maker,) if maker else (), **common))
     jobs.append(Job("table", needs=tuple(job.name for job in jobs), **common))
     return jobs
+
+
+def _row_init(init, preset):
+    """An init-only row's --init: a bare "random" is a fresh copy of the backbone the preset's
+    pretrainings train (e.g. random:timm:resnet18), so that the random row compares like with like."""
+    arch = preset["pretrain"].get("arch")
+    return f"random:{arch}" if init == "random" and arch and arch != "alexnet" else init
 
 
 def saved_plan(out):

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from benchmarks.cli import main
-from benchmarks.suite import PRESETS, check_preset, load_preset
+from benchmarks.suite import PRESETS, SuiteConfig, check_preset, load_preset, plan_suite
 from pretrain.methods import METHODS
 
 TINY = {
@@ -124,6 +124,19 @@ def test_separate_pretraining_and_transfer_data_init_rows_and_probe_curves(toy_v
     assert (out / "probe_curves.png").read_bytes()[:4] == b"\x89PNG"
     table = pd.read_csv(out / "table.csv", keep_default_na=False).set_index("Pretraining")
     assert table.loc["gaussian", "Classification (SVM)"].endswith("(n=1)")
+
+
+def test_the_random_row_has_the_backbone_the_preset_pretrains(tmp_path):
+    """A bare `random` row in a preset that pretrains a ResNet is a random ResNet, not AlexNet;
+    an explicit init is kept."""
+    preset = {**TINY, "pretrain": {**TINY["pretrain"], "arch": "timm:resnet18"},
+              "methods": {"random": None, "gaussian": {"init": "random-gaussian"}}}
+    jobs = plan_suite(preset, SuiteConfig(out=str(tmp_path / "suite")), progress=False)
+    inits = {job.name: job.config.init for job in jobs if job.kind == "transfer"}
+    assert inits["transfer/seg-random-seed0"] == "random:timm:resnet18"
+    assert inits["transfer/seg-gaussian-seed0"] == "random-gaussian"
+    alexnet = plan_suite(TINY, SuiteConfig(out=str(tmp_path / "suite")), progress=False)
+    assert {job.config.init for job in alexnet if job.name.startswith("transfer/seg-random")} == {"random"}
 
 
 def test_methods_preset_plans_a_row_per_built_in_method(tmp_path, capsys):
