@@ -21,7 +21,9 @@ from bench_runtime.options import option
 from bench_runtime.runfiles import check_apart_from_inputs, output_kind, save_torch, write_atomically
 from .encoders import load_encoder
 
-FORMATS = ("torchvision", "detectron2", "timm")
+# The encoders each layout holds: AlexNet (torchvision first: it is what an AlexNet is told to use) or timm models.
+LAYOUT_FAMILY = {"torchvision": "alexnet", "detectron2": "alexnet", "timm": "timm:<model>"}
+FORMATS = tuple(LAYOUT_FAMILY)
 
 
 def torchvision_state(encoder):
@@ -77,11 +79,11 @@ def export_encoder(init, to, out, overwrite=False):
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     encoder, info = load_encoder(init)
     # Each layout holds one family: a backbone of any other is refused, not written under wrong names.
-    takes = {"timm": "timm:<model>", "torchvision": "alexnet", "detectron2": "alexnet"}[to]
-    if not (info["arch"].startswith(TIMM_PREFIX) if to == "timm" else info["arch"] == "alexnet"):
-        other = " (export it --to timm)" if info["arch"].startswith(TIMM_PREFIX) else \
-            " (export it --to torchvision)" if info["arch"] == "alexnet" else ""
-        raise UserError(f"the encoder of {init} is {info['arch']!r}; --to {to} takes {takes} encoders only{other}")
+    family = "timm:<model>" if info["arch"].startswith(TIMM_PREFIX) else info["arch"]
+    if family != LAYOUT_FAMILY[to]:
+        other = next((f" (export it --to {layout})" for layout, held in LAYOUT_FAMILY.items() if held == family), "")
+        raise UserError(f"the encoder of {init} is {info['arch']!r}; --to {to} takes {LAYOUT_FAMILY[to]} "
+                        f"encoders only{other}")
     if to == "torchvision":
         save_torch(torchvision_state(encoder), out)
     elif to == "timm":
