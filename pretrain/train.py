@@ -178,6 +178,9 @@ def resolve_pretraining(config, paths):
     check_pretrain_options(config)
     if config.probe_data is not None:
         check_probe_data(config.probe_data, config.probe_splits)
+    if paths and len(paths) < config.batch_size:  # before the compute is measured: a refused run costs nothing
+        raise UserError(f"only {len(paths)} images in {config.data_root} ({config.split}) for a batch "
+                        f"of {config.batch_size}; lower --batch-size")
     method = get_method(config.method)
     mask_dir = config.mask_dir
     if mask_dir is None and method.uses_masks and config.mask == "random-region":
@@ -401,9 +404,6 @@ def build_method(config):
 def build(config, context, paths, progress=True):
     """The method (seeded by config.seed, on the context's device, with the speed options applied)
     and its dataset of `paths`."""
-    if len(paths) < config.batch_size:
-        raise UserError(f"only {len(paths)} images in {config.data_root} ({config.split}) for a batch "
-                        f"of {config.batch_size}; lower --batch-size")
     seed_everything(config.seed)
     method = prepare_model(build_method(context.recorded(config)), context.device, config.compile, config.sync_bn)
     labels = None

@@ -52,6 +52,20 @@ def test_a_budget_with_steps_or_below_one_step_is_refused(budget, message, toy_v
     assert not (tmp_path / "run" / "encoder.json").exists()
 
 
+def test_too_few_images_for_a_batch_are_refused_before_the_compute_is_measured(toy_voc_root, tmp_path, capsys,
+                                                                              monkeypatch):
+    import pretrain.train
+
+    def no_count(step):
+        raise AssertionError("the compute was measured for a run that cannot start")
+
+    monkeypatch.setattr(pretrain.train, "count_flops", no_count)
+    assert bench("pretrain", "--data-root", toy_voc_root, "--out", tmp_path / "run", "--image-size", 64,
+                 "--batch-size", 100000, "--steps", 1, "--workers", 0) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert "for a batch of 100000; lower --batch-size" in line
+
+
 def test_a_preset_sets_the_budget_for_every_method_and_not_beside_steps():
     preset = {"pretrain": {"budget_pflops": 2.0, "image_size": 64}, "methods": {}}
     for options in ({"method": "context-encoder"}, {"method": "autoencoder"}):
